@@ -1,0 +1,4 @@
+//! The `moat` command.
+#![forbid(unsafe_code)]
+
+fn main() {}

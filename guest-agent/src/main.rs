@@ -1,0 +1,3 @@
+//! moat-agent: PID 1 inside the guest.
+
+fn main() {}

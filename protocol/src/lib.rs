@@ -1,0 +1,32 @@
+//! The host <-> guest-agent protocol of moat.
+//!
+//! One vsock stream carries everything between the runtime on the host and `moat-agent` (PID 1
+//! in the guest). The agent opens it: it connects to the host (CID 2) on [`AGENT_VSOCK_PORT`] as
+//! soon as it is ready, which the host sees as a connection on the Unix socket
+//! `<vsock uds>_<port>` (Firecracker's hybrid-vsock convention).
+//!
+//! The stream is a sequence of frames ([`frame`]): a 5-byte header (payload length as `u32`
+//! little-endian, then a kind byte) and a payload of at most [`MAX_PAYLOAD`] bytes. Control frames
+//! carry one JSON-encoded [`message::HostMessage`] or [`message::AgentMessage`]; data frames carry
+//! raw stdio bytes. Both sides treat the other's bytes as untrusted: sizes are bounded before any
+//! allocation, unknown kinds and malformed JSON are errors, never panics.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
+pub use message::{decode, encode};
+pub use message::{
+    AgentMessage, ErrorKind, ExitStatus, HostMessage, MessageError, ProcessSpec, RootfsSpec,
+    RunRequest,
+};
+
+/// Version of the protocol spoken by this build; both sides must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent connects to on the host (CID 2).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The vsock context id of the host.
+pub const HOST_CID: u32 = 2;

@@ -1,0 +1,213 @@
+//! Control messages, carried JSON-encoded in [`FrameKind::Control`](crate::FrameKind) frames.
+//!
+//! Conversation (agent connects, see the crate docs):
+//! 1. agent -> host: [`AgentMessage::Ready`].
+//! 2. host -> agent: [`HostMessage::Run`] (or [`HostMessage::Shutdown`] on a version mismatch).
+//! 3. agent -> host: [`AgentMessage::Started`], or [`AgentMessage::Error`] if the process could
+//!    not be started (the agent then waits for `Shutdown`).
+//! 4. both ways, until the process exits: stdio data frames, [`HostMessage::StdinEof`],
+//!    [`HostMessage::Signal`], [`HostMessage::Resize`].
+//! 5. agent -> host: [`AgentMessage::Exited`], sent after the last stdout/stderr frame.
+//! 6. host -> agent: [`HostMessage::Shutdown`]; the agent syncs and powers the VM off.
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from encoding or decoding control messages.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The payload is not a valid message of this protocol version.
+    #[error("malformed control message")]
+    Malformed(#[source] serde_json::Error),
+}
+
+/// The process to run inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment as `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    /// Working directory inside the container's root.
+    pub cwd: String,
+    /// User id the process runs as.
+    pub uid: u32,
+    /// Group id the process runs as.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Run on a pseudo-terminal (stdout and stderr are merged into [`FrameKind::Stdout`](crate::FrameKind)).
+    pub terminal: bool,
+    /// Initial terminal size, when `terminal` is set.
+    pub rows: u16,
+    /// Initial terminal size, when `terminal` is set.
+    pub cols: u16,
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// Guest block device holding the image, e.g. `/dev/vda`. Always mounted read-only.
+    pub device: String,
+    /// Filesystem type of the image, e.g. `ext4`.
+    pub fstype: String,
+    /// When false, writes go to a tmpfs-backed overlay upper layer; when true, the root is
+    /// read-only.
+    pub readonly: bool,
+}
+
+/// Everything the agent needs to create and start the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Container id, for logs and names.
+    pub id: String,
+    /// The root filesystem.
+    pub rootfs: RootfsSpec,
+    /// The process.
+    pub process: ProcessSpec,
+    /// Hostname of the container, if any.
+    pub hostname: Option<String>,
+}
+
+/// Messages from the host to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Create and start the container.
+    Run(Box<RunRequest>),
+    /// The host's stdin reached end of file: close the process's stdin.
+    StdinEof,
+    /// Deliver this signal to the container's process.
+    Signal {
+        /// Signal number.
+        signo: i32,
+    },
+    /// The terminal was resized.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Kill whatever still runs, sync and power the VM off.
+    Shutdown,
+}
+
+/// Why the agent could not do what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The command was not found (`moat run` exits 127).
+    NotFound,
+    /// The command was found but could not be executed (`moat run` exits 126).
+    NotExecutable,
+    /// The request was invalid (`moat run` exits 125).
+    InvalidRequest,
+    /// The agent failed for another reason (`moat run` exits 125).
+    Internal,
+}
+
+/// How the container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code {
+        /// The exit code, 0..=255.
+        code: i32,
+    },
+    /// It was killed by this signal.
+    Signaled {
+        /// Signal number.
+        signo: i32,
+    },
+}
+
+impl ExitStatus {
+    /// The shell-style status: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code { code } => code,
+            Self::Signaled { signo } => 128 + signo,
+        }
+    }
+}
+
+/// Messages from the agent to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The agent is up and speaks this protocol version.
+    Ready {
+        /// [`crate::PROTOCOL_VERSION`] of the agent.
+        protocol_version: u32,
+        /// The agent's own version string.
+        agent_version: String,
+    },
+    /// The process was started with this pid (in the guest's pid namespace).
+    Started {
+        /// Pid of the container's process.
+        pid: i32,
+    },
+    /// The process ended; no stdio frame follows.
+    Exited {
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// A request failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// One line for the user.
+        message: String,
+    },
+}
+
+/// Encodes a message as a control-frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these plain data types to JSON cannot fail.
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+/// Decodes a control-frame payload.
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, MessageError> {
+    serde_json::from_slice(payload).map_err(MessageError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_message_round_trip() {
+        let msg = HostMessage::Run(Box::new(RunRequest {
+            id: "c1".into(),
+            rootfs: RootfsSpec { device: "/dev/vda".into(), fstype: "ext4".into(), readonly: false },
+            process: ProcessSpec {
+                args: vec!["echo".into(), "hi".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                terminal: false,
+                rows: 0,
+                cols: 0,
+            },
+            hostname: None,
+        }));
+        let bytes = encode(&msg);
+        assert_eq!(decode::<HostMessage>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode::<AgentMessage>(b"{\"type\":\"nope\"}").is_err());
+        assert!(decode::<AgentMessage>(&[0xff, 0x00]).is_err());
+    }
+
+    #[test]
+    fn shell_codes() {
+        assert_eq!(ExitStatus::Code { code: 7 }.shell_code(), 7);
+        assert_eq!(ExitStatus::Signaled { signo: 9 }.shell_code(), 137);
+    }
+}

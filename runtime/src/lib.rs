@@ -1,0 +1,1 @@
+//! moat-runtime: the host library shared by the `moat` CLI and the containerd shim.

@@ -1,0 +1,2 @@
+//! Helpers for moat integration tests.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! virtio-blk backed by a host file.

@@ -1,0 +1,1 @@
+//! virtio-vsock whose host side is a Unix socket (hybrid vsock).

@@ -1,0 +1,6 @@
+//! moat-vmm: a minimal KVM virtual machine monitor built on rust-vmm crates.
+//!
+//! One event-loop thread serves the devices' backends; one thread per vCPU runs `KVM_RUN` and
+//! dispatches I/O exits to the port-I/O and MMIO [`devices::Bus`]es.
+
+pub mod devices;
