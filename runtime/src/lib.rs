@@ -1,1 +1,26 @@
 //! moat-runtime: the host library shared by the `moat` CLI and the containerd shim.
+//!
+//! [`run::run`] runs one container in its own microVM: it finds the assets ([`assets`]),
+//! probes KVM and starts `moat-vmm` ([`vmm`]) with a fresh state directory ([`state`]), waits
+//! for the guest agent ([`boot`]), runs the process and relays its stdio, signals and terminal
+//! ([`session`], [`signals`], [`terminal`]), and tears everything down whatever happens.
+//!
+//! Unsafe code: one block, the parent-death signal set in the VMM's child before exec
+//! ([`vmm::VmmProcess::spawn`]).
+#![deny(unsafe_code)]
+
+pub mod assets;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod run;
+pub mod session;
+pub mod signals;
+pub mod state;
+pub mod terminal;
+pub mod vmm;
+
+#[cfg(test)]
+mod testutil;
+
+pub use run::{run, RunError, RuntimeOptions};

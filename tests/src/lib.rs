@@ -1,2 +1,212 @@
-//! Helpers for moat integration tests.
+//! Helpers for moat's integration tests: find the built binaries, decide whether VM tests can
+//! run here, run `moat` with a timeout and show the guest's console and the VMM log on failure.
 #![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Generous timeout for one `moat run` (the nested test host is slow).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// `target/release/moat`, or `$MOAT_BIN`.
+pub fn moat_bin() -> PathBuf {
+    std::env::var_os("MOAT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/moat"))
+}
+
+/// `target/release/moat-vmm`, or `$MOAT_VMM`.
+pub fn vmm_bin() -> PathBuf {
+    std::env::var_os("MOAT_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/moat-vmm"))
+}
+
+/// Whether microVMs can boot here. `None` means yes; `Some(reason)` means no.
+fn vm_unavailable() -> Option<String> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            let vmm = vmm_bin();
+            if !vmm.exists() {
+                return Some(format!("{} is not built (run scripts/setup)", vmm.display()));
+            }
+            match Command::new(&vmm).arg("probe").output() {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                Err(e) => Some(format!("cannot run {}: {e}", vmm.display())),
+            }
+        })
+        .clone()
+}
+
+/// Call first in every VM test: returns false (after printing why) when VM tests cannot run on
+/// this host. In CI (`CI=true`) a VM test that cannot run is a failure, not a skip.
+pub fn vm_available(test: &str) -> bool {
+    let Some(reason) = vm_unavailable() else { return true };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: KVM tests must run in CI but cannot: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason} (scripts/test runs VM tests in the nested test host)");
+    false
+}
+
+/// The outcome of one command.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code, or 128 + signal.
+    pub code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Where the run's console and VMM logs were kept.
+    pub log_dir: PathBuf,
+}
+
+impl Outcome {
+    /// stdout as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text.
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Everything a reader needs to see why a run failed.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!(
+            "exit code {}\n--- stdout (tail)\n{}\n--- stderr (tail)\n{}\n",
+            self.code,
+            tail(&self.out(), 40),
+            tail(&self.err(), 40)
+        );
+        for entry in std::fs::read_dir(&self.log_dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            s += &format!("--- {} (tail)\n{}\n", entry.path().display(), tail(&text, 40));
+        }
+        s
+    }
+
+    /// Panics with the diagnostics unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code\n{}", self.diagnostics());
+        self
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fresh directory for one run's kept logs (`MOAT_LOG_DIR`).
+fn log_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("moat-test-logs-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// Runs `moat ARGS` with `stdin` fed to it, capturing stdout and stderr, killed after `timeout`.
+pub fn moat(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    moat_with(args, stdin, RUN_TIMEOUT)
+}
+
+/// [`moat`] with an explicit timeout.
+pub fn moat_with(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Outcome {
+    let log_dir = log_dir();
+    let mut cmd = Command::new(moat_bin());
+    cmd.args(args)
+        .env("MOAT_LOG_DIR", &log_dir)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn moat");
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let out = reader(child.stdout.take().expect("stdout"));
+    let err = reader(child.stderr.take().expect("stderr"));
+    let code = wait_with_timeout(&mut child, timeout);
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    Outcome { code, stdout, stderr, log_dir }
+}
+
+fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Waits for `child`, killing it after `timeout`; returns its shell-style status (-1: timed out).
+pub fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of running `moat-vmm` processes whose command line mentions `needle`.
+pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("moat-vmm") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asserts that nothing of the run named `name` is left: no state dir, no VMM process.
+#[track_caller]
+pub fn assert_nothing_left(name: &str) {
+    let state = Path::new("/run/moat").join(name);
+    assert!(!state.exists(), "state dir {} left behind", state.display());
+    let pids = vmm_processes_mentioning(name);
+    assert!(pids.is_empty(), "moat-vmm processes left behind for {name}: {pids:?}");
+}
+
+/// A unique container name for a test.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}

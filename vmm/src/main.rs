@@ -1,6 +1,172 @@
-//! The `moat-vmm` binary.
+//! The `moat-vmm` binary: `moat-vmm run ...` boots a microVM, `moat-vmm probe` checks that this
+//! host's KVM runs guest kernel code natively.
+//!
+//! Exit status of `run`: 0 the guest reset or powered off; 1 VMM error; 2 bad arguments;
+//! 3 triple fault; 4 KVM internal error or failed entry.
 
-fn main() {
-    eprintln!("moat-vmm: not built yet");
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use moat_vmm::builder::{self, BuildError};
+use moat_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
+use moat_vmm::probe;
+use moat_vmm::vstate::vcpu::VmExit;
+
+#[derive(Parser, Debug)]
+#[command(name = "moat-vmm", version, about = "moat's KVM microVM monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a microVM and run it until the guest resets or powers off.
+    Run(RunArgs),
+    /// Check that KVM runs guest kernel code natively (exit 0) or explain why not (exit 1).
+    Probe,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// ELF vmlinux.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// initramfs (newc cpio).
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// Number of vCPUs (1-32).
+    #[arg(long, default_value_t = 1)]
+    cpus: u64,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory_mib: u64,
+    /// A virtio-blk disk, PATH or PATH,ro; repeat for /dev/vda, /dev/vdb, ...
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
+    /// Host side of the virtio-vsock device: a Unix socket path.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID of the vsock device.
+    #[arg(long, default_value_t = moat_vmm::config::DEFAULT_VSOCK_CID, requires = "vsock_uds")]
+    vsock_cid: u64,
+    /// File receiving the serial console.
+    #[arg(long)]
+    console_log: PathBuf,
+    /// Bytes kept in the console log; later output is dropped.
+    #[arg(long, default_value_t = DEFAULT_CONSOLE_LOG_MAX)]
+    console_log_max: u64,
+    /// Appended to the kernel command line.
+    #[arg(long)]
+    cmdline_extra: Option<String>,
+    /// Write VM-exit counts as JSON to this file when the VM ends.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disks: self.disks,
+            vsock: self.vsock_uds.map(|uds_path| VsockConfig {
+                cid: self.vsock_cid,
+                uds_path,
+            }),
+            console_log: self.console_log,
+            console_log_max: self.console_log_max,
+            cmdline_extra: self.cmdline_extra,
+            stats: self.stats,
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+fn fail(status: u8, message: &str) -> ExitCode {
+    eprintln!("moat-vmm: {message}");
+    ExitCode::from(status)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = args.into_config();
+    let stats_path = config.stats.clone();
+    let vm = match builder::build(&config) {
+        Ok(vm) => vm,
+        Err(e @ BuildError::Config(_)) => return fail(2, &one_line(&e)),
+        Err(e) => return fail(1, &one_line(&e)),
+    };
+    tracing::debug!(cmdline = vm.cmdline(), "starting the vm");
+    let stats = vm.stats();
+    let exit = match vm.run() {
+        Ok(exit) => exit,
+        Err(e) => return fail(1, &one_line(&e)),
+    };
+    if let Some(path) = stats_path {
+        if let Err(e) = std::fs::write(&path, stats.to_json()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the stats");
+        }
+    }
+    match &exit {
+        VmExit::VmmError(message) => return fail(1, message),
+        VmExit::TripleFault => tracing::warn!("the guest triple-faulted"),
+        VmExit::InternalError(code) => tracing::warn!(code, "kvm internal error"),
+        VmExit::FailEntry(reason) => tracing::warn!(reason, "kvm failed to enter the guest"),
+        VmExit::Reset | VmExit::Halted => tracing::debug!(?exit, "the guest stopped"),
+    }
+    ExitCode::from(exit.status() as u8)
+}
+
+fn run_probe() -> ExitCode {
+    match probe::run_probe() {
+        Ok(result) if result.native() => {
+            println!("moat-vmm: {}", probe::native_message(&result));
+            ExitCode::SUCCESS
+        }
+        Ok(result) => fail(1, &probe::emulated_message(&result)),
+        Err(e) => fail(1, &one_line(&e)),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(2, first.trim_start_matches("error: "));
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Probe => run_probe(),
+    }
 }

@@ -1,0 +1,105 @@
+//! The privileged system calls of the agent, behind a small trait.
+//!
+//! Everything the agent does to set up mounts, namespaces, ids and the process's stdio goes
+//! through [`Syscall`], so the sequences in [`crate::init`] and [`crate::container`] are unit
+//! tested against a recording mock without root. [`Linux`] is the real implementation.
+//!
+//! The methods are called in a forked child of a multi-threaded process: implementations must not
+//! allocate or take locks (the real one only makes system calls; [`io::Error`] from an errno does
+//! not allocate).
+
+use std::ffi::{c_char, CStr};
+use std::io;
+use std::os::fd::RawFd;
+
+mod linux;
+#[cfg(test)]
+pub mod mock;
+
+pub use linux::Linux;
+
+/// A NULL-terminated array of C string pointers (argv or envp), borrowed from owned strings.
+pub struct CStrArray {
+    /// Owns the buffers `ptrs` points into.
+    #[cfg_attr(not(test), allow(dead_code))]
+    strings: Vec<std::ffi::CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+// SAFETY: the pointers point into `strings`, which the array owns and never mutates; sharing or
+// sending the array shares or moves those heap buffers with it.
+unsafe impl Send for CStrArray {}
+// SAFETY: see `Send`: the array is immutable after construction.
+unsafe impl Sync for CStrArray {}
+
+impl CStrArray {
+    /// Builds the array; the strings must not contain NUL bytes (checked by the caller).
+    pub fn new(strings: Vec<std::ffi::CString>) -> Self {
+        let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        Self { strings, ptrs }
+    }
+
+    /// The NULL-terminated pointer array, valid as long as `self` lives.
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+
+    /// The strings.
+    #[cfg(test)]
+    pub fn strings(&self) -> &[std::ffi::CString] {
+        &self.strings
+    }
+}
+
+/// The system calls the agent makes to build a container and start its process.
+pub trait Syscall {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> io::Result<()>;
+    /// umount2(2) with `MNT_DETACH`.
+    fn umount_detach(&self, target: &CStr) -> io::Result<()>;
+    /// pivot_root(2).
+    fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> io::Result<()>;
+    /// chroot(2).
+    fn chroot(&self, path: &CStr) -> io::Result<()>;
+    /// unlink(2).
+    fn unlink(&self, path: &CStr) -> io::Result<()>;
+    /// chdir(2).
+    fn chdir(&self, path: &CStr) -> io::Result<()>;
+    /// mkdir(2); the mode is subject to the umask.
+    fn mkdir(&self, path: &CStr, mode: libc::mode_t) -> io::Result<()>;
+    /// mknod(2) of a character device.
+    fn mknod_char(&self, path: &CStr, mode: libc::mode_t, major: u32, minor: u32)
+        -> io::Result<()>;
+    /// symlink(2): creates `link` pointing to `target`.
+    fn symlink(&self, target: &CStr, link: &CStr) -> io::Result<()>;
+    /// unshare(2).
+    fn unshare(&self, flags: libc::c_int) -> io::Result<()>;
+    /// sethostname(2).
+    fn sethostname(&self, name: &[u8]) -> io::Result<()>;
+    /// setgroups(2).
+    fn setgroups(&self, groups: &[libc::gid_t]) -> io::Result<()>;
+    /// setresgid(2) with all three ids equal.
+    fn setgid(&self, gid: libc::gid_t) -> io::Result<()>;
+    /// setresuid(2) with all three ids equal.
+    fn setuid(&self, uid: libc::uid_t) -> io::Result<()>;
+    /// setsid(2).
+    fn setsid(&self) -> io::Result<()>;
+    /// ioctl(fd, TIOCSCTTY): makes the terminal `fd` the controlling terminal.
+    fn set_controlling_tty(&self, fd: RawFd) -> io::Result<()>;
+    /// dup2(2); the new descriptor does not have `FD_CLOEXEC`.
+    fn dup2(&self, from: RawFd, to: RawFd) -> io::Result<()>;
+    /// Unblocks every signal and resets every disposition to the default.
+    fn reset_signals(&self) -> io::Result<()>;
+    /// umask(2).
+    fn umask(&self, mask: libc::mode_t);
+    /// execve(2); returns only on failure.
+    fn execve(&self, path: &CStr, argv: &CStrArray, envp: &CStrArray) -> io::Error;
+}

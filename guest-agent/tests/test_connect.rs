@@ -1,0 +1,369 @@
+//! End-to-end tests of the agent's conversation on the host: the test plays the runtime,
+//! listens on a Unix socket and starts `moat-agent --test-connect unix:PATH`, which runs real
+//! processes (without container isolation, which needs the guest).
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use moat_protocol::{
+    decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameKind,
+    HostMessage, ProcessSpec, RootfsSpec, RunRequest, MAX_PAYLOAD, PROTOCOL_VERSION,
+};
+
+const SIGTERM: i32 = 15;
+
+struct Host {
+    conn: UnixStream,
+    agent: Child,
+}
+
+#[derive(Default, Debug)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<ExitStatus>,
+    error: Option<(ErrorKind, String)>,
+}
+
+fn spec(args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        terminal: false,
+        rows: 0,
+        cols: 0,
+    }
+}
+
+impl Host {
+    fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "moat-agent-test-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let agent = Command::new(env!("CARGO_BIN_EXE_moat-agent"))
+            .arg("--test-connect")
+            .arg(format!("unix:{}", path.display()))
+            .args(extra)
+            .spawn()
+            .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut host = Self { conn, agent };
+        match host.recv_control() {
+            AgentMessage::Ready {
+                protocol_version, ..
+            } => {
+                assert_eq!(protocol_version, PROTOCOL_VERSION)
+            }
+            other => panic!("expected Ready, got {other:?}"),
+        }
+        host
+    }
+
+    fn send(&mut self, msg: &HostMessage) {
+        write_frame(&mut self.conn, FrameKind::Control, &encode(msg)).unwrap();
+    }
+
+    fn stdin(&mut self, data: &[u8]) {
+        write_frame(&mut self.conn, FrameKind::Stdin, data).unwrap();
+    }
+
+    fn recv_control(&mut self) -> AgentMessage {
+        let frame = read_frame(&mut self.conn).unwrap();
+        assert_eq!(frame.kind, FrameKind::Control);
+        decode(&frame.payload).unwrap()
+    }
+
+    fn run(&mut self, process: ProcessSpec) -> Result<i32, (ErrorKind, String)> {
+        let req = RunRequest {
+            id: "test".into(),
+            rootfs: RootfsSpec {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
+            process,
+            hostname: None,
+        };
+        self.run_request(req)
+    }
+
+    fn run_request(&mut self, req: RunRequest) -> Result<i32, (ErrorKind, String)> {
+        self.send(&HostMessage::Run(Box::new(req)));
+        match self.recv_control() {
+            AgentMessage::Started { pid } => Ok(pid),
+            AgentMessage::Error { kind, message } => Err((kind, message)),
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    /// Reads frames until `Exited`.
+    fn collect(&mut self) -> Output {
+        let mut out = Output::default();
+        loop {
+            let frame = read_frame(&mut self.conn).unwrap();
+            match frame.kind {
+                FrameKind::Stdout => out.stdout.extend(frame.payload),
+                FrameKind::Stderr => out.stderr.extend(frame.payload),
+                FrameKind::Control => match decode(&frame.payload).unwrap() {
+                    AgentMessage::Exited { status } => {
+                        out.status = Some(status);
+                        return out;
+                    }
+                    AgentMessage::Error { kind, message } => out.error = Some((kind, message)),
+                    other => panic!("unexpected {other:?}"),
+                },
+                FrameKind::Stdin => panic!("stdin frame from the agent"),
+            }
+        }
+    }
+
+    fn shutdown(mut self) {
+        self.send(&HostMessage::Shutdown);
+        let status = self.agent.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+    }
+}
+
+#[test]
+fn stdout_stderr_and_exit_code() {
+    let mut host = Host::start();
+    host.run(spec(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
+        .unwrap();
+    host.send(&HostMessage::StdinEof);
+    let out = host.collect();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 3 }));
+    host.shutdown();
+}
+
+#[test]
+fn stdin_round_trip_and_large_output() {
+    let mut host = Host::start();
+    host.run(spec(&["sh", "-c", "cat; head -c 3000000 /dev/zero"]))
+        .unwrap();
+    host.stdin(b"hello ");
+    host.stdin(b"agent\n");
+    host.send(&HostMessage::StdinEof);
+    let out = host.collect();
+    assert_eq!(&out.stdout[..12], b"hello agent\n");
+    assert_eq!(out.stdout.len(), 12 + 3_000_000);
+    assert!(out.stdout.len() > 2 * MAX_PAYLOAD);
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }));
+    host.shutdown();
+}
+
+#[test]
+fn exec_errors() {
+    let mut host = Host::start();
+    let (kind, message) = host.run(spec(&["no-such-command-moat"])).unwrap_err();
+    assert_eq!(kind, ErrorKind::NotFound, "{message}");
+    assert!(message.contains("no-such-command-moat"), "{message}");
+    host.shutdown();
+
+    let mut host = Host::start();
+    let (kind, message) = host.run(spec(&["/etc/hostname"])).unwrap_err();
+    assert_eq!(kind, ErrorKind::NotExecutable, "{message}");
+    host.shutdown();
+
+    let mut host = Host::start();
+    let (kind, _) = host.run(spec(&[])).unwrap_err();
+    assert_eq!(kind, ErrorKind::InvalidRequest);
+    host.shutdown();
+}
+
+#[test]
+fn signals_reach_the_process() {
+    let mut host = Host::start();
+    host.run(spec(&["sleep", "30"])).unwrap();
+    host.send(&HostMessage::Signal { signo: SIGTERM });
+    let out = host.collect();
+    assert_eq!(out.status, Some(ExitStatus::Signaled { signo: SIGTERM }));
+    host.shutdown();
+}
+
+#[test]
+fn background_children_do_not_hold_exited_back() {
+    let mut host = Host::start();
+    host.run(spec(&["sh", "-c", "sleep 30 & echo started"]))
+        .unwrap();
+    let out = host.collect();
+    assert_eq!(out.stdout, b"started\n");
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }));
+    host.shutdown();
+}
+
+#[test]
+fn process_that_never_reads_stdin() {
+    let mut host = Host::start();
+    host.run(spec(&["sh", "-c", "sleep 1; exit 4"])).unwrap();
+    // Much more than a pipe and the agent's queue hold; the connection must keep flowing.
+    let chunk = vec![b'x'; 256 * 1024];
+    for _ in 0..40 {
+        host.stdin(&chunk);
+    }
+    let out = host.collect();
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 4 }));
+    host.shutdown();
+}
+
+#[test]
+fn terminal_mode() {
+    let mut host = Host::start();
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "stty size; tty >/dev/null && echo is-a-tty; read x; echo got-$x",
+    ]);
+    p.terminal = true;
+    p.rows = 33;
+    p.cols = 101;
+    host.run(p).unwrap();
+    host.stdin(b"line\n");
+    let out = host.collect();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 101"), "{text:?}");
+    assert!(text.contains("is-a-tty"), "{text:?}");
+    assert!(text.contains("got-line"), "{text:?}");
+    assert!(out.stderr.is_empty());
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }));
+    host.shutdown();
+}
+
+#[test]
+fn dropped_connection_ends_the_agent_and_its_process() {
+    let mut host = Host::start();
+    let pid = host.run(spec(&["sleep", "30"])).unwrap();
+    let Host { conn, mut agent } = host;
+    drop(conn);
+    let status = agent.wait().unwrap();
+    assert!(status.success());
+    // The process was killed: soon gone, or a zombie until the host's init reaps it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A read-only loop device over an image file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &str) -> Self {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only", image])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn isolated_run(readonly: bool, cwd: &str, script: &str) -> Output {
+    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
+    let dev = Loop::attach(&image);
+    let mut host = Host::start_with(&["--isolated"]);
+    let mut process = spec(&["sh", "-c", script]);
+    process.uid = 1000;
+    process.gid = 1000;
+    process.additional_gids = vec![100];
+    process.cwd = cwd.into();
+    let req = RunRequest {
+        id: "iso".into(),
+        rootfs: RootfsSpec {
+            device: dev.0.clone(),
+            fstype: "ext4".into(),
+            readonly,
+        },
+        process,
+        hostname: Some("box".into()),
+    };
+    host.run_request(req).unwrap();
+    host.send(&HostMessage::StdinEof);
+    let out = host.collect();
+    host.shutdown();
+    out
+}
+
+const ISOLATED_SCRIPT: &str = "hostname; id -u; id -G; pwd; ls /dev | tr '\\n' ' '; echo; \
+    readlink /dev/ptmx; echo data > /tmp/f && cat /tmp/f; wc -l < /proc/self/mountinfo; \
+    awk '$5 ~ /moat/' /proc/self/mountinfo | wc -l; touch /sys/x 2>/dev/null || echo sys-ro; \
+    cat /etc/hostname";
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_container_from_an_image() {
+    let out = isolated_run(false, "/home/user/work", ISOLATED_SCRIPT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status,
+        Some(ExitStatus::Code { code: 0 }),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["box", "1000", "1000 100", "/home/user/work"],
+        "{text}"
+    );
+    for dev in [
+        "full", "null", "ptmx", "pts", "random", "shm", "stdin", "tty", "urandom", "zero",
+    ] {
+        assert!(
+            lines[4].split(' ').any(|d| d == dev),
+            "no /dev/{dev}: {text}"
+        );
+    }
+    // /, /proc, /sys, /dev, /dev/pts, /dev/shm and nothing of the agent's.
+    assert_eq!(
+        lines[5..],
+        ["pts/ptmx", "data", "6", "0", "sys-ro", "moat"],
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_readonly_root() {
+    let out = isolated_run(true, "/", "touch /x 2>&1; ls /bin/busybox");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(text.contains("/bin/busybox"), "{text}");
+}

@@ -1,0 +1,239 @@
+//! `moat run` from validated request to exit status: probe, state dir, VMM, agent, stdio,
+//! teardown. Every exit path kills the VMM's process group and removes the state directory
+//! (guards dropped in reverse order: raw mode, signals, VMM, state dir).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::time::Duration;
+
+use moat_protocol::{ErrorKind, ExitStatus, ProcessSpec, RootfsSpec, RunRequest};
+
+use crate::assets::{AssetError, Assets};
+use crate::boot::{self, BootError, Logs};
+use crate::config::{ConfigError, RunConfig};
+use crate::session::{Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
+use crate::signals::SignalForwarder;
+use crate::state::{StateDir, StateError, STATE_ROOT};
+use crate::terminal::{self, RawMode};
+use crate::vmm::{self, VmSpec, VmmError, VmmProcess};
+
+/// Default time the guest gets to boot and connect.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Time the VM gets to power off after `Shutdown` before it is killed.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a VM whose agent vanished gets to exit by itself before it is killed.
+const VM_END_GRACE: Duration = Duration::from_secs(1);
+
+/// Exit status for errors of moat itself (docker's convention).
+pub const EXIT_RUNTIME_ERROR: i32 = 125;
+
+/// The guest device the image disk appears as (the first `--disk`).
+const ROOT_DEVICE: &str = "/dev/vda";
+
+/// Errors of a run. [`RunError::exit_code`] gives the status `moat run` exits with.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad user input.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An asset is missing.
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The VMM could not run.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// The VM did not come up.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The conversation with the agent failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The VM ended while the container ran.
+    #[error("VM ended before the container exited: {0}")]
+    VmEnded(String),
+    /// The agent could not start the process.
+    #[error("{message}")]
+    Agent {
+        /// Its kind, which decides the exit status.
+        kind: ErrorKind,
+        /// The agent's message.
+        message: String,
+    },
+    /// A file in the state directory could not be created.
+    #[error("cannot create {}", path.display())]
+    CreateFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The terminal or the signal handlers could not be set up.
+    #[error("cannot set up the terminal or signal handling")]
+    Setup(#[source] std::io::Error),
+    /// `MOAT_BOOT_TIMEOUT` is not a positive number of seconds.
+    #[error("invalid MOAT_BOOT_TIMEOUT {0:?}: expected a positive number of seconds")]
+    BadBootTimeout(String),
+}
+
+impl RunError {
+    /// The exit status for this error: 126 not executable, 127 not found, 128+N for a signal
+    /// that stopped the run before the container started, else 125.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Agent { kind: ErrorKind::NotFound, .. } => 127,
+            Self::Agent { kind: ErrorKind::NotExecutable, .. } => 126,
+            Self::Boot(BootError::Interrupted(signo)) => 128 + signo,
+            _ => EXIT_RUNTIME_ERROR,
+        }
+    }
+}
+
+/// The shell-style status for how the container's process ended, kept within 0..=255.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match status {
+        ExitStatus::Code { code } => code & 0xff,
+        ExitStatus::Signaled { signo } if (1..128).contains(&signo) => 128 + signo,
+        ExitStatus::Signaled { .. } => EXIT_RUNTIME_ERROR,
+    }
+}
+
+/// Settings of the runtime itself (not of the container).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Parent of the state directories.
+    pub state_root: PathBuf,
+    /// How long the guest gets to boot and connect.
+    pub boot_timeout: Duration,
+    /// Skip `moat-vmm probe` (only for tests of later failure paths).
+    pub skip_probe: bool,
+}
+
+impl RuntimeOptions {
+    /// Defaults, with `MOAT_BOOT_TIMEOUT` (seconds) and `MOAT_SKIP_PROBE=1` applied.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, RunError> {
+        let boot_timeout = match var("MOAT_BOOT_TIMEOUT") {
+            None => DEFAULT_BOOT_TIMEOUT,
+            Some(text) => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(RunError::BadBootTimeout(text))?,
+        };
+        Ok(Self {
+            state_root: PathBuf::from(STATE_ROOT),
+            boot_timeout,
+            skip_probe: var("MOAT_SKIP_PROBE").as_deref() == Some("1"),
+        })
+    }
+}
+
+/// The agent's request for `config`, with the terminal size when it runs on one.
+fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
+    let (rows, cols) = if config.tty { size } else { (0, 0) };
+    RunRequest {
+        id: config.id.clone(),
+        rootfs: RootfsSpec { device: ROOT_DEVICE.into(), fstype: "ext4".into(), readonly: false },
+        process: ProcessSpec {
+            args: config.args.clone(),
+            env: config.env.clone(),
+            cwd: config.workdir.clone(),
+            uid: config.user.uid,
+            gid: config.user.gid,
+            additional_gids: vec![],
+            terminal: config.tty,
+            rows,
+            cols,
+        },
+        hostname: Some(config.hostname.clone()),
+    }
+}
+
+/// Runs the container of `config` in a new microVM and returns its exit status.
+pub fn run(
+    config: &RunConfig,
+    assets: &Assets,
+    options: &RuntimeOptions,
+    stdio: Stdio,
+) -> Result<i32, RunError> {
+    let (tx, events) = sync_channel(EVENT_QUEUE);
+    // First, so that a Ctrl-C during the boot is ours and cleans up.
+    let _signals = SignalForwarder::start(tx.clone()).map_err(RunError::Setup)?;
+    if !options.skip_probe {
+        vmm::probe(&assets.vmm)?;
+    }
+    let state = StateDir::create(&options.state_root, &config.id)?;
+    let listener = boot::listen(&state.agent_listener())?;
+    let vmm_log = state.vmm_log();
+    let log = File::create(&vmm_log)
+        .map_err(|source| RunError::CreateFile { path: vmm_log.clone(), source })?;
+    let spec = VmSpec {
+        kernel: assets.kernel.clone(),
+        initramfs: assets.initramfs.clone(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        disks_ro: vec![assets.image.clone()],
+        vsock_uds: state.vsock_uds(),
+        console_log: state.console_log(),
+    };
+    let mut vmm = VmmProcess::spawn(&assets.vmm, &spec.args()?, log)?;
+    let console_log = state.console_log();
+    let logs = Logs { vmm_log: &vmm_log, console_log: &console_log };
+    let stream = boot::wait_for_agent(&listener, &vmm, &logs, options.boot_timeout, &events)?;
+    drop(listener);
+    let raw = if config.tty && config.interactive {
+        RawMode::enter().map_err(RunError::Setup)?
+    } else {
+        None
+    };
+    let size = terminal::window_size().unwrap_or(terminal::DEFAULT_SIZE);
+    let mut session = Session::new(stream);
+    let outcome = session.run(run_request(config, size), stdio, &events, &tx);
+    drop(raw);
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(SessionError::Ended(reason)) => {
+            // A panicking or rebooting guest ends the VMM by itself; give it a moment so its
+            // console log is complete, then make sure it is gone.
+            let _ = vmm.wait_timeout(VM_END_GRACE);
+            vmm.kill_and_reap();
+            let hint = crate::console::guest_hint(&console_log)
+                .or(reason)
+                .unwrap_or_else(|| "the guest gave no reason".to_owned());
+            return Err(RunError::VmEnded(hint));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    shut_down(&mut session, &mut vmm);
+    match outcome {
+        Outcome::Exited(status) => Ok(exit_code(status)),
+        Outcome::Failed { kind, message } => Err(RunError::Agent { kind, message }),
+    }
+}
+
+/// Asks the agent to power the VM off and waits for the VMM, killing it after
+/// [`SHUTDOWN_TIMEOUT`].
+fn shut_down(session: &mut Session, vmm: &mut VmmProcess) {
+    if let Err(e) = session.shutdown() {
+        tracing::debug!(error = %e, "cannot send shutdown");
+    }
+    match vmm.wait_timeout(SHUTDOWN_TIMEOUT) {
+        Ok(Some(status)) if status.success() => {}
+        Ok(Some(status)) => tracing::warn!(status = %vmm::describe(status), "moat-vmm failed at shutdown"),
+        Ok(None) => tracing::warn!("the VM did not power off in time; killing it"),
+        Err(e) => tracing::warn!(error = %e, "cannot wait for moat-vmm"),
+    }
+    vmm.kill_and_reap();
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

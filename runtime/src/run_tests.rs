@@ -1,0 +1,286 @@
+//! Tests of [`run`]: exit codes, options, and whole runs against a fake `moat-vmm` (a shell
+//! script) with an in-process agent on the real listener socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use moat_protocol::{decode, encode, read_frame, write_frame, AgentMessage, FrameKind, HostMessage};
+
+use super::*;
+use crate::config::{AssetOverrides, User};
+use crate::testutil::{fake_vmm, TempDir};
+
+#[test]
+fn exit_codes() {
+    assert_eq!(exit_code(ExitStatus::Code { code: 0 }), 0);
+    assert_eq!(exit_code(ExitStatus::Code { code: 42 }), 42);
+    assert_eq!(exit_code(ExitStatus::Code { code: 256 + 3 }), 3);
+    assert_eq!(exit_code(ExitStatus::Code { code: -1 }), 255);
+    assert_eq!(exit_code(ExitStatus::Signaled { signo: 9 }), 137);
+    assert_eq!(exit_code(ExitStatus::Signaled { signo: 15 }), 143);
+    assert_eq!(exit_code(ExitStatus::Signaled { signo: 0 }), 125);
+    assert_eq!(exit_code(ExitStatus::Signaled { signo: 1000 }), 125);
+    let agent = |kind| RunError::Agent { kind, message: String::new() };
+    assert_eq!(agent(ErrorKind::NotFound).exit_code(), 127);
+    assert_eq!(agent(ErrorKind::NotExecutable).exit_code(), 126);
+    assert_eq!(agent(ErrorKind::InvalidRequest).exit_code(), 125);
+    assert_eq!(agent(ErrorKind::Internal).exit_code(), 125);
+    assert_eq!(RunError::VmEnded(String::new()).exit_code(), 125);
+    assert_eq!(RunError::Boot(BootError::Interrupted(2)).exit_code(), 130);
+}
+
+#[test]
+fn options_from_the_environment() {
+    let opts = RuntimeOptions::from_env(|_| None).unwrap();
+    assert_eq!(opts.boot_timeout, DEFAULT_BOOT_TIMEOUT);
+    assert!(!opts.skip_probe);
+    assert_eq!(opts.state_root, PathBuf::from("/run/moat"));
+    let env = |k: &str| match k {
+        "MOAT_BOOT_TIMEOUT" => Some("2.5".to_owned()),
+        "MOAT_SKIP_PROBE" => Some("1".to_owned()),
+        _ => None,
+    };
+    let opts = RuntimeOptions::from_env(env).unwrap();
+    assert_eq!(opts.boot_timeout, Duration::from_millis(2500));
+    assert!(opts.skip_probe);
+    for bad in ["0", "-1", "x", "", "inf", "NaN"] {
+        let env = |k: &str| (k == "MOAT_BOOT_TIMEOUT").then(|| bad.to_owned());
+        assert!(RuntimeOptions::from_env(env).is_err(), "{bad:?} accepted");
+    }
+}
+
+fn config(id: &str, tty: bool) -> RunConfig {
+    RunConfig {
+        id: id.into(),
+        image: "busybox".into(),
+        args: vec!["echo".into(), "hi".into()],
+        env: vec!["PATH=/bin".into()],
+        workdir: "/".into(),
+        user: User { uid: 1000, gid: 100 },
+        hostname: "box".into(),
+        cpus: 2,
+        memory_mib: 128,
+        interactive: false,
+        tty,
+        assets: AssetOverrides::default(),
+    }
+}
+
+#[test]
+fn request_carries_the_config() {
+    let req = run_request(&config("c1", false), (50, 120));
+    assert_eq!(req.id, "c1");
+    assert_eq!(req.rootfs.device, "/dev/vda");
+    assert!(!req.rootfs.readonly);
+    assert_eq!(req.process.args, ["echo", "hi"]);
+    assert_eq!((req.process.uid, req.process.gid), (1000, 100));
+    assert_eq!((req.process.rows, req.process.cols, req.process.terminal), (0, 0, false));
+    assert_eq!(req.hostname.as_deref(), Some("box"));
+    let req = run_request(&config("c1", true), (50, 120));
+    assert_eq!((req.process.rows, req.process.cols, req.process.terminal), (50, 120, true));
+}
+
+/// A fake `moat-vmm`: `probe` prints a refusal when `$dir/no-kvm` exists; `run` checks its
+/// arguments, then waits until the fake agent creates `<state>/poweroff`.
+const FAKE_VMM: &str = r#"
+dir=$(dirname "$0")
+if [ "$1" = probe ]; then
+  [ -e "$dir/no-kvm" ] && { echo 'moat-vmm: no hardware virtualization here' >&2; exit 1; }
+  exit 0
+fi
+[ -e "$dir/fail" ] && { echo 'moat-vmm: kernel: not an ELF file' >&2; exit 1; }
+while [ $# -gt 0 ]; do
+  case "$1" in --console-log) state=$(dirname "$2");; --disk) disk="$2";; esac
+  shift
+done
+case "$disk" in *,ro) ;; *) echo "bad disk $disk" >&2; exit 2;; esac
+echo "$$" > "$dir/vmm.pid"
+while [ ! -e "$state/poweroff" ]; do sleep 0.01; done
+exit 0
+"#;
+
+struct Setup {
+    tmp: TempDir,
+    assets: Assets,
+    options: RuntimeOptions,
+}
+
+fn setup(name: &str) -> Setup {
+    let tmp = TempDir::new(name);
+    let vmm = fake_vmm(tmp.path(), FAKE_VMM);
+    for f in ["vmlinux", "initramfs.cpio", "busybox.ext4"] {
+        std::fs::write(tmp.path().join(f), b"x").unwrap();
+    }
+    let assets = Assets {
+        vmm,
+        kernel: tmp.path().join("vmlinux"),
+        initramfs: tmp.path().join("initramfs.cpio"),
+        image: tmp.path().join("busybox.ext4"),
+    };
+    let options = RuntimeOptions {
+        state_root: tmp.path().join("run"),
+        boot_timeout: Duration::from_secs(20),
+        skip_probe: false,
+    };
+    Setup { tmp, assets, options }
+}
+
+impl Setup {
+    fn state(&self, id: &str) -> PathBuf {
+        self.options.state_root.join(id)
+    }
+
+    /// Asserts that the state dir is gone and the fake VMM no longer runs.
+    fn assert_clean(&self, id: &str) {
+        assert!(!self.state(id).exists(), "state dir left behind");
+        if let Ok(pid) = std::fs::read_to_string(self.tmp.path().join("vmm.pid")) {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+            assert!(stat.is_err(), "fake vmm {pid} still exists");
+        }
+    }
+
+    /// Plays the agent: connects to the run's listener, says `Ready`, then `script`.
+    fn agent(&self, id: &str, script: impl FnOnce(&mut UnixStream, &Path) + Send + 'static) -> JoinHandle<()> {
+        let state = self.state(id);
+        std::thread::spawn(move || {
+            let sock = state.join("vsock.sock_1024");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut stream = loop {
+                if let Ok(s) = UnixStream::connect(&sock) {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "no listener");
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let ready = AgentMessage::Ready { protocol_version: 1, agent_version: "fake".into() };
+            write_frame(&mut stream, FrameKind::Control, &encode(&ready)).unwrap();
+            script(&mut stream, &state);
+        })
+    }
+}
+
+fn recv(stream: &mut UnixStream) -> HostMessage {
+    let frame = read_frame(stream).unwrap();
+    assert_eq!(frame.kind, FrameKind::Control);
+    decode(&frame.payload).unwrap()
+}
+
+fn send(stream: &mut UnixStream, msg: &AgentMessage) {
+    write_frame(stream, FrameKind::Control, &encode(msg)).unwrap();
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn stdio() -> (Stdio, Shared) {
+    let out = Shared::default();
+    let stdio = Stdio {
+        stdout: Box::new(out.clone()),
+        stderr: Box::new(std::io::sink()),
+        stdin: None::<Box<dyn Read + Send>>,
+    };
+    (stdio, out)
+}
+
+#[test]
+fn a_whole_run_returns_the_status_and_cleans_up() {
+    let s = setup("run-ok");
+    let agent = s.agent("ok1", |stream, state| {
+        let HostMessage::Run(req) = recv(stream) else { panic!("expected run") };
+        assert_eq!(req.process.args, ["echo", "hi"]);
+        send(stream, &AgentMessage::Started { pid: 7 });
+        assert_eq!(recv(stream), HostMessage::StdinEof);
+        write_frame(stream, FrameKind::Stdout, b"hi\n").unwrap();
+        send(stream, &AgentMessage::Exited { status: ExitStatus::Code { code: 5 } });
+        assert_eq!(recv(stream), HostMessage::Shutdown);
+        std::fs::write(state.join("poweroff"), b"").unwrap();
+    });
+    let (stdio, out) = stdio();
+    let code = run(&config("ok1", false), &s.assets, &s.options, stdio).unwrap();
+    agent.join().unwrap();
+    assert_eq!(code, 5);
+    assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+    s.assert_clean("ok1");
+}
+
+#[test]
+fn agent_errors_map_to_exit_codes() {
+    let s = setup("run-notfound");
+    let agent = s.agent("nf", |stream, state| {
+        recv(stream);
+        let msg = "exec: nope: not found".to_owned();
+        send(stream, &AgentMessage::Error { kind: ErrorKind::NotFound, message: msg });
+        assert_eq!(recv(stream), HostMessage::Shutdown);
+        std::fs::write(state.join("poweroff"), b"").unwrap();
+    });
+    let err = run(&config("nf", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    agent.join().unwrap();
+    assert_eq!(err.exit_code(), 127);
+    assert_eq!(err.to_string(), "exec: nope: not found");
+    s.assert_clean("nf");
+}
+
+#[test]
+fn a_vm_that_dies_under_the_container_is_reported() {
+    let s = setup("run-panic");
+    let agent = s.agent("p1", |stream, state| {
+        recv(stream);
+        send(stream, &AgentMessage::Started { pid: 7 });
+        let panic = "[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n";
+        std::fs::write(state.join("console.log"), panic).unwrap();
+        // The connection drops without Exited, and the VMM keeps running.
+    });
+    let err = run(&config("p1", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    agent.join().unwrap();
+    assert_eq!(err.exit_code(), 125);
+    assert_eq!(
+        err.to_string(),
+        "VM ended before the container exited: the guest kernel panicked: \
+         Kernel panic - not syncing: Attempted to kill init!"
+    );
+    s.assert_clean("p1");
+}
+
+#[test]
+fn failures_before_the_agent_leave_nothing_behind() {
+    let s = setup("run-fail");
+    std::fs::write(s.tmp.path().join("no-kvm"), b"").unwrap();
+    let err = run(&config("f1", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    assert_eq!(err.to_string(), "no hardware virtualization here");
+    assert_eq!(err.exit_code(), 125);
+    s.assert_clean("f1");
+
+    std::fs::remove_file(s.tmp.path().join("no-kvm")).unwrap();
+    std::fs::write(s.tmp.path().join("fail"), b"").unwrap();
+    let err = run(&config("f1", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "VM exited before the agent was ready (status 1): moat-vmm: kernel: not an ELF file"
+    );
+    s.assert_clean("f1");
+
+    std::fs::remove_file(s.tmp.path().join("fail")).unwrap();
+    let options = RuntimeOptions { boot_timeout: Duration::from_millis(300), ..s.options.clone() };
+    let err = run(&config("f1", false), &s.assets, &options, stdio().0).unwrap_err();
+    assert!(err.to_string().starts_with("the guest agent did not become ready"), "{err}");
+    s.assert_clean("f1");
+
+    std::fs::create_dir_all(s.state("taken")).unwrap();
+    let err = run(&config("taken", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    assert!(err.to_string().starts_with("a container named \"taken\" already exists"), "{err}");
+    assert!(s.state("taken").exists(), "someone else's state dir was removed");
+}

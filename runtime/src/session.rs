@@ -1,0 +1,264 @@
+//! The conversation with a ready agent: `Run`, then stdio, signals and resizes until `Exited`.
+//!
+//! Threads: one reads the agent's frames (writing stdout/stderr itself, so output never waits
+//! for the main loop), one reads our stdin (with `-i`), one turns signals into events. All of
+//! them feed one bounded channel of [`Event`]s that the calling thread serves; only it writes
+//! to the agent, so frames never interleave.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use moat_protocol::{
+    decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameError,
+    FrameKind, HostMessage, RunRequest,
+};
+
+use crate::terminal;
+
+/// Largest stdin chunk sent in one frame.
+const STDIN_CHUNK: usize = 32 * 1024;
+
+/// Capacity of the event channel: bounds what a fast guest or stdin can queue up.
+pub const EVENT_QUEUE: usize = 64;
+
+/// What the main loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A control message from the agent.
+    Agent(AgentMessage),
+    /// The agent's stream ended (`None`: cleanly) or broke.
+    AgentGone(Option<String>),
+    /// We received this signal.
+    Signal(i32),
+    /// Bytes from our stdin.
+    Stdin(Vec<u8>),
+    /// Our stdin reached its end.
+    StdinEof,
+}
+
+/// Errors of the conversation.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The agent could not be sent a message.
+    #[error("cannot send to the guest agent")]
+    Send(#[source] FrameError),
+    /// The agent's stream ended before `Exited`; the VM is gone or going.
+    #[error("the agent's connection ended before the container exited{}", detail_suffix(.0))]
+    Ended(Option<String>),
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] io::Error),
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+}
+
+/// How a session ended when the VM is still fine (it can be shut down gracefully).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process ran and ended.
+    Exited(ExitStatus),
+    /// The agent could not start the process.
+    Failed {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// The agent's message, sanitized.
+        message: String,
+    },
+}
+
+/// Where the container's stdio goes to and comes from.
+pub struct Stdio {
+    /// Receives the process's stdout (and its terminal output).
+    pub stdout: Box<dyn Write + Send>,
+    /// Receives the process's stderr.
+    pub stderr: Box<dyn Write + Send>,
+    /// Forwarded to the process with `-i`; `None` closes its stdin at once.
+    pub stdin: Option<Box<dyn Read + Send>>,
+}
+
+impl Stdio {
+    /// Our own stdout and stderr, and our stdin when `interactive`.
+    pub fn inherit(interactive: bool) -> Self {
+        Self {
+            stdout: Box::new(io::stdout()),
+            stderr: Box::new(io::stderr()),
+            stdin: interactive.then(|| Box::new(io::stdin()) as Box<dyn Read + Send>),
+        }
+    }
+}
+
+/// A sink that stops writing, quietly, after its first failure (e.g. a closed pipe): the
+/// container keeps running as it would with docker.
+struct Sink {
+    out: Box<dyn Write + Send>,
+    broken: bool,
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if self.out.write_all(bytes).and_then(|()| self.out.flush()).is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+/// Reads the agent's frames until its stream ends or it says `Exited`.
+fn read_agent(mut stream: UnixStream, stdout: Box<dyn Write + Send>, stderr: Box<dyn Write + Send>, tx: SyncSender<Event>) {
+    let mut stdout = Sink { out: stdout, broken: false };
+    let mut stderr = Sink { out: stderr, broken: false };
+    let end = loop {
+        let frame = match read_frame(&mut stream) {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        match frame.kind {
+            FrameKind::Stdout => stdout.write(&frame.payload),
+            FrameKind::Stderr => stderr.write(&frame.payload),
+            FrameKind::Stdin => break Some("the agent sent a stdin frame".to_owned()),
+            FrameKind::Control => match decode::<AgentMessage>(&frame.payload) {
+                Ok(msg) => {
+                    let exited = matches!(msg, AgentMessage::Exited { .. });
+                    if tx.send(Event::Agent(msg)).is_err() || exited {
+                        return;
+                    }
+                }
+                Err(e) => break Some(e.to_string()),
+            },
+        }
+    };
+    let _ = tx.send(Event::AgentGone(end));
+}
+
+/// Reads `stdin` in chunks until its end.
+fn read_stdin(mut stdin: Box<dyn Read + Send>, tx: SyncSender<Event>) {
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    loop {
+        let event = match stdin.read(&mut buf) {
+            Ok(0) => Event::StdinEof,
+            Ok(n) => Event::Stdin(buf[..n].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "stdin failed; closing the container's stdin");
+                Event::StdinEof
+            }
+        };
+        let eof = matches!(event, Event::StdinEof);
+        if tx.send(event).is_err() || eof {
+            return;
+        }
+    }
+}
+
+/// The agent's connection, from the host side.
+pub struct Session {
+    stream: UnixStream,
+}
+
+impl Session {
+    /// Wraps a stream whose `Ready` was already checked.
+    pub fn new(stream: UnixStream) -> Self {
+        Self { stream }
+    }
+
+    fn send(&mut self, msg: &HostMessage) -> Result<(), SessionError> {
+        write_frame(&mut self.stream, FrameKind::Control, &encode(msg)).map_err(SessionError::Send)
+    }
+
+    /// Sends `Shutdown`; the VM powers itself off after that.
+    pub fn shutdown(&mut self) -> Result<(), SessionError> {
+        self.send(&HostMessage::Shutdown)
+    }
+
+    /// Runs the container: sends `request`, then serves `events` until the agent reports the
+    /// process's end or its failure to start it. `tx` is the sender of `events`, used by the
+    /// threads this starts. With `request.process.terminal`, `SIGWINCH` becomes `Resize`.
+    pub fn run(
+        &mut self,
+        request: RunRequest,
+        stdio: Stdio,
+        events: &Receiver<Event>,
+        tx: &SyncSender<Event>,
+    ) -> Result<Outcome, SessionError> {
+        let terminal = request.process.terminal;
+        self.send(&HostMessage::Run(Box::new(request)))?;
+        let reader = self.stream.try_clone().map_err(SessionError::Thread)?;
+        let agent_tx = tx.clone();
+        let (stdout, stderr) = (stdio.stdout, stdio.stderr);
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || read_agent(reader, stdout, stderr, agent_tx))
+            .map_err(SessionError::Thread)?;
+        let mut stdin = stdio.stdin;
+        let mut started = false;
+        loop {
+            let event = events.recv().unwrap_or(Event::AgentGone(None));
+            match event {
+                Event::Agent(AgentMessage::Started { .. }) if !started => {
+                    started = true;
+                    self.start_stdin(stdin.take(), tx)?;
+                }
+                Event::Agent(AgentMessage::Exited { status }) => return Ok(Outcome::Exited(status)),
+                Event::Agent(AgentMessage::Error { kind, message }) if !started => {
+                    let message = crate::console::sanitize(&message);
+                    return Ok(Outcome::Failed { kind, message });
+                }
+                Event::Agent(other) => tracing::warn!(message = ?other, "unexpected agent message"),
+                Event::AgentGone(reason) => return Err(SessionError::Ended(reason)),
+                Event::Signal(libc::SIGWINCH) if terminal => self.send_resize(),
+                Event::Signal(libc::SIGWINCH) => {}
+                Event::Signal(signo) => self.send_lossy(&HostMessage::Signal { signo }),
+                Event::Stdin(bytes) => self.send_stdin(&bytes),
+                Event::StdinEof => self.send_lossy(&HostMessage::StdinEof),
+            }
+        }
+    }
+
+    /// Starts forwarding stdin, or closes the process's stdin at once when there is none.
+    fn start_stdin(
+        &mut self,
+        stdin: Option<Box<dyn Read + Send>>,
+        tx: &SyncSender<Event>,
+    ) -> Result<(), SessionError> {
+        let Some(stdin) = stdin else {
+            self.send_lossy(&HostMessage::StdinEof);
+            return Ok(());
+        };
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || read_stdin(stdin, tx))
+            .map_err(SessionError::Thread)?;
+        Ok(())
+    }
+
+    /// Sends a message whose loss only matters if the agent is gone, which the reader thread
+    /// reports with a better diagnosis.
+    fn send_lossy(&mut self, msg: &HostMessage) {
+        if let Err(e) = self.send(msg) {
+            tracing::debug!(error = %e, "cannot send to the agent");
+        }
+    }
+
+    fn send_stdin(&mut self, bytes: &[u8]) {
+        if let Err(e) = write_frame(&mut self.stream, FrameKind::Stdin, bytes) {
+            tracing::debug!(error = %e, "cannot send stdin to the agent");
+        }
+    }
+
+    fn send_resize(&mut self) {
+        if let Some((rows, cols)) = terminal::window_size() {
+            self.send_lossy(&HostMessage::Resize { rows, cols });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,204 @@
+//! Tests of [`Session`] against an in-process agent on a socket pair.
+
+use std::io::Cursor;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use moat_protocol::{ProcessSpec, RootfsSpec};
+
+use super::*;
+
+/// A `Write` whose bytes the test can read afterwards.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn request(terminal: bool) -> RunRequest {
+    RunRequest {
+        id: "t".into(),
+        rootfs: RootfsSpec { device: "/dev/vda".into(), fstype: "ext4".into(), readonly: false },
+        process: ProcessSpec {
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            terminal,
+            rows: 24,
+            cols: 80,
+        },
+        hostname: None,
+    }
+}
+
+/// The agent's side: helpers to read host messages and send agent ones.
+struct Agent(UnixStream);
+
+impl Agent {
+    fn send(&mut self, msg: &AgentMessage) {
+        write_frame(&mut self.0, FrameKind::Control, &encode(msg)).unwrap();
+    }
+    fn data(&mut self, kind: FrameKind, bytes: &[u8]) {
+        write_frame(&mut self.0, kind, bytes).unwrap();
+    }
+    fn recv(&mut self) -> (FrameKind, Vec<u8>) {
+        let frame = read_frame(&mut self.0).unwrap();
+        (frame.kind, frame.payload)
+    }
+    fn recv_msg(&mut self) -> HostMessage {
+        let (kind, payload) = self.recv();
+        assert_eq!(kind, FrameKind::Control);
+        decode(&payload).unwrap()
+    }
+}
+
+fn spawn_agent(script: impl FnOnce(Agent) + Send + 'static) -> (UnixStream, JoinHandle<()>) {
+    let (host, agent) = UnixStream::pair().unwrap();
+    (host, std::thread::spawn(move || script(Agent(agent))))
+}
+
+fn make_stdio(stdin: Option<&'static [u8]>) -> (Stdio, Shared, Shared) {
+    let (out, err) = (Shared::default(), Shared::default());
+    let stdio = Stdio {
+        stdout: Box::new(out.clone()),
+        stderr: Box::new(err.clone()),
+        stdin: stdin.map(|b| Box::new(Cursor::new(b)) as Box<dyn Read + Send>),
+    };
+    (stdio, out, err)
+}
+
+#[test]
+fn output_is_kept_apart_and_binary_safe() {
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    let expected = all_bytes.clone();
+    let (host, agent) = spawn_agent(move |mut a| {
+        assert!(matches!(a.recv_msg(), HostMessage::Run(r) if r.process.args == ["sh"]));
+        a.send(&AgentMessage::Started { pid: 2 });
+        assert_eq!(a.recv_msg(), HostMessage::StdinEof);
+        a.data(FrameKind::Stdout, &all_bytes);
+        a.data(FrameKind::Stderr, b"oops\n");
+        a.data(FrameKind::Stdout, b"");
+        a.send(&AgentMessage::Exited { status: ExitStatus::Code { code: 3 } });
+        assert_eq!(a.recv_msg(), HostMessage::Shutdown);
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, out, err) = make_stdio(None);
+    let mut session = Session::new(host);
+    let outcome = session.run(request(false), stdio, &rx, &tx).unwrap();
+    assert_eq!(outcome, Outcome::Exited(ExitStatus::Code { code: 3 }));
+    session.shutdown().unwrap();
+    agent.join().unwrap();
+    assert_eq!(out.bytes(), expected);
+    assert_eq!(err.bytes(), b"oops\n");
+}
+
+#[test]
+fn stdin_is_forwarded_then_closed() {
+    let (host, agent) = spawn_agent(|mut a| {
+        a.recv_msg();
+        a.send(&AgentMessage::Started { pid: 2 });
+        let mut got = Vec::new();
+        loop {
+            match a.recv() {
+                (FrameKind::Stdin, bytes) => got.extend(bytes),
+                (FrameKind::Control, payload) => {
+                    assert_eq!(decode::<HostMessage>(&payload).unwrap(), HostMessage::StdinEof);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        a.data(FrameKind::Stdout, &got);
+        a.send(&AgentMessage::Exited { status: ExitStatus::Signaled { signo: 9 } });
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, out, _) = make_stdio(Some(b"line one\nline two\n"));
+    let outcome = Session::new(host).run(request(false), stdio, &rx, &tx).unwrap();
+    assert_eq!(outcome, Outcome::Exited(ExitStatus::Signaled { signo: 9 }));
+    agent.join().unwrap();
+    assert_eq!(out.bytes(), b"line one\nline two\n");
+}
+
+#[test]
+fn signals_are_forwarded_and_winch_only_with_a_terminal() {
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let signal_tx = tx.clone();
+    let (host, agent) = spawn_agent(move |mut a| {
+        a.recv_msg();
+        a.send(&AgentMessage::Started { pid: 2 });
+        assert_eq!(a.recv_msg(), HostMessage::StdinEof);
+        signal_tx.send(Event::Signal(libc::SIGWINCH)).unwrap();
+        signal_tx.send(Event::Signal(libc::SIGTERM)).unwrap();
+        assert_eq!(a.recv_msg(), HostMessage::Signal { signo: libc::SIGTERM });
+        a.send(&AgentMessage::Exited { status: ExitStatus::Code { code: 0 } });
+    });
+    let (stdio, _, _) = make_stdio(None);
+    let outcome = Session::new(host).run(request(false), stdio, &rx, &tx).unwrap();
+    assert_eq!(outcome, Outcome::Exited(ExitStatus::Code { code: 0 }));
+    agent.join().unwrap();
+}
+
+#[test]
+fn start_failure_is_an_outcome() {
+    let (host, agent) = spawn_agent(|mut a| {
+        a.recv_msg();
+        a.send(&AgentMessage::Error {
+            kind: ErrorKind::NotFound,
+            message: "nope: \x1b[2Jnot found".into(),
+        });
+        assert_eq!(a.recv_msg(), HostMessage::Shutdown);
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, _, _) = make_stdio(None);
+    let mut session = Session::new(host);
+    let outcome = session.run(request(false), stdio, &rx, &tx).unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Failed { kind: ErrorKind::NotFound, message: "nope: ?[2Jnot found".into() }
+    );
+    session.shutdown().unwrap();
+    agent.join().unwrap();
+}
+
+#[test]
+fn a_dropped_connection_or_garbage_ends_the_session() {
+    let (host, agent) = spawn_agent(|mut a| {
+        a.recv_msg();
+        a.send(&AgentMessage::Started { pid: 2 });
+        a.data(FrameKind::Stdout, b"partial");
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, out, _) = make_stdio(None);
+    let err = Session::new(host).run(request(false), stdio, &rx, &tx).unwrap_err();
+    assert!(matches!(err, SessionError::Ended(None)), "{err}");
+    agent.join().unwrap();
+    assert_eq!(out.bytes(), b"partial");
+
+    let (host, agent) = spawn_agent(|mut a| {
+        a.recv_msg();
+        a.data(FrameKind::Control, b"{not json");
+        // Keep the stream open: the host must stop on the garbage alone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    let (stdio, _, _) = make_stdio(None);
+    let err = Session::new(host).run(request(false), stdio, &rx, &tx).unwrap_err();
+    assert!(matches!(err, SessionError::Ended(Some(_))), "{err}");
+    agent.join().unwrap();
+}

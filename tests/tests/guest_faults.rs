@@ -1,0 +1,40 @@
+//! The guest cannot make the VMM crash or hang: power-off, reboot and panic from inside each end
+//! the run with a clear status, and nothing is left behind.
+
+use moat_tests::{assert_nothing_left, moat, unique_name, vm_available};
+
+#[test]
+fn poweroff_from_the_container_ends_the_run() {
+    if !vm_available("poweroff_from_the_container_ends_the_run") {
+        return;
+    }
+    let name = unique_name("poweroff");
+    let o = moat(&["run", "--name", &name, "--", "poweroff", "-f"], None);
+    // The container has its own PID namespace: power-off there ends its init with SIGINT.
+    o.expect_code(128 + 2);
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn guest_kernel_reboot_ends_the_run() {
+    if !vm_available("guest_kernel_reboot_ends_the_run") {
+        return;
+    }
+    let name = unique_name("reboot");
+    let o = moat(&["run", "--name", &name, "--", "sh", "-c", "echo b > /proc/sysrq-trigger; sleep 60"], None);
+    o.expect_code(125);
+    assert!(o.err().contains("VM ended"), "{}", o.diagnostics());
+    assert_nothing_left(&name);
+}
+
+#[test]
+fn guest_kernel_panic_ends_the_run() {
+    if !vm_available("guest_kernel_panic_ends_the_run") {
+        return;
+    }
+    let name = unique_name("panic");
+    let o = moat(&["run", "--name", &name, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 60"], None);
+    o.expect_code(125);
+    assert!(o.err().contains("panic"), "{}", o.diagnostics());
+    assert_nothing_left(&name);
+}

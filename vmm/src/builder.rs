@@ -1,0 +1,286 @@
+//! Assembles and runs a microVM from a [`VmConfig`]: memory, VM, legacy devices, virtio devices
+//! on the MMIO transport, the kernel, the vCPU threads and the event-loop thread; then waits for
+//! the first [`VmExit`].
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+
+use crate::arch::x86_64::cpuid::{self, CpuidError};
+use crate::arch::x86_64::layout::{
+    I8042_PORT, MMIO_WINDOW, SERIAL_IRQ, SERIAL_PORT, VIRTIO_FIRST_GSI, VIRTIO_MMIO_BASE,
+};
+use crate::arch::x86_64::regs::{self, RegsError};
+use crate::boot::{self, BootError, LinuxBoot};
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::legacy::i8042::I8042_PORTS;
+use crate::devices::legacy::serial::SerialError;
+use crate::devices::legacy::{ConsoleLog, SerialDevice, I8042};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{GuestMemory, VirtioDevice};
+use crate::devices::{Bus, BusError};
+use crate::stats::VmStats;
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VmExit};
+use crate::vstate::vm::{self, VmError};
+
+/// Offset of the `QUEUE_NOTIFY` register in a virtio-mmio window.
+const QUEUE_NOTIFY: u64 = 0x50;
+/// Ports the 8250 UART spans.
+const SERIAL_PORTS: u64 = 8;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Errors building or running the VM (exit status 1, except `Config`: 2).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM VM set-up.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initramfs, boot structures.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The serial console.
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    /// Device address conflict.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// vCPU CPUID.
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    /// vCPU registers.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// `KVM_CREATE_VCPU`.
+    #[error("cannot create vcpu {index}")]
+    CreateVcpu {
+        /// The vCPU index.
+        index: u8,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A virtio-blk device.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The virtio-vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// A virtio-mmio transport.
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    /// The event manager.
+    #[error("cannot set up the event loop: {0:?}")]
+    EventManager(event_manager::Error),
+    /// Starting a thread.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A VM whose devices and memory are set up, before its kernel is loaded.
+struct Machine {
+    vm: VmFd,
+    mem: GuestMemory,
+    pio: Bus,
+    mmio: Bus,
+    event_manager: EventManager<Subscriber>,
+    subscribers: usize,
+    /// (window base, GSI) of each virtio device, in attach order.
+    virtio: Vec<(u64, u32)>,
+}
+
+impl Machine {
+    /// Puts `device` behind an MMIO transport in the next window, with its irqfd, one
+    /// ioeventfd per queue, and its event handler on the event loop.
+    fn attach_virtio<D>(&mut self, device: D) -> Result<(), BuildError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let index = self.virtio.len();
+        let base = VIRTIO_MMIO_BASE + index as u64 * MMIO_WINDOW;
+        let gsi = VIRTIO_FIRST_GSI + index as u32;
+        for (queue, evt) in device.queue_events().iter().enumerate() {
+            vm::register_mmio_ioevent(&self.vm, evt, base + QUEUE_NOTIFY, queue as u32)?;
+        }
+        let device = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(self.mem.clone(), device.clone())?;
+        vm::register_irqfd(&self.vm, transport.interrupt().eventfd(), gsi)?;
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
+        self.event_manager.add_subscriber(device);
+        self.subscribers += 1;
+        self.virtio.push((base, gsi));
+        Ok(())
+    }
+
+    fn attach_legacy(
+        &mut self,
+        config: &VmConfig,
+        stats: &Arc<VmStats>,
+        exits: &Sender<VmExit>,
+    ) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
+        let log = ConsoleLog::create(&config.console_log, config.console_log_max, stats.clone())?;
+        let serial = SerialDevice::new(log)?;
+        vm::register_irqfd(&self.vm, serial.interrupt_evt(), SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(serial));
+        self.pio
+            .insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exits.clone())));
+        self.pio.insert(i8042, u64::from(I8042_PORT), I8042_PORTS)?;
+        Ok(serial)
+    }
+}
+
+fn create_vcpus(
+    machine: &Machine,
+    kvm: &kvm_ioctls::Kvm,
+    cpus: u8,
+    entry: u64,
+    stats: &Arc<VmStats>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let supported = cpuid::supported_cpuid(kvm)?;
+    let pio = Arc::new(machine.pio.clone());
+    let mmio = Arc::new(machine.mmio.clone());
+    (0..cpus)
+        .map(|index| {
+            let fd = machine
+                .vm
+                .create_vcpu(u64::from(index))
+                .map_err(|source| BuildError::CreateVcpu { index, source })?;
+            cpuid::setup_vcpu_cpuid(&fd, &supported, index, cpus)?;
+            regs::setup_vcpu_regs(&fd, entry)?;
+            regs::setup_vcpu_lapic(&fd)?;
+            Ok(Vcpu::new(
+                index,
+                fd,
+                pio.clone(),
+                mmio.clone(),
+                stats.clone(),
+            ))
+        })
+        .collect()
+}
+
+fn start_event_loop(
+    mut event_manager: EventManager<Subscriber>,
+    exits: Sender<VmExit>,
+) -> Result<(), BuildError> {
+    std::thread::Builder::new()
+        .name("event-loop".into())
+        .spawn(move || loop {
+            if let Err(e) = event_manager.run() {
+                let _ = exits.send(VmExit::VmmError(format!("event loop failed: {e:?}")));
+                return;
+            }
+        })
+        .map(drop)
+        .map_err(BuildError::Thread)
+}
+
+/// A VM that is built and ready to start.
+pub struct Vm {
+    vcpus: Vec<Vcpu>,
+    event_manager: Option<EventManager<Subscriber>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    stats: Arc<VmStats>,
+    exits_tx: Sender<VmExit>,
+    exits_rx: Receiver<VmExit>,
+    cmdline: String,
+    // Keeps guest memory mapped for the VM's lifetime.
+    _mem: GuestMemory,
+}
+
+/// Builds the whole VM described by `config`.
+pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
+    config.validate()?;
+    let cpus = config.cpus as u8;
+    let kvm = vm::open_kvm()?;
+    let mem = memory::create_guest_memory(config.memory_mib)?;
+    let vm_fd = vm::create_vm(&kvm, &mem)?;
+    let stats = Arc::new(VmStats::default());
+    let (exits_tx, exits_rx) = channel();
+    let event_manager = EventManager::new().map_err(BuildError::EventManager)?;
+    let mut machine = Machine {
+        vm: vm_fd,
+        mem: mem.clone(),
+        pio: Bus::new(),
+        mmio: Bus::new(),
+        event_manager,
+        subscribers: 0,
+        virtio: Vec::new(),
+    };
+    let serial = machine.attach_legacy(config, &stats, &exits_tx)?;
+    for disk in &config.disks {
+        machine.attach_virtio(Block::new(&disk.path, disk.read_only)?)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        machine.attach_virtio(Vsock::new(vsock.cid, &vsock.uds_path)?)?;
+    }
+    let cmdline = boot::kernel_cmdline(&machine.virtio, config.cmdline_extra.as_deref())?;
+    let boot = LinuxBoot {
+        kernel: &config.kernel,
+        initramfs: &config.initramfs,
+        cmdline: &cmdline,
+        mem_size: config.memory_mib << 20,
+        cpus,
+    };
+    let entry = boot::load_linux(&mem, &boot)?;
+    let vcpus = create_vcpus(&machine, &kvm, cpus, entry, &stats)?;
+    let event_manager = (machine.subscribers > 0).then_some(machine.event_manager);
+    let cmdline = cmdline
+        .as_cstring()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Vm {
+        vcpus,
+        event_manager,
+        serial,
+        stats,
+        exits_tx,
+        exits_rx,
+        cmdline,
+        _mem: mem,
+    })
+}
+
+impl Vm {
+    /// The kernel command line the guest gets.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// The VM's counters.
+    pub fn stats(&self) -> Arc<VmStats> {
+        self.stats.clone()
+    }
+
+    /// Starts the event loop and the vCPUs, waits for the VM to end, flushes the console log.
+    pub fn run(mut self) -> Result<VmExit, BuildError> {
+        if let Some(event_manager) = self.event_manager.take() {
+            start_event_loop(event_manager, self.exits_tx.clone())?;
+        }
+        for vcpu in self.vcpus.drain(..) {
+            vcpu.start(self.exits_tx.clone())
+                .map_err(BuildError::Thread)?;
+        }
+        let exit = self.exits_rx.recv().unwrap_or_else(|_| {
+            VmExit::VmmError("every vcpu thread ended without a reason".into())
+        });
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = serial.flush() {
+            tracing::warn!(error = %e, "cannot flush the console log");
+        }
+        Ok(exit)
+    }
+}

@@ -1,0 +1,115 @@
+//! Counters of VM exits by type and of dropped console bytes, written as JSON at exit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the VMM counts, shared by the vCPU threads and devices.
+#[derive(Debug, Default)]
+pub struct VmStats {
+    /// `KVM_EXIT_IO` reads.
+    pub io_in: Counter,
+    /// `KVM_EXIT_IO` writes.
+    pub io_out: Counter,
+    /// `KVM_EXIT_MMIO` reads.
+    pub mmio_read: Counter,
+    /// `KVM_EXIT_MMIO` writes.
+    pub mmio_write: Counter,
+    /// Port accesses no device claimed.
+    pub io_unhandled: Counter,
+    /// MMIO accesses no device claimed.
+    pub mmio_unhandled: Counter,
+    /// `KVM_EXIT_HLT`.
+    pub hlt: Counter,
+    /// `KVM_EXIT_SHUTDOWN` (triple fault).
+    pub shutdown: Counter,
+    /// `KVM_EXIT_FAIL_ENTRY`.
+    pub fail_entry: Counter,
+    /// `KVM_EXIT_INTERNAL_ERROR`.
+    pub internal_error: Counter,
+    /// `KVM_EXIT_SYSTEM_EVENT`.
+    pub system_event: Counter,
+    /// `KVM_RUN` returned early (`KVM_EXIT_INTR`, `EINTR`, `EAGAIN`).
+    pub intr: Counter,
+    /// Any other exit reason.
+    pub other: Counter,
+    /// Console bytes dropped because the console log reached its limit.
+    pub console_dropped_bytes: Counter,
+}
+
+impl VmStats {
+    fn fields(&self) -> [(&'static str, &Counter); 14] {
+        [
+            ("io_in", &self.io_in),
+            ("io_out", &self.io_out),
+            ("mmio_read", &self.mmio_read),
+            ("mmio_write", &self.mmio_write),
+            ("io_unhandled", &self.io_unhandled),
+            ("mmio_unhandled", &self.mmio_unhandled),
+            ("hlt", &self.hlt),
+            ("shutdown", &self.shutdown),
+            ("fail_entry", &self.fail_entry),
+            ("internal_error", &self.internal_error),
+            ("system_event", &self.system_event),
+            ("intr", &self.intr),
+            ("other", &self.other),
+            ("console_dropped_bytes", &self.console_dropped_bytes),
+        ]
+    }
+
+    /// Exits of every kind together (dropped console bytes excluded).
+    pub fn total_exits(&self) -> u64 {
+        self.fields()
+            .iter()
+            .filter(|(name, _)| !name.ends_with("unhandled") && *name != "console_dropped_bytes")
+            .map(|(_, c)| c.get())
+            .sum()
+    }
+
+    /// The counters as one JSON object, with `total_exits` first.
+    pub fn to_json(&self) -> String {
+        let mut out = format!("{{\"total_exits\":{}", self.total_exits());
+        for (name, counter) in self.fields() {
+            out.push_str(&format!(",\"{name}\":{}", counter.get()));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_every_counter() {
+        let s = VmStats::default();
+        s.io_out.add(3);
+        s.mmio_read.inc();
+        s.io_unhandled.inc();
+        let json = s.to_json();
+        assert!(json.starts_with("{\"total_exits\":4,\"io_in\":0,\"io_out\":3,"));
+        for (name, _) in s.fields() {
+            assert!(json.contains(&format!("\"{name}\":")), "{name} missing");
+        }
+    }
+}

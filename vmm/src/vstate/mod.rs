@@ -1,0 +1,5 @@
+//! KVM state: the VM, guest memory and vCPUs.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

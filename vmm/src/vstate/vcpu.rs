@@ -1,0 +1,182 @@
+//! One thread per vCPU: `KVM_RUN` in a loop, each exit mapped in one flat `match` to a bus
+//! access or to the end of the VM, reported to the main thread over a channel.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::Bus;
+use crate::stats::VmStats;
+
+/// Why the VM ended; the process exit status follows from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked for a reset (i8042 command 0xfe, `reboot=k`) or a KVM system event.
+    Reset,
+    /// A vCPU halted without an in-kernel irqchip to wake it.
+    Halted,
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault.
+    TripleFault,
+    /// `KVM_EXIT_INTERNAL_ERROR`, with its sub-error code.
+    InternalError(u32),
+    /// `KVM_EXIT_FAIL_ENTRY`, with the hardware reason.
+    FailEntry(u64),
+    /// The VMM failed (a `KVM_RUN` error, a device thread died).
+    VmmError(String),
+}
+
+impl VmExit {
+    /// The process exit status (see docs/architecture.md).
+    pub fn status(&self) -> i32 {
+        match self {
+            VmExit::Reset | VmExit::Halted => 0,
+            VmExit::VmmError(_) => 1,
+            VmExit::TripleFault => 3,
+            VmExit::InternalError(_) | VmExit::FailEntry(_) => 4,
+        }
+    }
+}
+
+/// A vCPU ready to run.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    stats: Arc<VmStats>,
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU fd with the buses its exits go to.
+    pub fn new(index: u8, fd: VcpuFd, pio: Arc<Bus>, mmio: Arc<Bus>, stats: Arc<VmStats>) -> Self {
+        Self {
+            index,
+            fd,
+            pio,
+            mmio,
+            stats,
+        }
+    }
+
+    /// Starts the vCPU thread; the first exit that ends the VM is sent on `exits`.
+    pub fn start(mut self, exits: Sender<VmExit>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || {
+                let exit = self.run();
+                tracing::debug!(vcpu = self.index, ?exit, "vcpu stopped");
+                // The main thread may already be gone after another vCPU's exit.
+                let _ = exits.send(exit);
+            })
+    }
+
+    /// Runs until the VM ends.
+    pub fn run(&mut self) -> VmExit {
+        loop {
+            if let Some(exit) = self.run_once() {
+                return exit;
+            }
+        }
+    }
+
+    /// One `KVM_RUN`; `Some` when the VM ends.
+    pub fn run_once(&mut self) -> Option<VmExit> {
+        let stats = &self.stats;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stats.intr.inc();
+                return None;
+            }
+            Err(e) => return Some(VmExit::VmmError(format!("kvm_run failed: {e}"))),
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                stats.io_in.inc();
+                if !self.pio.read(u64::from(port), data) {
+                    stats.io_unhandled.inc();
+                    data.fill(0xff);
+                }
+                None
+            }
+            VcpuExit::IoOut(port, data) => {
+                stats.io_out.inc();
+                if !self.pio.write(u64::from(port), data) {
+                    stats.io_unhandled.inc();
+                }
+                None
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                stats.mmio_read.inc();
+                if !self.mmio.read(addr, data) {
+                    stats.mmio_unhandled.inc();
+                    data.fill(0);
+                }
+                None
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                stats.mmio_write.inc();
+                if !self.mmio.write(addr, data) {
+                    stats.mmio_unhandled.inc();
+                }
+                None
+            }
+            VcpuExit::Hlt => {
+                stats.hlt.inc();
+                Some(VmExit::Halted)
+            }
+            VcpuExit::Shutdown => {
+                stats.shutdown.inc();
+                Some(VmExit::TripleFault)
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                stats.system_event.inc();
+                tracing::debug!(kind, "kvm system event");
+                Some(VmExit::Reset)
+            }
+            VcpuExit::InternalError => {
+                stats.internal_error.inc();
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
+                // `internal` member of the union; reading a u32 from it is always defined.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Some(VmExit::InternalError(suberror))
+            }
+            VcpuExit::FailEntry(reason, _cpu) => {
+                stats.fail_entry.inc();
+                Some(VmExit::FailEntry(reason))
+            }
+            VcpuExit::Intr => {
+                stats.intr.inc();
+                None
+            }
+            other => {
+                stats.other.inc();
+                tracing::warn!(vcpu = self.index, exit = ?other, "unexpected vm exit");
+                None
+            }
+        }
+    }
+
+    /// The underlying KVM vCPU.
+    pub fn fd(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(VmExit::Reset.status(), 0);
+        assert_eq!(VmExit::Halted.status(), 0);
+        assert_eq!(VmExit::VmmError(String::new()).status(), 1);
+        assert_eq!(VmExit::TripleFault.status(), 3);
+        assert_eq!(VmExit::InternalError(1).status(), 4);
+        assert_eq!(VmExit::FailEntry(0).status(), 4);
+    }
+}

@@ -1,0 +1,210 @@
+//! End-to-end runs of a tiny hand-made 64-bit "kernel" through the whole VMM: the builder, the
+//! boot path, the vCPU loop, the serial console and the i8042 reset, and the exit statuses of the
+//! `moat-vmm` binary. Needs /dev/kvm (any speed: the guest runs a dozen instructions).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use moat_vmm::builder;
+use moat_vmm::config::{VmConfig, DEFAULT_CONSOLE_LOG_MAX};
+use moat_vmm::vstate::vcpu::VmExit;
+
+const LOAD_ADDR: u64 = 0x100_0000;
+
+/// `mov dx, 0x3f8; mov al, 'H'; out dx, al; mov al, 'i'; out dx, al; mov al, '\n';
+/// out dx, al; mov al, 0xfe; out 0x64, al; 1: hlt; jmp 1b`
+const HELLO_RESET: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b'H', 0xee, 0xb0, b'i', 0xee, 0xb0, b'\n', 0xee, 0xb0, 0xfe,
+    0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+];
+
+/// `ud2` with an empty IDT: #UD, then #DF, then a triple fault.
+const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
+
+/// A minimal ELF64 executable with one PT_LOAD segment holding `code` at [`LOAD_ADDR`].
+fn elf(code: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [
+        120u64,
+        LOAD_ADDR,
+        LOAD_ADDR,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(f.len(), 120);
+    f.extend_from_slice(code);
+    f
+}
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str, code: &[u8]) -> Self {
+        let dir = std::env::temp_dir().join(format!("moat-vmm-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinux"), elf(code)).unwrap();
+        std::fs::write(dir.join("initramfs"), b"070701 not really a cpio").unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.path("vmlinux"),
+            initramfs: self.path("initramfs"),
+            cpus: 1,
+            memory_mib: 64,
+            disks: vec![],
+            vsock: None,
+            console_log: self.path("console.log"),
+            console_log_max: DEFAULT_CONSOLE_LOG_MAX,
+            cmdline_extra: None,
+            stats: None,
+        }
+    }
+
+    fn run_binary(&self, extra: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+            .arg("run")
+            .args(["--kernel", self.path("vmlinux").to_str().unwrap()])
+            .args(["--initramfs", self.path("initramfs").to_str().unwrap()])
+            .args(["--memory-mib", "64", "--console-log"])
+            .arg(self.path("console.log"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn have_kvm() -> bool {
+    Path::new("/dev/kvm").exists()
+}
+
+#[test]
+fn serial_output_then_i8042_reset() {
+    if !have_kvm() {
+        return;
+    }
+    let fx = Fixture::new("hello", HELLO_RESET);
+    let vm = builder::build(&fx.config()).unwrap();
+    let stats = vm.stats();
+    assert_eq!(vm.run().unwrap(), VmExit::Reset);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("console.log")).unwrap(),
+        "Hi\n"
+    );
+    assert_eq!(stats.io_out.get(), 4);
+}
+
+#[test]
+fn console_log_is_bounded() {
+    if !have_kvm() {
+        return;
+    }
+    let fx = Fixture::new("bounded", HELLO_RESET);
+    let mut config = fx.config();
+    config.console_log_max = 1;
+    let vm = builder::build(&config).unwrap();
+    let stats = vm.stats();
+    assert_eq!(vm.run().unwrap(), VmExit::Reset);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("console.log")).unwrap(),
+        "H"
+    );
+    assert_eq!(stats.console_dropped_bytes.get(), 2);
+}
+
+#[test]
+fn binary_exit_statuses() {
+    if !have_kvm() {
+        return;
+    }
+    let fx = Fixture::new("bin-hello", HELLO_RESET);
+    let stats = fx.path("stats.json");
+    let (code, stderr) = fx.run_binary(&["--cpus", "2", "--stats", stats.to_str().unwrap()]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    let json = std::fs::read_to_string(&stats).unwrap();
+    assert!(json.contains("\"io_out\":4"), "{json}");
+
+    let fx = Fixture::new("bin-triple", TRIPLE_FAULT);
+    let (code, _) = fx.run_binary(&[]);
+    assert_eq!(code, 3);
+
+    let (code, stderr) = fx.run_binary(&["--cpus", "0"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let (code, stderr) = fx.run_binary(&["--bogus"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn binary_setup_errors_are_one_line() {
+    let fx = Fixture::new("bin-missing", HELLO_RESET);
+    let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .args([
+            "run",
+            "--kernel",
+            "/x/vmlinux",
+            "--initramfs",
+            "/x/initrd",
+            "--memory-mib",
+            "64",
+        ])
+        .arg("--console-log")
+        .arg(fx.path("console.log"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    if have_kvm() {
+        assert_eq!(stderr, "moat-vmm: kernel /x/vmlinux: not found\n");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .args([
+            "run",
+            "--kernel",
+            "/x",
+            "--initramfs",
+            "/x",
+            "--memory-mib",
+            "100000000",
+        ])
+        .args(["--console-log", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exceeds the host"), "{stderr}");
+}
