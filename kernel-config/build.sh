@@ -115,9 +115,10 @@ compile() {
   fi
 }
 
+# The temporary dir is a global: an EXIT trap does not see a function's locals once set -e
+# has unwound the function.
 build_into_cache() {
   mkdir -p "$cache"
-  local tmp
   tmp=$(mktemp -d "$cache/.build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   build=$tmp/build

@@ -25,10 +25,16 @@ else
     cargo build --quiet --release -p moat-agent --target "$target")
   agent=${CARGO_TARGET_DIR:-$repo/target}/$target/release/moat-agent
 fi
-if ! file -L "$agent" | grep -q 'statically linked'; then
+if ! file -L "$agent" | grep -Eq 'static(ally|-pie) linked'; then
   echo "$0: $agent is not a static executable" >&2
   exit 1
 fi
+
+mkdir -p "$outdir"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# Symbols are of no use in the guest and cost unpacking time at every boot.
+strip -o "$work/init" "$agent"
 
 mtime=${SOURCE_DATE_EPOCH:-0}
 ino=1
@@ -51,18 +57,15 @@ entry() {
   ino=$((ino + 1))
 }
 
-mkdir -p "$outdir"
-out=$(mktemp "$outdir/.initramfs.XXXXXX")
-trap 'rm -f "$out"' EXIT
+out=$work/initramfs.cpio
 for dir in dev newroot proc run sys; do
   entry "$dir" 040755
 done
 entry tmp 041777
 entry dev/console 020600 "" 5 1
-entry init 0100755 "$agent"
+entry init 0100755 "$work/init"
 entry TRAILER!!! 0
 # Pad the archive to a multiple of 512 bytes, as cpio(1) does.
 size=$(stat -c %s "$out")
 head -c "$(((512 - size % 512) % 512))" /dev/zero >>"$out"
 mv "$out" "$outdir/initramfs.cpio"
-trap - EXIT

@@ -4,6 +4,7 @@ set -euo pipefail
 
 packages=(
   bc
+  binutils
   bison
   busybox-static
   cpio
@@ -18,7 +19,9 @@ packages=(
   libssl-dev
   linux-source-6.12
   make
+  procps
   qemu-system-x86
+  shellcheck
   xz-utils
 )
 

@@ -26,8 +26,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a new container, in a new microVM
-    #[command(after_help = "Examples:\n  moat run -- echo hi\n  moat run -it busybox sh\n  \
-                            moat run -m 512m --cpus 2 -e FOO=bar busybox env")]
+    #[command(
+        override_usage = "moat run [OPTIONS] [IMAGE] [CMD [ARG]...]\n       \
+                          moat run [OPTIONS] [IMAGE] -- CMD [ARG]...",
+        after_help = "Examples:\n  moat run -- echo hi\n  moat run -it busybox sh\n  \
+                            moat run -m 512m --cpus 2 -e FOO=bar busybox env"
+    )]
     Run(RunArgs),
 }
 
@@ -72,11 +76,11 @@ struct RunArgs {
     /// Image to run (built-in: busybox)
     #[arg(value_name = "IMAGE")]
     image: Option<String>,
-    /// Command and arguments (default: sh)
+    /// Command and arguments (default: sh); also accepted after `--`
     #[arg(value_name = "CMD", allow_hyphen_values = true)]
     args: Vec<String>,
-    /// Command and arguments, after `--` when no IMAGE is given
-    #[arg(value_name = "CMD", last = true)]
+    /// Command and arguments after `--` (needed when no IMAGE is given)
+    #[arg(value_name = "CMD", last = true, hide = true)]
     command: Vec<String>,
 }
 
@@ -85,7 +89,9 @@ impl RunArgs {
     fn into_config(self) -> Result<RunConfig, RunError> {
         let id = self.name.unwrap_or_else(config::random_id);
         let hostname = self.hostname.unwrap_or_else(|| id.clone());
-        let requested = self.memory.unwrap_or(u64::from(config::DEFAULT_MEMORY_MIB) << 20);
+        let requested = self
+            .memory
+            .unwrap_or(u64::from(config::DEFAULT_MEMORY_MIB) << 20);
         let memory_mib = memory_mib(requested, config::host_memory_bytes())?;
         let user = self.user.unwrap_or_default();
         let mut args = self.args;
@@ -94,7 +100,9 @@ impl RunArgs {
             args.push("sh".to_owned());
         }
         check_args(&args)?;
-        let env = build_env(&self.env, &hostname, user.uid, self.tty, |k| std::env::var(k).ok());
+        let env = build_env(&self.env, &hostname, user.uid, self.tty, |k| {
+            std::env::var(k).ok()
+        });
         Ok(RunConfig {
             id,
             image: self.image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
@@ -107,7 +115,10 @@ impl RunArgs {
             memory_mib,
             interactive: self.interactive,
             tty: self.tty,
-            assets: AssetOverrides { kernel: self.kernel, initramfs: self.initramfs },
+            assets: AssetOverrides {
+                kernel: self.kernel,
+                initramfs: self.initramfs,
+            },
         })
     }
 }
@@ -116,9 +127,18 @@ fn run(args: RunArgs) -> Result<i32, RunError> {
     let config = args.into_config()?;
     let options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
     let env = |k: &str| std::env::var_os(k);
-    let search = AssetSearch { overrides: &config.assets, env: &env, exe_dir: current_exe_dir() };
+    let search = AssetSearch {
+        overrides: &config.assets,
+        env: &env,
+        exe_dir: current_exe_dir(),
+    };
     let assets = search.locate(&config.image)?;
-    moat_runtime::run(&config, &assets, &options, Stdio::inherit(config.interactive))
+    moat_runtime::run(
+        &config,
+        &assets,
+        &options,
+        Stdio::inherit(config.interactive),
+    )
 }
 
 /// Parses the command line; help and version exit 0, bad input prints one line and exits 125.
@@ -151,7 +171,10 @@ fn exit_code(code: i32) -> ExitCode {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -211,7 +234,10 @@ mod tests {
     fn image_and_command_forms() {
         assert_eq!(config(&["--", "echo", "hi"]).args, ["echo", "hi"]);
         let c = config(&["busybox", "echo", "-n", "hi"]);
-        assert_eq!((c.image.as_str(), c.args), ("busybox", vec!["echo".into(), "-n".into(), "hi".into()]));
+        assert_eq!(
+            (c.image.as_str(), c.args),
+            ("busybox", vec!["echo".into(), "-n".into(), "hi".into()])
+        );
         let c = config(&["busybox", "--", "ls", "-l"]);
         assert_eq!(c.args, ["ls", "-l"]);
         let c = config(&["busybox", "ls", "--", "-l"]);
@@ -221,16 +247,42 @@ mod tests {
     #[test]
     fn flags() {
         let c = config(&[
-            "--cpus", "2", "-m", "1g", "-e", "A=1", "--env", "B=2", "-w", "/tmp", "-it", "--rm",
-            "--name", "web.1", "-u", "1000:1000", "--hostname", "h1", "busybox", "id",
+            "--cpus",
+            "2",
+            "-m",
+            "1g",
+            "-e",
+            "A=1",
+            "--env",
+            "B=2",
+            "-w",
+            "/tmp",
+            "-it",
+            "--rm",
+            "--name",
+            "web.1",
+            "-u",
+            "1000:1000",
+            "--hostname",
+            "h1",
+            "busybox",
+            "id",
         ]);
         assert_eq!((c.cpus, c.memory_mib), (2, 1024));
-        assert!(c.env.ends_with(&["TERM=xterm".into(), "A=1".into(), "B=2".into()]));
+        assert!(c
+            .env
+            .ends_with(&["TERM=xterm".into(), "A=1".into(), "B=2".into()]));
         assert!(c.env.contains(&"HOME=/".to_owned()));
         assert_eq!(c.workdir, "/tmp");
         assert!(c.interactive && c.tty);
         assert_eq!((c.id.as_str(), c.hostname.as_str()), ("web.1", "h1"));
-        assert_eq!(c.user, User { uid: 1000, gid: 1000 });
+        assert_eq!(
+            c.user,
+            User {
+                uid: 1000,
+                gid: 1000
+            }
+        );
         assert_eq!(config(&["-m", "16m"]).memory_mib, 64);
     }
 

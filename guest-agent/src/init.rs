@@ -82,7 +82,7 @@ pub fn mount_basics(sys: &dyn Syscall) -> io::Result<()> {
         Some(c"mode=0755"),
     )?;
     ignore_exists(sys.mkdir(c"/dev/pts", 0o755))?;
-    let pts_opts = c"ptmxmode=0666,mode=0620";
+    let pts_opts = c"ptmxmode=0666,mode=0620,gid=5";
     sys.mount(
         Some(c"devpts"),
         c"/dev/pts",

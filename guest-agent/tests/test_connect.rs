@@ -295,7 +295,7 @@ impl Drop for Loop {
     }
 }
 
-fn isolated_run(readonly: bool, cwd: &str, script: &str) -> Output {
+fn isolated_run(readonly: bool, terminal: bool, cwd: &str, script: &str) -> Output {
     let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
     let dev = Loop::attach(&image);
     let mut host = Host::start_with(&["--isolated"]);
@@ -304,6 +304,7 @@ fn isolated_run(readonly: bool, cwd: &str, script: &str) -> Output {
     process.gid = 1000;
     process.additional_gids = vec![100];
     process.cwd = cwd.into();
+    process.terminal = terminal;
     let req = RunRequest {
         id: "iso".into(),
         rootfs: RootfsSpec {
@@ -329,7 +330,7 @@ const ISOLATED_SCRIPT: &str = "hostname; id -u; id -G; pwd; ls /dev | tr '\\n' '
 #[test]
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
 fn isolated_container_from_an_image() {
-    let out = isolated_run(false, "/home/user/work", ISOLATED_SCRIPT);
+    let out = isolated_run(false, false, "/home/user/work", ISOLATED_SCRIPT);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status,
@@ -362,8 +363,18 @@ fn isolated_container_from_an_image() {
 #[test]
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
 fn isolated_readonly_root() {
-    let out = isolated_run(true, "/", "touch /x 2>&1; ls /bin/busybox");
+    let out = isolated_run(true, false, "/", "touch /x 2>&1; ls /bin/busybox");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Read-only file system"), "{text}");
     assert!(text.contains("/bin/busybox"), "{text}");
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_terminal() {
+    let out = isolated_run(false, true, "/", "tty; ls -l $(tty)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("/dev/pts/"), "{text}");
+    assert!(text.contains(" user "), "the pty is not the user's: {text}");
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }), "{text}");
 }

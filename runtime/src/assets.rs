@@ -66,7 +66,12 @@ impl AssetSearch<'_> {
     pub fn locate(&self, image: &str) -> Result<Assets, AssetError> {
         Ok(Assets {
             vmm: self.vmm()?,
-            kernel: self.asset("kernel", self.overrides.kernel.as_ref(), "MOAT_KERNEL", "vmlinux")?,
+            kernel: self.asset(
+                "kernel",
+                self.overrides.kernel.as_ref(),
+                "MOAT_KERNEL",
+                "vmlinux",
+            )?,
             initramfs: self.asset(
                 "initramfs",
                 self.overrides.initramfs.as_ref(),
@@ -78,7 +83,9 @@ impl AssetSearch<'_> {
     }
 
     fn var(&self, name: &str) -> Option<PathBuf> {
-        (self.env)(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+        (self.env)(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
     }
 
     fn vmm(&self) -> Result<PathBuf, AssetError> {
@@ -86,7 +93,11 @@ impl AssetSearch<'_> {
             return existing("moat-vmm", path, "from MOAT_VMM");
         }
         match &self.exe_dir {
-            Some(dir) => existing("moat-vmm", dir.join("moat-vmm"), "next to moat; set MOAT_VMM"),
+            Some(dir) => existing(
+                "moat-vmm",
+                dir.join("moat-vmm"),
+                "next to moat; set MOAT_VMM",
+            ),
             None => Err(AssetError::NoLocation("moat-vmm", "MOAT_VMM")),
         }
     }
@@ -111,7 +122,11 @@ impl AssetSearch<'_> {
             return existing(what, path.clone(), "from the command line");
         }
         if let Some(path) = self.var(var) {
-            let origin = if var == "MOAT_KERNEL" { "from MOAT_KERNEL" } else { "from MOAT_INITRAMFS" };
+            let origin = if var == "MOAT_KERNEL" {
+                "from MOAT_KERNEL"
+            } else {
+                "from MOAT_INITRAMFS"
+            };
             return existing(what, path, origin);
         }
         match self.assets_dir() {
@@ -145,7 +160,11 @@ impl AssetSearch<'_> {
     }
 }
 
-fn existing(what: &'static str, path: PathBuf, origin: &'static str) -> Result<PathBuf, AssetError> {
+fn existing(
+    what: &'static str,
+    path: PathBuf,
+    origin: &'static str,
+) -> Result<PathBuf, AssetError> {
     if path.is_file() {
         Ok(path)
     } else {
@@ -158,7 +177,9 @@ fn valid_image_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// Names of the images in `dir`, sorted and comma separated, or "none".
@@ -200,7 +221,11 @@ mod tests {
     /// A fake installation: `bin/moat-vmm`, `bin/moat-assets/{vmlinux,initramfs.cpio,images/busybox.ext4}`.
     fn install(root: &Path) -> PathBuf {
         let bin = root.join("bin");
-        for f in ["moat-vmm", "moat-assets/vmlinux", "moat-assets/initramfs.cpio"] {
+        for f in [
+            "moat-vmm",
+            "moat-assets/vmlinux",
+            "moat-assets/initramfs.cpio",
+        ] {
             touch(&bin.join(f));
         }
         touch(&bin.join("moat-assets/images/busybox.ext4"));
@@ -213,7 +238,11 @@ mod tests {
         env: &'a dyn Fn(&str) -> Option<OsString>,
         exe_dir: &Path,
     ) -> AssetSearch<'a> {
-        AssetSearch { overrides, env, exe_dir: Some(exe_dir.to_path_buf()) }
+        AssetSearch {
+            overrides,
+            env,
+            exe_dir: Some(exe_dir.to_path_buf()),
+        }
     }
 
     #[test]
@@ -236,7 +265,13 @@ mod tests {
         let tmp = TempDir::new("assets-order");
         let bin = install(tmp.path());
         let other = tmp.path().join("other");
-        for f in ["vmlinux", "initramfs.cpio", "images/busybox.ext4", "k2", "vmm2"] {
+        for f in [
+            "vmlinux",
+            "initramfs.cpio",
+            "images/busybox.ext4",
+            "k2",
+            "vmm2",
+        ] {
             touch(&other.join(f));
         }
         touch(&tmp.path().join("flag-kernel"));
@@ -253,7 +288,10 @@ mod tests {
         assert_eq!(assets.vmm, other.join("vmm2"));
         assert_eq!(assets.initramfs, other.join("initramfs.cpio"));
         assert_eq!(assets.image, other.join("images/busybox.ext4"));
-        let flags = AssetOverrides { kernel: Some(tmp.path().join("flag-kernel")), initramfs: None };
+        let flags = AssetOverrides {
+            kernel: Some(tmp.path().join("flag-kernel")),
+            initramfs: None,
+        };
         let assets = search(&flags, &env, &bin).locate("busybox").unwrap();
         assert_eq!(assets.kernel, tmp.path().join("flag-kernel"));
     }
@@ -265,15 +303,34 @@ mod tests {
         let none = AssetOverrides::default();
         let env = |_: &str| None;
         let err = search(&none, &env, &bin).locate("nginx").unwrap_err();
-        assert_eq!(err.to_string(), "unknown image \"nginx\": built-in images are: alpine, busybox");
+        assert_eq!(
+            err.to_string(),
+            "unknown image \"nginx\": built-in images are: alpine, busybox"
+        );
         assert!(search(&none, &env, &bin).locate("../busybox").is_err());
-        let flags = AssetOverrides { kernel: Some(tmp.path().join("nope")), initramfs: None };
+        let flags = AssetOverrides {
+            kernel: Some(tmp.path().join("nope")),
+            initramfs: None,
+        };
         let err = search(&flags, &env, &bin).locate("busybox").unwrap_err();
         assert!(err.to_string().starts_with("kernel not found at "), "{err}");
         std::fs::remove_file(bin.join("moat-vmm")).unwrap();
         let err = search(&none, &env, &bin).locate("busybox").unwrap_err();
-        assert!(matches!(err, AssetError::Missing { what: "moat-vmm", .. }));
-        let nowhere = AssetSearch { overrides: &none, env: &env, exe_dir: None };
-        assert!(matches!(nowhere.locate("busybox"), Err(AssetError::NoLocation(..))));
+        assert!(matches!(
+            err,
+            AssetError::Missing {
+                what: "moat-vmm",
+                ..
+            }
+        ));
+        let nowhere = AssetSearch {
+            overrides: &none,
+            env: &env,
+            exe_dir: None,
+        };
+        assert!(matches!(
+            nowhere.locate("busybox"),
+            Err(AssetError::NoLocation(..))
+        ));
     }
 }

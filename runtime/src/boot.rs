@@ -72,7 +72,10 @@ pub enum BootError {
 
 /// Binds the agent's listener (before the VMM starts, so the agent never finds it missing).
 pub fn listen(path: &Path) -> Result<UnixListener, BootError> {
-    let listen_err = |source| BootError::Listen { path: path.to_owned(), source };
+    let listen_err = |source| BootError::Listen {
+        path: path.to_owned(),
+        source,
+    };
     let listener = UnixListener::bind(path).map_err(listen_err)?;
     listener.set_nonblocking(true).map_err(listen_err)?;
     Ok(listener)
@@ -120,7 +123,10 @@ pub fn wait_for_agent(
     events: &Receiver<Event>,
 ) -> Result<UnixStream, BootError> {
     let deadline = Instant::now() + timeout;
-    let timed_out = || BootError::Timeout { secs: timeout.as_secs(), detail: logs.detail(true) };
+    let timed_out = || BootError::Timeout {
+        secs: timeout.as_secs(),
+        detail: logs.detail(true),
+    };
     let stream = loop {
         match listener.accept() {
             Ok((stream, _)) => break stream,
@@ -133,14 +139,21 @@ pub fn wait_for_agent(
         if left.is_zero() {
             return Err(timed_out());
         }
-        let ts = Timespec::try_from(left.min(TICK)).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 0 });
+        let ts = Timespec::try_from(left.min(TICK)).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        });
         let mut fds = [PollFd::new(listener, PollFlags::IN)];
         // EINTR and timeouts both just go round the loop again.
         let _ = poll(&mut fds, Some(&ts));
     };
     stream.set_nonblocking(false).map_err(BootError::Accept)?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    stream.set_read_timeout(Some(left)).map_err(BootError::Accept)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream
+        .set_read_timeout(Some(left))
+        .map_err(BootError::Accept)?;
     let mut reader = &stream;
     let ready = moat_protocol::read_frame(&mut reader);
     check_vmm_and_signals(vmm, logs, events)?;
@@ -148,43 +161,41 @@ pub fn wait_for_agent(
         Ok(frame) if frame.kind == FrameKind::Control => frame,
         Ok(frame) => return Err(agent_failed(format!("sent a {:?} frame", frame.kind), logs)),
         Err(FrameError::Io(e))
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
         {
             return Err(timed_out());
         }
-        Err(e) => return Err(agent_failed(error_chain(&e), logs)),
+        Err(e) => return Err(agent_failed(crate::error_chain(&e), logs)),
     };
     match moat_protocol::decode::<AgentMessage>(&frame.payload) {
-        Ok(AgentMessage::Ready { protocol_version, .. }) if protocol_version == PROTOCOL_VERSION => {}
-        Ok(AgentMessage::Ready { protocol_version, agent_version }) => {
+        Ok(AgentMessage::Ready {
+            protocol_version, ..
+        }) if protocol_version == PROTOCOL_VERSION => {}
+        Ok(AgentMessage::Ready {
+            protocol_version,
+            agent_version,
+        }) => {
             return Err(BootError::Version {
                 agent: protocol_version,
                 agent_version: console::sanitize(&agent_version),
             });
         }
         Ok(_) => return Err(agent_failed("sent another message than ready".into(), logs)),
-        Err(e) => return Err(agent_failed(error_chain(&e), logs)),
+        Err(e) => return Err(agent_failed(crate::error_chain(&e), logs)),
     }
     stream.set_read_timeout(None).map_err(BootError::Accept)?;
     Ok(stream)
 }
 
 fn agent_failed(what: String, logs: &Logs<'_>) -> BootError {
-    let mut parts = vec![what];
+    let mut parts = vec![console::sanitize(&what)];
     parts.extend(logs.hints(false));
-    BootError::AgentFailed { detail: format!(": {}", parts.join("; ")) }
-}
-
-/// `error: cause: cause`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    BootError::AgentFailed {
+        detail: format!(": {}", parts.join("; ")),
     }
-    text
 }
 
 fn check_vmm_and_signals(
@@ -194,7 +205,10 @@ fn check_vmm_and_signals(
 ) -> Result<(), BootError> {
     if let Some(status) = vmm.exited()? {
         let status = crate::vmm::describe(status);
-        return Err(BootError::VmmExited { status, detail: logs.detail(true) });
+        return Err(BootError::VmmExited {
+            status,
+            detail: logs.detail(true),
+        });
     }
     loop {
         match events.try_recv() {
@@ -218,7 +232,10 @@ mod tests {
     use crate::testutil::{fake_vmm, TempDir};
 
     fn ready(version: u32) -> Vec<u8> {
-        encode(&AgentMessage::Ready { protocol_version: version, agent_version: "t".into() })
+        encode(&AgentMessage::Ready {
+            protocol_version: version,
+            agent_version: "t".into(),
+        })
     }
 
     struct Fixture {
@@ -236,16 +253,26 @@ mod tests {
         Fixture { tmp, listener, vmm }
     }
 
-    fn wait(f: &Fixture, timeout: Duration, events: &Receiver<Event>) -> Result<UnixStream, BootError> {
+    fn wait(
+        f: &Fixture,
+        timeout: Duration,
+        events: &Receiver<Event>,
+    ) -> Result<UnixStream, BootError> {
         let vmm_log = f.tmp.path().join("vmm.log");
         let console_log = f.tmp.path().join("console.log");
-        let logs = Logs { vmm_log: &vmm_log, console_log: &console_log };
+        let logs = Logs {
+            vmm_log: &vmm_log,
+            console_log: &console_log,
+        };
         wait_for_agent(&f.listener, &f.vmm, &logs, timeout, events)
     }
 
     #[test]
     fn vmm_exit_is_reported_with_its_last_line() {
-        let f = fixture("boot-exit", "echo 'moat-vmm: kernel /x: not found' >&2; exit 1");
+        let f = fixture(
+            "boot-exit",
+            "echo 'moat-vmm: kernel /x: not found' >&2; exit 1",
+        );
         let (_tx, rx) = sync_channel(1);
         let err = wait(&f, Duration::from_secs(10), &rx).unwrap_err();
         assert_eq!(
@@ -258,7 +285,11 @@ mod tests {
     fn timeout_and_signal() {
         let f = fixture("boot-timeout", "exec sleep 60");
         let (tx, rx) = sync_channel(4);
-        std::fs::write(f.tmp.path().join("console.log"), "Kernel panic - not syncing: x\n").unwrap();
+        std::fs::write(
+            f.tmp.path().join("console.log"),
+            "Kernel panic - not syncing: x\n",
+        )
+        .unwrap();
         let err = wait(&f, Duration::from_millis(100), &rx).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -299,7 +330,9 @@ mod tests {
             write_frame(&mut s, FrameKind::Control, b"{\"type\":\"bogus\"}").unwrap();
         });
         let err = wait(&f, Duration::from_secs(10), &rx).unwrap_err();
-        assert!(err.to_string().starts_with("the guest agent failed before it was ready: malformed"));
+        assert!(err
+            .to_string()
+            .starts_with("the guest agent failed before it was ready: malformed"));
         agent.join().unwrap();
     }
 }

@@ -68,7 +68,9 @@ pub enum ConfigError {
 pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(text.to_owned());
     let lower = text.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
     let shift = match unit.trim_start() {
         "" | "b" => 0,
@@ -96,7 +98,8 @@ fn parse_scaled(number: &str, shift: u32) -> Option<u64> {
         let digits = frac.len().min(9);
         let frac_value: u64 = frac[..digits].parse().ok()?;
         let scale = 10u64.pow(digits as u32);
-        bytes = bytes.checked_add(((u128::from(frac_value) << shift) / u128::from(scale)) as u64)?;
+        bytes =
+            bytes.checked_add(((u128::from(frac_value) << shift) / u128::from(scale)) as u64)?;
     }
     Some(bytes)
 }
@@ -110,10 +113,16 @@ pub fn memory_mib(requested_bytes: u64, host_bytes: u64) -> Result<u32, ConfigEr
     let requested_mib = requested_bytes.div_ceil(1 << 20);
     let host_mib = host_bytes >> 20;
     if requested_mib > host_mib {
-        return Err(ConfigError::TooMuchMemory { requested_mib, host_mib });
+        return Err(ConfigError::TooMuchMemory {
+            requested_mib,
+            host_mib,
+        });
     }
     let mib = requested_mib.max(u64::from(MIN_MEMORY_MIB));
-    u32::try_from(mib).map_err(|_| ConfigError::TooMuchMemory { requested_mib, host_mib })
+    u32::try_from(mib).map_err(|_| ConfigError::TooMuchMemory {
+        requested_mib,
+        host_mib,
+    })
 }
 
 /// Total RAM of the host in bytes.
@@ -136,7 +145,9 @@ pub fn parse_name(text: &str) -> Result<String, ConfigError> {
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_NAME_LEN
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if valid {
         Ok(text.to_owned())
     } else {
@@ -150,7 +161,9 @@ pub fn parse_hostname(text: &str) -> Result<String, ConfigError> {
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_HOSTNAME_LEN
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b".-".contains(&b));
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b".-".contains(&b));
     if valid {
         Ok(text.to_owned())
     } else {
@@ -200,7 +213,10 @@ pub fn parse_user(text: &str) -> Result<User, ConfigError> {
         }
         s.parse().map_err(|_| bad())
     };
-    Ok(User { uid: number(uid)?, gid: number(gid)? })
+    Ok(User {
+        uid: number(uid)?,
+        gid: number(gid)?,
+    })
 }
 
 /// Validates `-w DIR`: an absolute path without NUL bytes.
@@ -243,7 +259,10 @@ pub fn build_env(
             None => entries.push((key, value)),
         }
     }
-    entries.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    entries
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// A fresh random container id: 12 lower-case hex digits.
@@ -325,7 +344,19 @@ mod tests {
         assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
         assert_eq!(parse_size("1t").unwrap(), 1 << 40);
         assert_eq!(parse_size("0").unwrap(), 0);
-        for bad in ["", "m", "-1m", "1x", "1.m", ".5m", "1..5m", "1 m b", "1mbb", "abc", "99999999999999999999g"] {
+        for bad in [
+            "",
+            "m",
+            "-1m",
+            "1x",
+            "1.m",
+            ".5m",
+            "1..5m",
+            "1 m b",
+            "1mbb",
+            "abc",
+            "99999999999999999999g",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -337,7 +368,10 @@ mod tests {
         assert_eq!(memory_mib(1, host).unwrap(), MIN_MEMORY_MIB);
         assert_eq!(memory_mib((100 << 20) + 1, host).unwrap(), 101);
         assert!(matches!(memory_mib(0, host), Err(ConfigError::ZeroMemory)));
-        assert!(matches!(memory_mib(1 << 40, host), Err(ConfigError::TooMuchMemory { .. })));
+        assert!(matches!(
+            memory_mib(1 << 40, host),
+            Err(ConfigError::TooMuchMemory { .. })
+        ));
         assert!(memory_mib(host, host).is_ok());
         assert!(host_memory_bytes() > 0);
     }
@@ -356,7 +390,17 @@ mod tests {
         for good in ["a", "web-1", "x_y.z", "0abc", &"a".repeat(64)] {
             assert!(parse_name(good).is_ok(), "{good:?} refused");
         }
-        for bad in ["", "-a", ".a", "_a", "a/b", "a b", "é", &"a".repeat(65), "../x"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+            "../x",
+        ] {
             assert!(parse_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -371,9 +415,18 @@ mod tests {
 
     #[test]
     fn env_entries() {
-        assert_eq!(parse_env("A=1").unwrap(), EnvArg::Set("A".into(), "1".into()));
-        assert_eq!(parse_env("A=").unwrap(), EnvArg::Set("A".into(), String::new()));
-        assert_eq!(parse_env("A=b=c").unwrap(), EnvArg::Set("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_env("A=1").unwrap(),
+            EnvArg::Set("A".into(), "1".into())
+        );
+        assert_eq!(
+            parse_env("A=").unwrap(),
+            EnvArg::Set("A".into(), String::new())
+        );
+        assert_eq!(
+            parse_env("A=b=c").unwrap(),
+            EnvArg::Set("A".into(), "b=c".into())
+        );
         assert_eq!(parse_env("A").unwrap(), EnvArg::Inherit("A".into()));
         for bad in ["", "=x", "A\0=1"] {
             assert!(parse_env(bad).is_err(), "{bad:?} accepted");
@@ -392,16 +445,36 @@ mod tests {
         let env = build_env(&user, "box", 0, true, host);
         assert_eq!(
             env,
-            ["PATH=/x", "HOSTNAME=box", "HOME=/root", "TERM=xterm", "FOO=1", "FROM_HOST=h"]
+            [
+                "PATH=/x",
+                "HOSTNAME=box",
+                "HOME=/root",
+                "TERM=xterm",
+                "FOO=1",
+                "FROM_HOST=h"
+            ]
         );
         let env = build_env(&[], "box", 1000, false, |_| None);
-        assert_eq!(env, [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=box".into(), "HOME=/".into()]);
+        assert_eq!(
+            env,
+            [
+                format!("PATH={DEFAULT_PATH}"),
+                "HOSTNAME=box".into(),
+                "HOME=/".into()
+            ]
+        );
     }
 
     #[test]
     fn users() {
         assert_eq!(parse_user("0").unwrap(), User { uid: 0, gid: 0 });
-        assert_eq!(parse_user("1000:100").unwrap(), User { uid: 1000, gid: 100 });
+        assert_eq!(
+            parse_user("1000:100").unwrap(),
+            User {
+                uid: 1000,
+                gid: 100
+            }
+        );
         for bad in ["", "root", "1000:", ":1", "1:2:3", "-1", "4294967296"] {
             assert!(parse_user(bad).is_err(), "{bad:?} accepted");
         }

@@ -33,7 +33,10 @@ fn tail(path: &Path) -> String {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES))).is_err() {
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .is_err()
+    {
         return String::new();
     }
     let mut bytes = Vec::with_capacity(TAIL_BYTES as usize);
@@ -48,7 +51,11 @@ fn strip_timestamp(line: &str) -> &str {
     let trimmed = line.trim_start();
     if let Some(rest) = trimmed.strip_prefix('[') {
         if let Some((stamp, after)) = rest.split_once(']') {
-            if stamp.trim().bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            if stamp
+                .trim()
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+            {
                 return after.trim_start();
             }
         }
@@ -59,7 +66,10 @@ fn strip_timestamp(line: &str) -> &str {
 /// The last non-empty line of a log file, sanitized; `None` if there is none.
 pub fn last_line(path: &Path) -> Option<String> {
     let text = tail(path);
-    let line = text.lines().map(strip_timestamp).rfind(|l| !l.trim().is_empty())?;
+    let line = text
+        .lines()
+        .map(strip_timestamp)
+        .rfind(|l| !l.trim().is_empty())?;
     Some(sanitize(line))
 }
 
@@ -71,7 +81,10 @@ pub fn guest_hint(console_log: &Path) -> Option<String> {
         let panic = text[at..].lines().next().unwrap_or_default();
         return Some(format!("the guest kernel panicked: {}", sanitize(panic)));
     }
-    let line = text.lines().map(strip_timestamp).rfind(|l| !l.trim().is_empty())?;
+    let line = text
+        .lines()
+        .map(strip_timestamp)
+        .rfind(|l| !l.trim().is_empty())?;
     Some(format!("last console line: {}", sanitize(line)))
 }
 
@@ -93,9 +106,17 @@ mod tests {
         let log = tmp.path().join("console.log");
         assert_eq!(guest_hint(&log), None);
         assert_eq!(last_line(&log), None);
-        std::fs::write(&log, "[    0.1] booting\n[    1.5] reboot: Restarting system\n\n").unwrap();
-        assert_eq!(guest_hint(&log).unwrap(), "last console line: reboot: Restarting system");
-        let panic = "[    0.9] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n\
+        std::fs::write(
+            &log,
+            "[    0.1] booting\n[    1.5] reboot: Restarting system\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            guest_hint(&log).unwrap(),
+            "last console line: reboot: Restarting system"
+        );
+        let panic =
+            "[    0.9] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n\
                      [    0.9] Kernel Offset: disabled\n[    0.9] Rebooting in 1 seconds..\n";
         let mut big = vec![b'z'; 100_000];
         big.push(b'\n');

@@ -24,3 +24,15 @@ pub mod vmm;
 mod testutil;
 
 pub use run::{run, RunError, RuntimeOptions};
+
+/// An error and its causes on one line: `error: cause: cause`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -3,8 +3,9 @@
 //! (guards dropped in reverse order: raw mode, signals, VMM, state dir).
 
 use std::fs::File;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
 use moat_protocol::{ErrorKind, ExitStatus, ProcessSpec, RootfsSpec, RunRequest};
@@ -12,7 +13,7 @@ use moat_protocol::{ErrorKind, ExitStatus, ProcessSpec, RootfsSpec, RunRequest};
 use crate::assets::{AssetError, Assets};
 use crate::boot::{self, BootError, Logs};
 use crate::config::{ConfigError, RunConfig};
-use crate::session::{Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
+use crate::session::{Event, Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
 use crate::signals::SignalForwarder;
 use crate::state::{StateDir, StateError, STATE_ROOT};
 use crate::terminal::{self, RawMode};
@@ -87,8 +88,14 @@ impl RunError {
     /// that stopped the run before the container started, else 125.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Agent { kind: ErrorKind::NotFound, .. } => 127,
-            Self::Agent { kind: ErrorKind::NotExecutable, .. } => 126,
+            Self::Agent {
+                kind: ErrorKind::NotFound,
+                ..
+            } => 127,
+            Self::Agent {
+                kind: ErrorKind::NotExecutable,
+                ..
+            } => 126,
             Self::Boot(BootError::Interrupted(signo)) => 128 + signo,
             _ => EXIT_RUNTIME_ERROR,
         }
@@ -141,7 +148,11 @@ fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
     let (rows, cols) = if config.tty { size } else { (0, 0) };
     RunRequest {
         id: config.id.clone(),
-        rootfs: RootfsSpec { device: ROOT_DEVICE.into(), fstype: "ext4".into(), readonly: false },
+        rootfs: RootfsSpec {
+            device: ROOT_DEVICE.into(),
+            fstype: "ext4".into(),
+            readonly: false,
+        },
         process: ProcessSpec {
             args: config.args.clone(),
             env: config.env.clone(),
@@ -157,6 +168,52 @@ fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
     }
 }
 
+/// A started VM. Dropping it kills the VMM's process group, then removes the state directory
+/// (fields drop in declaration order).
+struct Vm {
+    vmm: VmmProcess,
+    state: StateDir,
+}
+
+/// Probes KVM, creates the state directory, starts the VMM and waits for the agent's `Ready`.
+fn boot_vm(
+    config: &RunConfig,
+    assets: &Assets,
+    options: &RuntimeOptions,
+    events: &Receiver<Event>,
+) -> Result<(Vm, UnixStream), RunError> {
+    if !options.skip_probe {
+        vmm::probe(&assets.vmm)?;
+    }
+    let state = StateDir::create(&options.state_root, &config.id)?;
+    let listener = boot::listen(&state.agent_listener())?;
+    let vmm_log = state.vmm_log();
+    let log = File::create(&vmm_log).map_err(|source| RunError::CreateFile {
+        path: vmm_log.clone(),
+        source,
+    })?;
+    let spec = VmSpec {
+        kernel: assets.kernel.clone(),
+        initramfs: assets.initramfs.clone(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        disks_ro: vec![assets.image.clone()],
+        vsock_uds: state.vsock_uds(),
+        console_log: state.console_log(),
+    };
+    let vm = Vm {
+        vmm: VmmProcess::spawn(&assets.vmm, &spec.args()?, log)?,
+        state,
+    };
+    let console_log = vm.state.console_log();
+    let logs = Logs {
+        vmm_log: &vmm_log,
+        console_log: &console_log,
+    };
+    let stream = boot::wait_for_agent(&listener, &vm.vmm, &logs, options.boot_timeout, events)?;
+    Ok((vm, stream))
+}
+
 /// Runs the container of `config` in a new microVM and returns its exit status.
 pub fn run(
     config: &RunConfig,
@@ -167,28 +224,7 @@ pub fn run(
     let (tx, events) = sync_channel(EVENT_QUEUE);
     // First, so that a Ctrl-C during the boot is ours and cleans up.
     let _signals = SignalForwarder::start(tx.clone()).map_err(RunError::Setup)?;
-    if !options.skip_probe {
-        vmm::probe(&assets.vmm)?;
-    }
-    let state = StateDir::create(&options.state_root, &config.id)?;
-    let listener = boot::listen(&state.agent_listener())?;
-    let vmm_log = state.vmm_log();
-    let log = File::create(&vmm_log)
-        .map_err(|source| RunError::CreateFile { path: vmm_log.clone(), source })?;
-    let spec = VmSpec {
-        kernel: assets.kernel.clone(),
-        initramfs: assets.initramfs.clone(),
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-        disks_ro: vec![assets.image.clone()],
-        vsock_uds: state.vsock_uds(),
-        console_log: state.console_log(),
-    };
-    let mut vmm = VmmProcess::spawn(&assets.vmm, &spec.args()?, log)?;
-    let console_log = state.console_log();
-    let logs = Logs { vmm_log: &vmm_log, console_log: &console_log };
-    let stream = boot::wait_for_agent(&listener, &vmm, &logs, options.boot_timeout, &events)?;
-    drop(listener);
+    let (mut vm, stream) = boot_vm(config, assets, options, &events)?;
     let raw = if config.tty && config.interactive {
         RawMode::enter().map_err(RunError::Setup)?
     } else {
@@ -198,25 +234,30 @@ pub fn run(
     let mut session = Session::new(stream);
     let outcome = session.run(run_request(config, size), stdio, &events, &tx);
     drop(raw);
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(SessionError::Ended(reason)) => {
-            // A panicking or rebooting guest ends the VMM by itself; give it a moment so its
-            // console log is complete, then make sure it is gone.
-            let _ = vmm.wait_timeout(VM_END_GRACE);
-            vmm.kill_and_reap();
-            let hint = crate::console::guest_hint(&console_log)
-                .or(reason)
-                .unwrap_or_else(|| "the guest gave no reason".to_owned());
-            return Err(RunError::VmEnded(hint));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    shut_down(&mut session, &mut vmm);
     match outcome {
-        Outcome::Exited(status) => Ok(exit_code(status)),
-        Outcome::Failed { kind, message } => Err(RunError::Agent { kind, message }),
+        Ok(Outcome::Exited(status)) => {
+            shut_down(&mut session, &mut vm.vmm);
+            Ok(exit_code(status))
+        }
+        Ok(Outcome::Failed { kind, message }) => {
+            shut_down(&mut session, &mut vm.vmm);
+            Err(RunError::Agent { kind, message })
+        }
+        Err(SessionError::Ended(reason)) => Err(vm_ended(&mut vm, reason)),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// The error for a VM whose agent vanished while the container ran.
+fn vm_ended(vm: &mut Vm, reason: Option<String>) -> RunError {
+    // A panicking or rebooting guest ends the VMM by itself; give it a moment so its console
+    // log is complete, then make sure it is gone.
+    let _ = vm.vmm.wait_timeout(VM_END_GRACE);
+    vm.vmm.kill_and_reap();
+    let hint = crate::console::guest_hint(&vm.state.console_log())
+        .or(reason.map(|r| crate::console::sanitize(&r)))
+        .unwrap_or_else(|| "the guest gave no reason".to_owned());
+    RunError::VmEnded(hint)
 }
 
 /// Asks the agent to power the VM off and waits for the VMM, killing it after
@@ -227,7 +268,9 @@ fn shut_down(session: &mut Session, vmm: &mut VmmProcess) {
     }
     match vmm.wait_timeout(SHUTDOWN_TIMEOUT) {
         Ok(Some(status)) if status.success() => {}
-        Ok(Some(status)) => tracing::warn!(status = %vmm::describe(status), "moat-vmm failed at shutdown"),
+        Ok(Some(status)) => {
+            tracing::warn!(status = %vmm::describe(status), "moat-vmm failed at shutdown")
+        }
         Ok(None) => tracing::warn!("the VM did not power off in time; killing it"),
         Err(e) => tracing::warn!(error = %e, "cannot wait for moat-vmm"),
     }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use moat_protocol::{decode, encode, read_frame, write_frame, AgentMessage, FrameKind, HostMessage};
+use moat_protocol::{
+    decode, encode, read_frame, write_frame, AgentMessage, FrameKind, HostMessage,
+};
 
 use super::*;
 use crate::config::{AssetOverrides, User};
@@ -24,7 +26,10 @@ fn exit_codes() {
     assert_eq!(exit_code(ExitStatus::Signaled { signo: 15 }), 143);
     assert_eq!(exit_code(ExitStatus::Signaled { signo: 0 }), 125);
     assert_eq!(exit_code(ExitStatus::Signaled { signo: 1000 }), 125);
-    let agent = |kind| RunError::Agent { kind, message: String::new() };
+    let agent = |kind| RunError::Agent {
+        kind,
+        message: String::new(),
+    };
     assert_eq!(agent(ErrorKind::NotFound).exit_code(), 127);
     assert_eq!(agent(ErrorKind::NotExecutable).exit_code(), 126);
     assert_eq!(agent(ErrorKind::InvalidRequest).exit_code(), 125);
@@ -60,7 +65,10 @@ fn config(id: &str, tty: bool) -> RunConfig {
         args: vec!["echo".into(), "hi".into()],
         env: vec!["PATH=/bin".into()],
         workdir: "/".into(),
-        user: User { uid: 1000, gid: 100 },
+        user: User {
+            uid: 1000,
+            gid: 100,
+        },
         hostname: "box".into(),
         cpus: 2,
         memory_mib: 128,
@@ -78,10 +86,16 @@ fn request_carries_the_config() {
     assert!(!req.rootfs.readonly);
     assert_eq!(req.process.args, ["echo", "hi"]);
     assert_eq!((req.process.uid, req.process.gid), (1000, 100));
-    assert_eq!((req.process.rows, req.process.cols, req.process.terminal), (0, 0, false));
+    assert_eq!(
+        (req.process.rows, req.process.cols, req.process.terminal),
+        (0, 0, false)
+    );
     assert_eq!(req.hostname.as_deref(), Some("box"));
     let req = run_request(&config("c1", true), (50, 120));
-    assert_eq!((req.process.rows, req.process.cols, req.process.terminal), (50, 120, true));
+    assert_eq!(
+        (req.process.rows, req.process.cols, req.process.terminal),
+        (50, 120, true)
+    );
 }
 
 /// A fake `moat-vmm`: `probe` prints a refusal when `$dir/no-kvm` exists; `run` checks its
@@ -126,7 +140,11 @@ fn setup(name: &str) -> Setup {
         boot_timeout: Duration::from_secs(20),
         skip_probe: false,
     };
-    Setup { tmp, assets, options }
+    Setup {
+        tmp,
+        assets,
+        options,
+    }
 }
 
 impl Setup {
@@ -144,7 +162,11 @@ impl Setup {
     }
 
     /// Plays the agent: connects to the run's listener, says `Ready`, then `script`.
-    fn agent(&self, id: &str, script: impl FnOnce(&mut UnixStream, &Path) + Send + 'static) -> JoinHandle<()> {
+    fn agent(
+        &self,
+        id: &str,
+        script: impl FnOnce(&mut UnixStream, &Path) + Send + 'static,
+    ) -> JoinHandle<()> {
         let state = self.state(id);
         std::thread::spawn(move || {
             let sock = state.join("vsock.sock_1024");
@@ -156,7 +178,10 @@ impl Setup {
                 assert!(Instant::now() < deadline, "no listener");
                 std::thread::sleep(Duration::from_millis(5));
             };
-            let ready = AgentMessage::Ready { protocol_version: 1, agent_version: "fake".into() };
+            let ready = AgentMessage::Ready {
+                protocol_version: 1,
+                agent_version: "fake".into(),
+            };
             write_frame(&mut stream, FrameKind::Control, &encode(&ready)).unwrap();
             script(&mut stream, &state);
         })
@@ -200,12 +225,19 @@ fn stdio() -> (Stdio, Shared) {
 fn a_whole_run_returns_the_status_and_cleans_up() {
     let s = setup("run-ok");
     let agent = s.agent("ok1", |stream, state| {
-        let HostMessage::Run(req) = recv(stream) else { panic!("expected run") };
+        let HostMessage::Run(req) = recv(stream) else {
+            panic!("expected run")
+        };
         assert_eq!(req.process.args, ["echo", "hi"]);
         send(stream, &AgentMessage::Started { pid: 7 });
         assert_eq!(recv(stream), HostMessage::StdinEof);
         write_frame(stream, FrameKind::Stdout, b"hi\n").unwrap();
-        send(stream, &AgentMessage::Exited { status: ExitStatus::Code { code: 5 } });
+        send(
+            stream,
+            &AgentMessage::Exited {
+                status: ExitStatus::Code { code: 5 },
+            },
+        );
         assert_eq!(recv(stream), HostMessage::Shutdown);
         std::fs::write(state.join("poweroff"), b"").unwrap();
     });
@@ -223,7 +255,13 @@ fn agent_errors_map_to_exit_codes() {
     let agent = s.agent("nf", |stream, state| {
         recv(stream);
         let msg = "exec: nope: not found".to_owned();
-        send(stream, &AgentMessage::Error { kind: ErrorKind::NotFound, message: msg });
+        send(
+            stream,
+            &AgentMessage::Error {
+                kind: ErrorKind::NotFound,
+                message: msg,
+            },
+        );
         assert_eq!(recv(stream), HostMessage::Shutdown);
         std::fs::write(state.join("poweroff"), b"").unwrap();
     });
@@ -274,13 +312,27 @@ fn failures_before_the_agent_leave_nothing_behind() {
     s.assert_clean("f1");
 
     std::fs::remove_file(s.tmp.path().join("fail")).unwrap();
-    let options = RuntimeOptions { boot_timeout: Duration::from_millis(300), ..s.options.clone() };
+    let options = RuntimeOptions {
+        boot_timeout: Duration::from_millis(300),
+        ..s.options.clone()
+    };
     let err = run(&config("f1", false), &s.assets, &options, stdio().0).unwrap_err();
-    assert!(err.to_string().starts_with("the guest agent did not become ready"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("the guest agent did not become ready"),
+        "{err}"
+    );
     s.assert_clean("f1");
 
     std::fs::create_dir_all(s.state("taken")).unwrap();
     let err = run(&config("taken", false), &s.assets, &s.options, stdio().0).unwrap_err();
-    assert!(err.to_string().starts_with("a container named \"taken\" already exists"), "{err}");
-    assert!(s.state("taken").exists(), "someone else's state dir was removed");
+    assert!(
+        err.to_string()
+            .starts_with("a container named \"taken\" already exists"),
+        "{err}"
+    );
+    assert!(
+        s.state("taken").exists(),
+        "someone else's state dir was removed"
+    );
 }

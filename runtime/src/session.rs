@@ -52,7 +52,10 @@ pub enum SessionError {
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {
-    detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+    detail
+        .as_ref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default()
 }
 
 /// How a session ended when the VM is still fine (it can be shut down gracefully).
@@ -102,21 +105,37 @@ impl Sink {
         if self.broken {
             return;
         }
-        if self.out.write_all(bytes).and_then(|()| self.out.flush()).is_err() {
+        if self
+            .out
+            .write_all(bytes)
+            .and_then(|()| self.out.flush())
+            .is_err()
+        {
             self.broken = true;
         }
     }
 }
 
 /// Reads the agent's frames until its stream ends or it says `Exited`.
-fn read_agent(mut stream: UnixStream, stdout: Box<dyn Write + Send>, stderr: Box<dyn Write + Send>, tx: SyncSender<Event>) {
-    let mut stdout = Sink { out: stdout, broken: false };
-    let mut stderr = Sink { out: stderr, broken: false };
+fn read_agent(
+    mut stream: UnixStream,
+    stdout: Box<dyn Write + Send>,
+    stderr: Box<dyn Write + Send>,
+    tx: SyncSender<Event>,
+) {
+    let mut stdout = Sink {
+        out: stdout,
+        broken: false,
+    };
+    let mut stderr = Sink {
+        out: stderr,
+        broken: false,
+    };
     let end = loop {
         let frame = match read_frame(&mut stream) {
             Ok(frame) => frame,
             Err(FrameError::Closed) => break None,
-            Err(e) => break Some(e.to_string()),
+            Err(e) => break Some(crate::error_chain(&e)),
         };
         match frame.kind {
             FrameKind::Stdout => stdout.write(&frame.payload),
@@ -129,7 +148,7 @@ fn read_agent(mut stream: UnixStream, stdout: Box<dyn Write + Send>, stderr: Box
                         return;
                     }
                 }
-                Err(e) => break Some(e.to_string()),
+                Err(e) => break Some(crate::error_chain(&e)),
             },
         }
     };
@@ -204,12 +223,16 @@ impl Session {
                     started = true;
                     self.start_stdin(stdin.take(), tx)?;
                 }
-                Event::Agent(AgentMessage::Exited { status }) => return Ok(Outcome::Exited(status)),
+                Event::Agent(AgentMessage::Exited { status }) => {
+                    return Ok(Outcome::Exited(status))
+                }
                 Event::Agent(AgentMessage::Error { kind, message }) if !started => {
                     let message = crate::console::sanitize(&message);
                     return Ok(Outcome::Failed { kind, message });
                 }
-                Event::Agent(other) => tracing::warn!(message = ?other, "unexpected agent message"),
+                Event::Agent(other) => {
+                    tracing::debug!(message = ?other, "unexpected agent message")
+                }
                 Event::AgentGone(reason) => return Err(SessionError::Ended(reason)),
                 Event::Signal(libc::SIGWINCH) if terminal => self.send_resize(),
                 Event::Signal(libc::SIGWINCH) => {}

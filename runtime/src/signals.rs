@@ -22,13 +22,15 @@ impl SignalForwarder {
     pub fn start(tx: SyncSender<Event>) -> io::Result<Self> {
         let mut signals = Signals::new(FORWARDED)?;
         let handle = signals.handle();
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            for signo in signals.forever() {
-                if tx.send(Event::Signal(signo)).is_err() {
-                    break;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signo in signals.forever() {
+                    if tx.send(Event::Signal(signo)).is_err() {
+                        break;
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(Self { handle })
     }
 }

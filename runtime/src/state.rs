@@ -50,12 +50,22 @@ impl StateDir {
         if listener.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(StateError::PathTooLong(path));
         }
-        let create_err = |path: &Path, source| StateError::Create { path: path.to_owned(), source };
-        DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| create_err(root, e))?;
+        let create_err = |path: &Path, source| StateError::Create {
+            path: path.to_owned(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| create_err(root, e))?;
         match DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists { id: id.to_owned(), path });
+                return Err(StateError::Exists {
+                    id: id.to_owned(),
+                    path,
+                });
             }
             Err(e) => return Err(create_err(&path, e)),
         }
@@ -78,7 +88,8 @@ impl StateDir {
 
     /// The runtime's listener for the agent's connection: `<vsock uds>_<port>`.
     pub fn agent_listener(&self) -> PathBuf {
-        self.path.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT))
+        self.path
+            .join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT))
     }
 
     /// The guest's serial console log.
@@ -132,6 +143,9 @@ mod tests {
     fn long_paths_are_refused() {
         let tmp = TempDir::new("state-long");
         let root = tmp.path().join("x".repeat(100));
-        assert!(matches!(StateDir::create(&root, "c1"), Err(StateError::PathTooLong(_))));
+        assert!(matches!(
+            StateDir::create(&root, "c1"),
+            Err(StateError::PathTooLong(_))
+        ));
     }
 }

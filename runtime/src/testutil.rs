@@ -11,8 +11,7 @@ impl TempDir {
     pub fn new(name: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("moat-rt-{}-{n}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("moat-rt-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         Self(path)
@@ -31,14 +30,22 @@ impl Drop for TempDir {
 }
 
 /// Writes an executable `sh` script `dir/fake-vmm` with `body` and returns its path.
+///
+/// A child process writes the file, so no write descriptor to it ever exists in this
+/// multi-threaded test process, where a concurrent fork could inherit it and make exec of the
+/// script fail with ETXTBSY.
 pub fn fake_vmm(dir: &Path, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join("fake-vmm");
-    // Write to a temporary name and rename, so a concurrent exec never sees a half-written
-    // file (ETXTBSY).
-    let tmp = dir.join("fake-vmm.tmp");
-    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    let status = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "printf '%s\\n' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+        ])
+        .arg(format!("#!/bin/sh\n{body}"))
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
     path
 }

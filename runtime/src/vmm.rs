@@ -54,18 +54,28 @@ pub fn probe(vmm: &Path) -> Result<(), VmmError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|source| VmmError::Spawn { vmm: vmm.to_owned(), source })?;
+        .map_err(|source| VmmError::Spawn {
+            vmm: vmm.to_owned(),
+            source,
+        })?;
     if output.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
+    let line = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
     match output.status.code() {
         Some(1) if !line.is_empty() => {
             let line = line.strip_prefix("moat-vmm: ").unwrap_or(line);
             Err(VmmError::Unsupported(crate::console::sanitize(line)))
         }
-        _ => Err(VmmError::ProbeFailed { vmm: vmm.to_owned(), status: output.status }),
+        _ => Err(VmmError::ProbeFailed {
+            vmm: vmm.to_owned(),
+            status: output.status,
+        }),
     }
 }
 
@@ -134,11 +144,19 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Starts `vmm` with `args`, stdin from /dev/null, stdout and stderr into `log`.
     pub fn spawn(vmm: &Path, args: &[OsString], log: File) -> Result<Self, VmmError> {
-        let spawn_err = |source| VmmError::Spawn { vmm: vmm.to_owned(), source };
+        let spawn_err = |source| VmmError::Spawn {
+            vmm: vmm.to_owned(),
+            source,
+        };
         let log2 = log.try_clone().map_err(spawn_err)?;
         let parent = rustix::process::getpid();
         let mut command = Command::new(vmm);
-        command.args(args).stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
         #[allow(unsafe_code)]
         // SAFETY: the closure runs in the forked child before exec and only makes two raw
         // syscalls (prctl, getppid) through rustix: no allocation, no lock, nothing that is not
@@ -155,7 +173,11 @@ impl VmmProcess {
         }
         let child = command.spawn().map_err(spawn_err)?;
         let pid = Pid::from_child(&child);
-        Ok(Self { child, pid, reaped: None })
+        Ok(Self {
+            child,
+            pid,
+            reaped: None,
+        })
     }
 
     /// The VMM's pid (also its process group id).
@@ -196,7 +218,10 @@ impl VmmProcess {
             match &pidfd {
                 Ok(fd) => {
                     let mut fds = [PollFd::new(fd, PollFlags::IN)];
-                    let ts = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+                    let ts = Timespec::try_from(left).unwrap_or(Timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    });
                     // An interrupted poll is retried by the loop.
                     let _ = poll(&mut fds, Some(&ts));
                 }
@@ -238,15 +263,22 @@ mod tests {
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
         };
-        let args: Vec<String> =
-            spec.args().unwrap().into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = spec
+            .args()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         assert_eq!(
             args.join(" "),
             "run --kernel /a/vmlinux --initramfs /a/initramfs.cpio --cpus 2 --memory-mib 256 \
              --disk /a/images/busybox.ext4,ro --vsock-uds /run/moat/x/vsock.sock \
              --console-log /run/moat/x/console.log"
         );
-        let bad = VmSpec { disks_ro: vec!["/a,b".into()], ..spec };
+        let bad = VmSpec {
+            disks_ro: vec!["/a,b".into()],
+            ..spec
+        };
         assert!(matches!(bad.args(), Err(VmmError::CommaInPath(_))));
     }
 
@@ -260,7 +292,10 @@ mod tests {
         probe(&vmm).unwrap();
         let vmm = script(tmp.path(), "exit 3");
         assert!(matches!(probe(&vmm), Err(VmmError::ProbeFailed { .. })));
-        assert!(matches!(probe(&tmp.path().join("none")), Err(VmmError::Spawn { .. })));
+        assert!(matches!(
+            probe(&tmp.path().join("none")),
+            Err(VmmError::Spawn { .. })
+        ));
     }
 
     #[test]
@@ -272,20 +307,31 @@ mod tests {
         let log = File::create(tmp.path().join("log")).unwrap();
         let mut proc = VmmProcess::spawn(&vmm, &[pidfile.clone().into()], log).unwrap();
         assert!(proc.exited().unwrap().is_none());
-        assert!(proc.wait_timeout(Duration::from_millis(50)).unwrap().is_none());
+        assert!(proc
+            .wait_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none());
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(5));
         }
-        let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let status = proc.kill_and_reap().unwrap();
         assert_eq!(status.signal(), Some(9));
         // The grandchild was killed; once its (foreign) parent reaps it, it is gone.
         let proc_path = PathBuf::from(format!("/proc/{grandchild}/stat"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Ok(stat) = std::fs::read_to_string(&proc_path) {
-            if stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')) {
+            if stat
+                .split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "grandchild survived");

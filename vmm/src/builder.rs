@@ -2,6 +2,7 @@
 //! on the MMIO transport, the kernel, the vCPU threads and the event-loop thread; then waits for
 //! the first [`VmExit`].
 
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +24,7 @@ use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::devices::{Bus, BusError};
-use crate::stats::VmStats;
+use crate::stats::{DeviceCounters, VmStats};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VmExit};
 use crate::vstate::vm::{self, VmError};
@@ -34,6 +35,8 @@ const QUEUE_NOTIFY: u64 = 0x50;
 const SERIAL_PORTS: u64 = 8;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+/// Reads one device's counters when the stats are written.
+type CounterSource = Box<dyn Fn() -> DeviceCounters + Send>;
 
 /// Errors building or running the VM (exit status 1, except `Config`: 2).
 #[derive(Debug, thiserror::Error)]
@@ -98,12 +101,13 @@ struct Machine {
     subscribers: usize,
     /// (window base, GSI) of each virtio device, in attach order.
     virtio: Vec<(u64, u32)>,
+    counters: Vec<CounterSource>,
 }
 
 impl Machine {
     /// Puts `device` behind an MMIO transport in the next window, with its irqfd, one
     /// ioeventfd per queue, and its event handler on the event loop.
-    fn attach_virtio<D>(&mut self, device: D) -> Result<(), BuildError>
+    fn attach_virtio<D>(&mut self, device: D) -> Result<Arc<Mutex<D>>, BuildError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -118,9 +122,54 @@ impl Machine {
         vm::register_irqfd(&self.vm, transport.interrupt().eventfd(), gsi)?;
         self.mmio
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
-        self.event_manager.add_subscriber(device);
+        self.event_manager.add_subscriber(device.clone());
         self.subscribers += 1;
         self.virtio.push((base, gsi));
+        Ok(device)
+    }
+
+    fn attach_disks(&mut self, config: &VmConfig) -> Result<(), BuildError> {
+        for (i, disk) in config.disks.iter().enumerate() {
+            let block = Block::new(&disk.path, disk.read_only)?;
+            let counters = block.counters();
+            let name = format!("vd{}", char::from(b'a' + i as u8));
+            self.attach_virtio(block)?;
+            self.counters.push(Box::new(move || {
+                let s = counters.snapshot();
+                DeviceCounters {
+                    name: name.clone(),
+                    counters: vec![
+                        ("requests", s.requests),
+                        ("read_bytes", s.read_bytes),
+                        ("write_bytes", s.write_bytes),
+                        ("flushes", s.flushes),
+                        ("errors", s.errors),
+                        ("dropped", s.dropped),
+                        ("interrupts", s.interrupts),
+                    ],
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    fn attach_vsock(&mut self, config: &VmConfig) -> Result<(), BuildError> {
+        let Some(vsock) = &config.vsock else {
+            return Ok(());
+        };
+        let device = self.attach_virtio(Vsock::new(vsock.cid, &vsock.uds_path)?)?;
+        self.counters.push(Box::new(move || {
+            let c = device.lock().unwrap_or_else(|p| p.into_inner()).counters();
+            DeviceCounters {
+                name: "vsock".into(),
+                counters: vec![
+                    ("tx_malformed", c.tx_malformed),
+                    ("tx_bad_cid", c.tx_bad_cid),
+                    ("tx_bad_len", c.tx_bad_len),
+                    ("rx_malformed", c.rx_malformed),
+                ],
+            }
+        }));
         Ok(())
     }
 
@@ -197,6 +246,8 @@ pub struct Vm {
     exits_tx: Sender<VmExit>,
     exits_rx: Receiver<VmExit>,
     cmdline: String,
+    counters: Vec<CounterSource>,
+    stats_path: Option<PathBuf>,
     // Keeps guest memory mapped for the VM's lifetime.
     _mem: GuestMemory,
 }
@@ -219,14 +270,11 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         event_manager,
         subscribers: 0,
         virtio: Vec::new(),
+        counters: Vec::new(),
     };
     let serial = machine.attach_legacy(config, &stats, &exits_tx)?;
-    for disk in &config.disks {
-        machine.attach_virtio(Block::new(&disk.path, disk.read_only)?)?;
-    }
-    if let Some(vsock) = &config.vsock {
-        machine.attach_virtio(Vsock::new(vsock.cid, &vsock.uds_path)?)?;
-    }
+    machine.attach_disks(config)?;
+    machine.attach_vsock(config)?;
     let cmdline = boot::kernel_cmdline(&machine.virtio, config.cmdline_extra.as_deref())?;
     let boot = LinuxBoot {
         kernel: &config.kernel,
@@ -250,6 +298,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         exits_tx,
         exits_rx,
         cmdline,
+        counters: machine.counters,
+        stats_path: config.stats.clone(),
         _mem: mem,
     })
 }
@@ -281,6 +331,20 @@ impl Vm {
         if let Err(e) = serial.flush() {
             tracing::warn!(error = %e, "cannot flush the console log");
         }
+        self.write_stats();
         Ok(exit)
+    }
+
+    /// The exit and device counters as JSON.
+    pub fn stats_json(&self) -> String {
+        let devices: Vec<DeviceCounters> = self.counters.iter().map(|read| read()).collect();
+        self.stats.to_json(&devices)
+    }
+
+    fn write_stats(&self) {
+        let Some(path) = &self.stats_path else { return };
+        if let Err(e) = std::fs::write(path, self.stats_json()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the stats");
+        }
     }
 }

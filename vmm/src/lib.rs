@@ -2,12 +2,19 @@
 //!
 //! One event-loop thread serves the devices' backends; one thread per vCPU runs `KVM_RUN` and
 //! dispatches I/O exits to the port-I/O and MMIO [`devices::Bus`]es.
+//!
+//! Boot sequence ([`builder::build`], then [`builder::Vm::run`]): validate the
+//! [`config::VmConfig`]; open KVM, map guest memory lazily, create the VM with its in-kernel
+//! irqchip and PIT ([`vstate`]); attach the serial console and i8042 on the port-I/O bus and each
+//! virtio device on the MMIO bus (irqfd + ioeventfds); load the ELF kernel, initramfs, command
+//! line, zero page, MP table and boot page tables ([`boot`], [`arch`]); create and set up the
+//! vCPUs; start the event loop and one thread per vCPU; wait for the first exit.
 
 pub mod arch;
 pub mod boot;
 pub mod builder;
 pub mod config;
-pub mod probe;
 pub mod devices;
+pub mod probe;
 pub mod stats;
 pub mod vstate;

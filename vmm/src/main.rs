@@ -107,23 +107,16 @@ fn fail(status: u8, message: &str) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let config = args.into_config();
-    let stats_path = config.stats.clone();
     let vm = match builder::build(&config) {
         Ok(vm) => vm,
         Err(e @ BuildError::Config(_)) => return fail(2, &one_line(&e)),
         Err(e) => return fail(1, &one_line(&e)),
     };
     tracing::debug!(cmdline = vm.cmdline(), "starting the vm");
-    let stats = vm.stats();
     let exit = match vm.run() {
         Ok(exit) => exit,
         Err(e) => return fail(1, &one_line(&e)),
     };
-    if let Some(path) = stats_path {
-        if let Err(e) = std::fs::write(&path, stats.to_json()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the stats");
-        }
-    }
     match &exit {
         VmExit::VmmError(message) => return fail(1, message),
         VmExit::TripleFault => tracing::warn!("the guest triple-faulted"),

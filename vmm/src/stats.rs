@@ -85,15 +85,35 @@ impl VmStats {
             .sum()
     }
 
-    /// The counters as one JSON object, with `total_exits` first.
-    pub fn to_json(&self) -> String {
+    /// The counters as one JSON object, with `total_exits` first, then each device's counters
+    /// under `devices`.
+    pub fn to_json(&self, devices: &[DeviceCounters]) -> String {
         let mut out = format!("{{\"total_exits\":{}", self.total_exits());
         for (name, counter) in self.fields() {
             out.push_str(&format!(",\"{name}\":{}", counter.get()));
         }
-        out.push_str("}\n");
+        out.push_str(",\"devices\":{");
+        for (i, device) in devices.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            out.push_str(&format!("{sep}\"{}\":{{", device.name));
+            for (j, (name, value)) in device.counters.iter().enumerate() {
+                let sep = if j == 0 { "" } else { "," };
+                out.push_str(&format!("{sep}\"{name}\":{value}"));
+            }
+            out.push('}');
+        }
+        out.push_str("}}\n");
         out
     }
+}
+
+/// A device's counters at one moment, for the stats file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// The device's name (`vda`, `vsock`); plain ASCII, no quotes.
+    pub name: String,
+    /// Counter names and values.
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 #[cfg(test)]
@@ -106,8 +126,17 @@ mod tests {
         s.io_out.add(3);
         s.mmio_read.inc();
         s.io_unhandled.inc();
-        let json = s.to_json();
+        let vda = DeviceCounters {
+            name: "vda".into(),
+            counters: vec![("requests", 2), ("x", 1)],
+        };
+        let json = s.to_json(&[vda]);
         assert!(json.starts_with("{\"total_exits\":4,\"io_in\":0,\"io_out\":3,"));
+        assert!(
+            json.ends_with(",\"devices\":{\"vda\":{\"requests\":2,\"x\":1}}}\n"),
+            "{json}"
+        );
+        assert!(s.to_json(&[]).ends_with(",\"devices\":{}}\n"));
         for (name, _) in s.fields() {
             assert!(json.contains(&format!("\"{name}\":")), "{name} missing");
         }

@@ -191,14 +191,31 @@ fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Makes every mount private, pivots into [`ROOT`] and detaches the old root.
+/// Makes every mount private, mounts the container's /dev (a tmpfs with the guest's devpts bound
+/// in: the guest runs this one container, and a pty the agent allocates must be found under the
+/// container's /dev/pts), pivots into [`ROOT`] and detaches the old root.
 fn enter_root(sys: &dyn Syscall) -> io::Result<()> {
     sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let dev_opts = c"mode=0755,size=64k,nr_inodes=64";
+    let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    sys.mount(
+        Some(c"tmpfs"),
+        ROOT_DEV,
+        Some(c"tmpfs"),
+        dev_flags,
+        Some(dev_opts),
+    )?;
+    sys.mkdir(ROOT_DEV_PTS, 0o755)?;
+    sys.mount(Some(c"/dev/pts"), ROOT_DEV_PTS, None, libc::MS_BIND, None)?;
     sys.chdir(ROOT)?;
     sys.pivot_root(c".", c".")?;
     sys.umount_detach(c".")?;
     sys.chdir(c"/")
 }
+
+/// The container's /dev and /dev/pts before the pivot.
+const ROOT_DEV: &CStr = c"/run/moat/root/dev";
+const ROOT_DEV_PTS: &CStr = c"/run/moat/root/dev/pts";
 
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
@@ -221,7 +238,7 @@ const LINKS: [(&CStr, &CStr); 5] = [
     (c"/proc/self/fd/2", c"/dev/stderr"),
 ];
 
-/// Mounts /proc, a read-only /sys and a minimal /dev; expects a umask of 0.
+/// Mounts /proc and a read-only /sys and fills /dev; expects a umask of 0.
 fn mount_pseudo_fs(sys: &dyn Syscall) -> io::Result<()> {
     sys.mount(
         Some(c"proc"),
@@ -232,26 +249,9 @@ fn mount_pseudo_fs(sys: &dyn Syscall) -> io::Result<()> {
     )?;
     let ro = NOSUID_NODEV_NOEXEC | libc::MS_RDONLY;
     sys.mount(Some(c"sysfs"), c"/sys", Some(c"sysfs"), ro, None)?;
-    let dev_opts = c"mode=0755,size=64k,nr_inodes=64";
-    sys.mount(
-        Some(c"tmpfs"),
-        c"/dev",
-        Some(c"tmpfs"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some(dev_opts),
-    )?;
     for (path, major, minor) in DEVICES {
         sys.mknod_char(path, 0o666, major, minor)?;
     }
-    sys.mkdir(c"/dev/pts", 0o755)?;
-    let pts_opts = c"newinstance,ptmxmode=0666,mode=0620,gid=5";
-    sys.mount(
-        Some(c"devpts"),
-        c"/dev/pts",
-        Some(c"devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some(pts_opts),
-    )?;
     sys.mkdir(c"/dev/shm", 0o1777)?;
     let shm_opts = c"mode=1777,size=65536k";
     sys.mount(
@@ -375,21 +375,22 @@ mod tests {
             format!("unshare {:#x}", libc::CLONE_NEWNS | libc::CLONE_NEWUTS)
         );
         assert_eq!(
-            &lines[6..11],
+            &lines[6..14],
             [
                 "mount - / - rec,private -",
+                "mount tmpfs /run/moat/root/dev tmpfs nosuid,noexec mode=0755,size=64k,nr_inodes=64",
+                "mkdir /run/moat/root/dev/pts 755",
+                "mount /dev/pts /run/moat/root/dev/pts - bind -",
                 "chdir /run/moat/root",
                 "pivot_root . .",
                 "umount .",
                 "chdir /"
             ]
         );
-        assert!(pos("mount proc /proc proc") < pos("mount tmpfs /dev"));
+        assert!(pos("umount .") < pos("mount proc /proc proc nosuid,nodev,noexec -"));
         assert!(lines.contains(&"mount sysfs /sys sysfs ro,nosuid,nodev,noexec -".into()));
-        assert!(pos("mount tmpfs /dev") < pos("mknod /dev/null 666 1:3"));
-        assert!(
-            pos("mkdir /dev/pts") < pos("mount devpts /dev/pts devpts nosuid,noexec newinstance")
-        );
+        assert!(pos("mknod /dev/null 666 1:3") < pos("mount shm /dev/shm tmpfs"));
+        assert!(pos("symlink pts/ptmx /dev/ptmx") < pos("symlink /proc/self/fd/2 /dev/stderr"));
         assert!(pos("umask 0") < pos("mknod") && pos("symlink /proc/self/fd/2") < pos("umask 22"));
         assert!(pos("sethostname box") < pos("mkdir /work 755"));
         assert!(pos("mkdir /work/dir 755") < pos("setgroups [5]"));

@@ -145,6 +145,7 @@ pub fn start(
     let p = &req.process;
     if p.terminal {
         let pty = pty::open(p.rows, p.cols).map_err(spawn_err("opening a pty"))?;
+        pty::give_to(&pty.slave, p.uid, p.gid).map_err(spawn_err("giving the pty to the user"))?;
         let stdio = ChildStdio::Pty {
             slave: pty.slave.as_raw_fd(),
         };

@@ -39,6 +39,17 @@ pub fn open(rows: u16, cols: u16) -> io::Result<Pty> {
     Ok(Pty { master, slave })
 }
 
+/// Gives the slave to the process's user, readable and writable only by it (like a login
+/// terminal), so that it can reopen it (e.g. as /dev/tty).
+pub fn give_to(slave: &OwnedFd, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: fchown and fchmod take a descriptor and integers only.
+    unsafe {
+        check(libc::fchown(slave.as_raw_fd(), uid, gid))?;
+        check(libc::fchmod(slave.as_raw_fd(), 0o620))?;
+    }
+    Ok(())
+}
+
 /// Sets the terminal size of the pty whose master is `master`.
 pub fn set_size(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
     let size = libc::winsize {

@@ -57,8 +57,9 @@ build_initramfs() {
 # Makes sure the initramfs for the current kernel and init script is built; sets L1_INITRD.
 ensure_initramfs() {
   local hash
-  [[ -x /bin/busybox ]] && file -b /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
+  if ! file -b /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
     die "/bin/busybox is missing or not static (apt-get install busybox-static)"
+  fi
   hash=$(initramfs_hash) || exit 125
   L1_INITRD=$NESTED_CACHE/initramfs/$hash.cpio
   if [[ ! -e $L1_INITRD ]]; then

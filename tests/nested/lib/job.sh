@@ -19,7 +19,8 @@ write_cmd_script() {
     for name in $(compgen -e); do
       if passes_through "$name"; then printf 'export %s=%q\n' "$name" "${!name}"; fi
     done
-    printf 'cd -- %q || { echo "moat-nested: no directory %q in L1" >&2; exit 125; }\n' "$cwd" "$cwd"
+    printf 'cd -- %q || { echo "moat-nested: no directory %q in L1" >&2; exit 125; }\n' \
+      "$cwd" "$cwd"
     printf 'exec'
     printf ' %q' "$@"
     echo

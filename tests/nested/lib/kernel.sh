@@ -53,13 +53,13 @@ download_kernel() {
 # Unpacks the xz-compressed vmlinux (an ELF with a PVH note) from bzImage $1 into $2.
 extract_vmlinux() {
   local off
-  for off in $(LC_ALL=C grep -abo $'\xfd7zXZ' "$1" | cut -d: -f1); do
-    tail -c +$((off + 1)) "$1" | xz -dcq >"$2.tmp" 2>/dev/null
+  while IFS=: read -r off _; do
+    tail -c +$((off + 1)) "$1" | xz -dcq >"$2.tmp" 2>/dev/null || true # trailing data
     if [[ $(head -c 4 "$2.tmp") == $'\x7fELF' ]]; then
       mv "$2.tmp" "$2"
       return 0
     fi
-  done
+  done < <(LC_ALL=C grep -abo $'\xfd7zXZ' "$1")
   rm -f "$2.tmp"
   return 1
 }
@@ -75,7 +75,8 @@ ensure_kernel() {
   vmlinuz=$L1_KDIR/boot/vmlinuz-$L1_KVER
   [[ -r $vmlinuz ]] || die "$vmlinuz is missing (remove $L1_KDIR to download again)"
   L1_KERNEL=$L1_KDIR/boot/vmlinux-$L1_KVER
-  if [[ ! -e $L1_KERNEL && ! -e $L1_KERNEL.failed ]] && ! extract_vmlinux "$vmlinuz" "$L1_KERNEL"; then
+  if [[ ! -e $L1_KERNEL && ! -e $L1_KERNEL.failed ]] &&
+    ! extract_vmlinux "$vmlinuz" "$L1_KERNEL"; then
     log "cannot unpack vmlinux from $vmlinuz; booting the bzImage (slower)"
     touch "$L1_KERNEL.failed"
   fi

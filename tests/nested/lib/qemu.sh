@@ -2,14 +2,16 @@
 # Starting L1 under QEMU TCG, waiting for it with a timeout, streaming the command's output and
 # turning the job directory into an exit status. Sourced by tests/nested/run.
 
-QEMU_PID= OUT_PID= ERR_PID= TIMER_PID=
+QEMU_PID='' OUT_PID='' ERR_PID='' TIMER_PID=''
 
 # Starts QEMU (L1) and the two streams of the command's output. Arguments: MiB, vCPUs.
 start_l1() {
   local console=$JOB_DIR/console.log
   # No -nographic: with a file serial it would still put the monitor on our stdin.
   # qboot instead of SeaBIOS: a minimal firmware that gets to the kernel sooner.
-  qemu-system-x86_64 -nodefaults -no-user-config -display none -monitor none \
+  # setpriv --pdeathsig: QEMU dies with us even if we are SIGKILLed.
+  setpriv --pdeathsig KILL qemu-system-x86_64 \
+    -nodefaults -no-user-config -display none -monitor none \
     -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$2" -m "$1" -no-reboot \
     -bios /usr/share/qemu/qboot.rom -kernel "$L1_KERNEL" -initrd "$L1_INITRD" \
     -append 'console=ttyS0 panic=-1 quiet' \
@@ -39,9 +41,9 @@ wait_l1() {
     kill "$TIMER_PID" 2>/dev/null || true
   fi
   wait "$QEMU_PID" "$TIMER_PID" 2>/dev/null || true
-  QEMU_PID= TIMER_PID=
+  QEMU_PID='' TIMER_PID=''
   wait "$OUT_PID" "$ERR_PID" || true
-  OUT_PID= ERR_PID=
+  OUT_PID='' ERR_PID=''
 }
 
 # Reports why L1 did not deliver a status, with the end of its console, and exits 125.
@@ -57,9 +59,10 @@ l1_failed() {
   exit 125
 }
 
+# Exits with the command's status. Argument: the timeout, for the message.
 exit_with_result() {
   local status
-  [[ ! -e $JOB_DIR/timed-out ]] || l1_failed "timeout: L1 was killed after $timeout s"
+  [[ ! -e $JOB_DIR/timed-out ]] || l1_failed "timeout: L1 was killed after $1 s"
   [[ ! -s $JOB_DIR/error ]] || l1_failed "L1 could not run the command: $(cat "$JOB_DIR/error")"
   [[ -s $JOB_DIR/status ]] || l1_failed "L1 stopped without reporting the command's exit status"
   status=$(cat "$JOB_DIR/status")
@@ -73,7 +76,7 @@ kill_children() {
     kill "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  QEMU_PID= TIMER_PID= OUT_PID= ERR_PID=
+  QEMU_PID='' TIMER_PID='' OUT_PID='' ERR_PID=''
 }
 
 on_signal() {

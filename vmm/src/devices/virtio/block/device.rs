@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -158,19 +159,8 @@ impl Block {
                 warn!(error = %err, "virtio-blk: cannot disable queue notifications");
                 break;
             }
-            let before = handled;
-            while handled < self.budget {
-                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                    break;
-                };
-                let head = chain.head_index();
-                let len = self.backend.handle(mem, chain);
-                if let Err(err) = queue.add_used(&*mem, head, len) {
-                    warn!(error = %err, "virtio-blk: cannot add to the used ring");
-                    break;
-                }
-                handled += 1;
-            }
+            let served = self.backend.serve(queue, mem, self.budget - handled);
+            handled += served;
             if handled >= self.budget {
                 // Let other event sources run; the self-kick brings us back.
                 if let Err(err) = self.queue_evts[0].write(1) {
@@ -180,7 +170,7 @@ impl Block {
             }
             match queue.enable_notification(&*mem) {
                 // More requests arrived while notifications were off.
-                Ok(true) if handled > before => continue,
+                Ok(true) if served > 0 => continue,
                 Ok(_) => break,
                 Err(err) => {
                     warn!(error = %err, "virtio-blk: cannot enable queue notifications");
@@ -219,6 +209,51 @@ impl Block {
 }
 
 impl Backend {
+    /// Serves up to `budget` available requests; returns how many were taken from the queue.
+    fn serve(&mut self, queue: &mut Queue, mem: &GuestMemory, budget: usize) -> usize {
+        let mut served = 0;
+        while served < budget {
+            let Some(chain) = self.next_chain(queue, mem) else {
+                break;
+            };
+            served += 1;
+            let head = chain.head_index();
+            if head >= queue.size() {
+                // Not a descriptor of this queue: nothing to serve, nothing to give back.
+                self.drop_chain("head index out of range");
+                continue;
+            }
+            let len = self.handle(mem, chain);
+            if let Err(err) = queue.add_used(mem, head, len) {
+                warn!(error = %err, "virtio-blk: cannot add to the used ring");
+                break;
+            }
+        }
+        served
+    }
+
+    /// The next available chain, unless the driver's available index is more than a queue
+    /// ahead of the device (a broken or hostile driver: the queue then stalls until reset).
+    fn next_chain<'m>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &'m GuestMemory,
+    ) -> Option<DescriptorChain<&'m GuestMemory>> {
+        let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?;
+        if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
+            self.drop_chain("available index ahead of the queue");
+            return None;
+        }
+        queue.pop_descriptor_chain(mem)
+    }
+
+    fn drop_chain(&mut self, why: &str) {
+        BlockCounters::add(&self.counters.dropped, 1);
+        if self.warn.allow() {
+            warn!(count = self.warn.count(), "virtio-blk: {why}");
+        }
+    }
+
     /// Serves one request; returns the number of bytes written into the chain (0 when the chain
     /// is returned without a status).
     fn handle(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
@@ -232,13 +267,7 @@ impl Backend {
             }
         };
         let Some(status_addr) = status_addr else {
-            if self.warn.allow() {
-                warn!(
-                    count = self.warn.count(),
-                    "virtio-blk: dropped a chain with no status byte"
-                );
-            }
-            BlockCounters::add(&counters.dropped, 1);
+            self.drop_chain("chain without a usable status byte");
             return 0;
         };
         let disk = Disk {

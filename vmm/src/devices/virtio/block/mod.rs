@@ -74,7 +74,8 @@ pub struct BlockCounters {
     pub flushes: AtomicU64,
     /// Requests answered with an error status (IOERR or UNSUPP).
     pub errors: AtomicU64,
-    /// Malformed chains returned to the guest without a status.
+    /// Malformed chains given back without a status, and queue entries that could not be served
+    /// at all (head index out of range, available index more than a queue ahead).
     pub dropped: AtomicU64,
     /// Interrupts sent to the guest.
     pub interrupts: AtomicU64,

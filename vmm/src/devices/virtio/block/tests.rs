@@ -424,11 +424,26 @@ fn bogus_avail_index_and_inactive_device() {
     assert_eq!(drv.used_count(), 0);
     assert_eq!(drv.interrupt.status(), 0);
 
+    assert_eq!(drv.block.counters().snapshot().dropped, 1);
+    // A head index outside the descriptor table is skipped; the next request is served.
+    drv.queue.avail().idx().store(0);
+    drv.queue.avail().ring().ref_at(0).unwrap().store(300);
+    drv.queue.avail().idx().store(1);
+    drv.block.process_queue();
+    assert_eq!(drv.used_count(), 0);
+    assert_eq!(drv.block.counters().snapshot().dropped, 2);
+    drv.next_desc = 1;
+    assert_eq!(
+        drv.request(VIRTIO_BLK_T_IN, 0, 512, true).0,
+        VIRTIO_BLK_S_OK as u8
+    );
+
     assert!(drv.block.reset());
     assert!(!drv.block.is_activated());
     drv.block.queue_events()[0].write(1).unwrap();
     drv.block.on_queue_event();
-    assert_eq!(drv.block.counters().snapshot().requests, 0);
+    // Only the one valid request before the reset was served.
+    assert_eq!(drv.block.counters().snapshot().requests, 1);
 }
 
 #[test]
@@ -547,4 +562,88 @@ fn busy_queue_yields_and_rekicks() {
         "no kick once drained"
     );
     assert_eq!(drv.used_count(), 10);
+}
+
+/// xorshift64: deterministic pseudo-random numbers for the chaos test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn random_garbage_never_panics() {
+    let mem = memory();
+    let tmp = disk_file(SECTORS);
+    let mut drv = Driver::new(&mem, tmp.as_path(), false);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let addrs = [
+        HDR,
+        DATA,
+        STATUS,
+        0,
+        MEM_SIZE as u64 - 1,
+        MEM_SIZE as u64,
+        u64::MAX - 3,
+    ];
+    let lens = [
+        0,
+        1,
+        15,
+        16,
+        17,
+        511,
+        512,
+        4096,
+        MAX_SEGMENT_LEN + 1,
+        u32::MAX,
+    ];
+    for round in 0..2000u32 {
+        // A random header in the usual place.
+        let wild = rng.next();
+        let kind = rng.pick(&[0u32, 1, 4, 8, 11, 13, wild as u32]);
+        mem.write_obj(kind, GuestAddress(HDR)).unwrap();
+        let sector = rng.pick(&[0, 1, SECTORS - 1, SECTORS, u64::MAX, wild]);
+        mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+        // Random descriptors with random flags and links.
+        for i in 0..8u16 {
+            let flags = (rng.next() % 8) as u16;
+            let wild = rng.next() as u16;
+            let next = rng.pick(&[i + 1, 0, 255, 300, wild]);
+            let desc = SplitDescriptor::new(rng.pick(&addrs), rng.pick(&lens), flags, next);
+            let index = (u64::from(round) * 8 + u64::from(i)) % u64::from(QUEUE_SIZE);
+            drv.queue
+                .desc_table()
+                .store(index as u16, RawDescriptor::from(desc))
+                .unwrap();
+        }
+        let idx = drv.queue.avail().idx().load();
+        let head = rng.pick(&[(round * 8 % 256) as u16, wild as u16]);
+        drv.queue
+            .avail()
+            .ring()
+            .ref_at(usize::from(idx % QUEUE_SIZE))
+            .unwrap()
+            .store(head);
+        // Mostly one new entry, sometimes a wild index.
+        let step = rng.pick(&[1u16, 1, 1, 0, 2, 400]);
+        drv.queue.avail().idx().store(idx.wrapping_add(step));
+        drv.block.process_queue();
+        if step == 400 {
+            // The device refused the jump: put the index back where the device is.
+            drv.queue.avail().idx().store(idx);
+        }
+    }
+    let stats = drv.block.counters().snapshot();
+    assert!(stats.requests > 500, "{stats:?}");
+    assert!(stats.errors > 0 && stats.dropped > 0, "{stats:?}");
 }

@@ -174,7 +174,9 @@ impl Connection {
         self.state = State::Established;
         self.deadline = None;
         let line = format!("OK {}\n", self.key.local_port);
-        self.stream.write_all(line.as_bytes()).map_err(ConnError::Io)
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(ConnError::Io)
     }
 
     /// The guest asked for our credit.
@@ -301,7 +303,10 @@ impl Connection {
         self.pending &= !P_CREDIT_UPDATE;
         // The descriptor was checked to hold header and payload; a failing guest-memory write
         // loses only this packet.
-        if w.write_all(&hdr.encode()).and_then(|_| w.write_all(payload)).is_err() {
+        if w.write_all(&hdr.encode())
+            .and_then(|_| w.write_all(payload))
+            .is_err()
+        {
             tracing::warn!("vsock: failed to write a packet into guest memory");
         }
         Some(HDR_SIZE + payload.len())
@@ -350,7 +355,10 @@ impl Connection {
             }
             return None;
         }
-        let max = credit.min(cap - HDR_SIZE).min(MAX_PKT_PAYLOAD).min(scratch.len());
+        let max = credit
+            .min(cap - HDR_SIZE)
+            .min(MAX_PKT_PAYLOAD)
+            .min(scratch.len());
         match self.stream.read(&mut scratch[..max]) {
             Ok(0) => {
                 self.local_eof = true;
@@ -383,7 +391,11 @@ impl Connection {
         if self.pending & P_SHUTDOWN != 0 {
             self.pending &= !P_SHUTDOWN;
             let mut hdr = self.header(cid, OP_SHUTDOWN);
-            hdr.flags = if self.hup { SHUTDOWN_BOTH } else { SHUTDOWN_SEND };
+            hdr.flags = if self.hup {
+                SHUTDOWN_BOTH
+            } else {
+                SHUTDOWN_SEND
+            };
             return self.emit(w, hdr, &[]);
         }
         if self.pending & P_CREDIT_UPDATE != 0 {
@@ -416,8 +428,15 @@ mod tests {
     fn pair() -> (Connection, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let key = ConnKey { local_port: 1024, peer_port: 5000 };
-        let hdr = Header { buf_alloc: 100, fwd_cnt: 0, ..Default::default() };
+        let key = ConnKey {
+            local_port: 1024,
+            peer_port: 5000,
+        };
+        let hdr = Header {
+            buf_alloc: 100,
+            fwd_cnt: 0,
+            ..Default::default()
+        };
         (Connection::peer_init(a, key, &hdr), b)
     }
 
@@ -434,7 +453,10 @@ mod tests {
         let (mut c, mut host) = pair();
         let mut scratch = vec![0u8; MAX_PKT_PAYLOAD];
         let (h, _) = next(&mut c, &mut scratch).unwrap();
-        assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid), (OP_RESPONSE, 1024, 5000, 3));
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_RESPONSE, 1024, 5000, 3)
+        );
         assert!(next(&mut c, &mut scratch).is_none());
         host.write_all(&[7u8; 300]).unwrap();
         c.set_readable();
@@ -444,7 +466,11 @@ mod tests {
         let (h, _) = next(&mut c, &mut scratch).unwrap();
         assert_eq!(h.op, OP_CREDIT_REQUEST);
         assert!(!c.has_rx_work());
-        c.update_peer_credit(&Header { buf_alloc: 100, fwd_cnt: 100, ..Default::default() });
+        c.update_peer_credit(&Header {
+            buf_alloc: 100,
+            fwd_cnt: 100,
+            ..Default::default()
+        });
         assert!(c.has_rx_work());
         let (h, p) = next(&mut c, &mut scratch).unwrap();
         assert_eq!((h.op, p.len()), (OP_RW, 100));

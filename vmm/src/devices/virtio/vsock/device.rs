@@ -66,7 +66,10 @@ pub struct Vsock {
 
 impl std::fmt::Debug for Vsock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vsock").field("cid", &self.cid).field("active", &self.active.is_some()).finish()
+        f.debug_struct("Vsock")
+            .field("cid", &self.cid)
+            .field("active", &self.active.is_some())
+            .finish()
     }
 }
 
@@ -104,7 +107,9 @@ impl Vsock {
     /// Moves packets both ways until neither queue makes progress, then signals the guest once
     /// if a used ring changed.
     pub(super) fn pump(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let (mut rx_used, mut tx_used) = (false, false);
         for _ in 0..MAX_PUMP_ROUNDS {
             let rx = process_rx(active, &mut self.muxer, &mut self.counters);
@@ -119,7 +124,10 @@ impl Vsock {
         for (used, q) in [(rx_used, RXQ), (tx_used, TXQ)] {
             // Without EVENT_IDX this only honours the driver's NO_INTERRUPT flag; on error,
             // interrupting is the safe choice.
-            notify |= used && active.queues[q].needs_notification(&active.mem).unwrap_or(true);
+            notify |= used
+                && active.queues[q]
+                    .needs_notification(&active.mem)
+                    .unwrap_or(true);
         }
         if notify {
             if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
@@ -146,7 +154,9 @@ fn process_rx(a: &mut Active, muxer: &mut Muxer, counters: &mut VsockCounters) -
     let mut used = false;
     while muxer.has_rx_work() {
         let queue = &mut a.queues[RXQ];
-        let Some(chain) = queue.pop_descriptor_chain(&a.mem) else { break };
+        let Some(chain) = queue.pop_descriptor_chain(&a.mem) else {
+            break;
+        };
         let head = chain.head_index();
         let len = match Writer::<()>::new(&a.mem, chain) {
             Ok(mut w) if w.available_bytes() >= HDR_SIZE => {
@@ -179,7 +189,9 @@ fn process_tx(a: &mut Active, muxer: &mut Muxer, cid: u64, counters: &mut VsockC
     let mut used = false;
     while !muxer.rx_backlog_full() {
         let queue = &mut a.queues[TXQ];
-        let Some(chain) = queue.pop_descriptor_chain(&a.mem) else { break };
+        let Some(chain) = queue.pop_descriptor_chain(&a.mem) else {
+            break;
+        };
         let head = chain.head_index();
         match Reader::<()>::new(&a.mem, chain) {
             Ok(mut r) => handle_tx_packet(&mut r, muxer, cid, counters),
@@ -244,7 +256,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!("vsock: guest wrote {} bytes of read-only config at {offset}", data.len());
+        tracing::warn!(
+            "vsock: guest wrote {} bytes of read-only config at {offset}",
+            data.len()
+        );
     }
 
     fn activate(
@@ -254,17 +269,37 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
     ) -> Result<(), VirtioError> {
         if queues.len() != NUM_QUEUES {
-            return Err(VirtioError::QueueCount { want: NUM_QUEUES, got: queues.len() });
+            return Err(VirtioError::QueueCount {
+                want: NUM_QUEUES,
+                got: queues.len(),
+            });
         }
         if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             tracing::warn!("vsock: driver did not accept VIRTIO_F_VERSION_1");
         }
-        self.active = Some(Active { mem, interrupt, queues });
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+        });
         // Wake the event loop: packets may already wait on both sides.
-        self.activate_evt.write(1).map_err(|e| VirtioError::Activate(e.to_string()))
+        self.activate_evt
+            .write(1)
+            .map_err(|e| VirtioError::Activate(e.to_string()))
     }
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        self.acked_features = 0;
+        self.muxer.reset_all();
+        // Wake the event loop so that it closes the dropped connections' sockets.
+        if let Err(e) = self.activate_evt.write(1) {
+            tracing::error!("vsock: failed to wake the event loop on reset: {e}");
+        }
+        true
     }
 }

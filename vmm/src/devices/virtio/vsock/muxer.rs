@@ -96,7 +96,10 @@ pub struct Muxer {
 impl Muxer {
     /// Listens on `uds_path` for host-initiated connections to guest `cid`.
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
-        let bind_err = |source| MuxerError::Bind { path: uds_path.display().to_string(), source };
+        let bind_err = |source| MuxerError::Bind {
+            path: uds_path.display().to_string(),
+            source,
+        };
         let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(Self {
@@ -163,15 +166,22 @@ impl Muxer {
                     return;
                 }
             };
-            let full = self.pending.len() >= MAX_PENDING_CLIENTS
-                || self.conns.len() >= MAX_CONNECTIONS;
+            let full =
+                self.pending.len() >= MAX_PENDING_CLIENTS || self.conns.len() >= MAX_CONNECTIONS;
             if full || stream.set_nonblocking(true).is_err() {
                 tracing::warn!("vsock: refusing a host client: too many connections");
                 continue;
             }
             let fd = stream.as_raw_fd();
             let deadline = Instant::now() + CONNECT_TIMEOUT;
-            self.pending.insert(fd, PendingClient { stream, line: Vec::new(), deadline });
+            self.pending.insert(
+                fd,
+                PendingClient {
+                    stream,
+                    line: Vec::new(),
+                    deadline,
+                },
+            );
             self.sources.insert(fd, Source::Pending);
             self.fd_ops.push(FdOp::Add(fd, EventSet::IN));
         }
@@ -197,7 +207,9 @@ impl Muxer {
     }
 
     fn read_connect_line(&mut self, fd: RawFd) {
-        let Some(p) = self.pending.get_mut(&fd) else { return };
+        let Some(p) = self.pending.get_mut(&fd) else {
+            return;
+        };
         // Byte by byte, so that data after the line stays in the socket for the guest.
         let mut b = [0u8; 1];
         let done = loop {
@@ -223,16 +235,24 @@ impl Muxer {
         loop {
             let port = self.next_local_port;
             self.next_local_port = port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.conns.contains_key(&ConnKey { local_port: port, peer_port }) {
+            if !self.conns.contains_key(&ConnKey {
+                local_port: port,
+                peer_port,
+            }) {
                 return port;
             }
         }
     }
 
     fn start_local_connect(&mut self, fd: RawFd, peer_port: u32) {
-        let Some(p) = self.pending.remove(&fd) else { return };
+        let Some(p) = self.pending.remove(&fd) else {
+            return;
+        };
         let local_port = self.alloc_local_port(peer_port);
-        let key = ConnKey { local_port, peer_port };
+        let key = ConnKey {
+            local_port,
+            peer_port,
+        };
         let mut conn = Connection::local_init(p.stream, key, Instant::now() + CONNECT_TIMEOUT);
         conn.registered = true;
         conn.interest = EventSet::IN;
@@ -242,12 +262,15 @@ impl Muxer {
     }
 
     fn conn_event(&mut self, key: ConnKey, set: EventSet) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // Epoll reports these whatever the interest: stop watching, read what is left.
             conn.set_hup();
             conn.registered = false;
-            self.fd_ops.push(FdOp::Remove(conn.stream.as_raw_fd(), None));
+            self.fd_ops
+                .push(FdOp::Remove(conn.stream.as_raw_fd(), None));
         } else if set.contains(EventSet::IN) {
             conn.set_readable();
         }
@@ -262,7 +285,10 @@ impl Muxer {
 
     /// Handles one packet from the guest; `payload` holds at least `hdr.len` bytes.
     pub fn recv_pkt(&mut self, hdr: &Header, payload: &mut dyn Read) {
-        let key = ConnKey { local_port: hdr.dst_port, peer_port: hdr.src_port };
+        let key = ConnKey {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        };
         if hdr.type_ != TYPE_STREAM {
             self.reset(hdr);
             return;
@@ -307,7 +333,10 @@ impl Muxer {
 
     /// Resets the connection a malformed packet belongs to (or answers RST if there is none).
     pub fn reset(&mut self, hdr: &Header) {
-        let key = ConnKey { local_port: hdr.dst_port, peer_port: hdr.src_port };
+        let key = ConnKey {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        };
         match self.conns.get_mut(&key) {
             Some(conn) => {
                 conn.kill();
@@ -319,7 +348,10 @@ impl Muxer {
 
     fn peer_connect(&mut self, key: ConnKey, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!("vsock: refusing guest connection to port {}: limit", key.local_port);
+            tracing::warn!(
+                "vsock: refusing guest connection to port {}: limit",
+                key.local_port
+            );
             self.push_rst(hdr);
             return;
         }
@@ -345,7 +377,9 @@ impl Muxer {
 
     /// Brings a connection's close state, epoll interest and queue membership up to date.
     fn after(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if conn.closed {
             self.remove(key);
             return;
@@ -360,7 +394,8 @@ impl Muxer {
         let want = conn.desired_interest();
         if conn.registered && want != conn.interest {
             conn.interest = want;
-            self.fd_ops.push(FdOp::Modify(conn.stream.as_raw_fd(), want));
+            self.fd_ops
+                .push(FdOp::Modify(conn.stream.as_raw_fd(), want));
         }
         if !conn.queued && conn.has_rx_work() {
             conn.queued = true;
@@ -369,12 +404,25 @@ impl Muxer {
     }
 
     fn remove(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.remove(&key) else { return };
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
         let fd = conn.stream.as_raw_fd();
         self.sources.remove(&fd);
         if conn.registered {
             self.fd_ops.push(FdOp::Remove(fd, Some(conn.stream)));
         }
+    }
+
+    /// The driver reset the device: every connection is dropped without telling the guest
+    /// (its driver state is gone); host clients still waiting for their `CONNECT` line stay.
+    pub fn reset_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove(key);
+        }
+        self.rx_queue.clear();
+        self.rst_queue.clear();
     }
 
     /// Writes the next packet for the guest into `w` (which holds `cap >= HDR_SIZE` bytes).
@@ -390,7 +438,9 @@ impl Muxer {
             return Some(HDR_SIZE);
         }
         while let Some(key) = self.rx_queue.pop_front() {
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
             conn.queued = false;
             let n = conn.fill_rx(w, cap, self.cid, &mut self.scratch);
             self.after(key);
@@ -409,8 +459,12 @@ impl Muxer {
 
     /// Gives up on requests, `CONNECT` lines and closes that are past their deadline.
     pub fn expire(&mut self, now: Instant) {
-        let late: Vec<RawFd> =
-            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(fd, _)| *fd).collect();
+        let late: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
         for fd in late {
             self.drop_pending(fd);
         }

@@ -136,7 +136,15 @@ mod tests {
 
     #[test]
     fn reset_reply_swaps_addresses() {
-        let h = Header { src_cid: 3, dst_cid: 2, src_port: 5, dst_port: 6, op: OP_RW, len: 3, ..Default::default() };
+        let h = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 5,
+            dst_port: 6,
+            op: OP_RW,
+            len: 3,
+            ..Default::default()
+        };
         let r = h.reset_reply();
         assert_eq!((r.src_cid, r.dst_cid, r.src_port, r.dst_port), (2, 3, 6, 5));
         assert_eq!((r.op, r.len, r.type_), (OP_RST, 0, TYPE_STREAM));

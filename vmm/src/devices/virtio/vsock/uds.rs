@@ -19,14 +19,21 @@ pub fn connect_nonblocking(path: &OsStr) -> io::Result<UnixStream> {
     let bytes = path.as_bytes();
     // Keep room for the terminating NUL.
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "unusable unix socket path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unusable unix socket path",
+        ));
     }
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
     // SAFETY: plain socket(2) call with constant arguments; the result is checked.
     let fd = unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
