@@ -88,7 +88,7 @@ say overlay "$(cat /mnt/o/marker)+$(cat /mnt/t/u/new)"
 say tmpfs-xattr "$(yes_no test -d /mnt/t/w/work)"
 say script-binfmt "$(/bin/hello.sh)"
 say uptime-at-end "$(cut -d' ' -f1 /proc/uptime)"
-say done ok
+say end-of-init ok
 sync
 reboot -f
 EOF
@@ -133,6 +133,7 @@ run_vm() {
       fi
     done || rc=$?
   ((rc == 0)) || echo "check: qemu exited with status $rc (124: timed out after ${timeout_s} s)"
+  echo "CHECK qemu-exit $rc" >>"$work/console.log"
   printf 'CHECK wall-total %.2f\n' "$(bc <<<"${EPOCHREALTIME} - $t0")" >>"$work/console.log"
 }
 
@@ -141,6 +142,7 @@ value() { sed -n "s/^CHECK $1 //p" "$work/console.log" | head -n 1; }
 expect() { # name, expected (a glob), description
   local got
   got=$(value "$1")
+  # shellcheck disable=SC2053 # $2 is a glob on purpose
   if [[ $got == $2 ]]; then
     printf 'ok    %-15s %s\n' "$1" "$got"
   else
@@ -151,7 +153,7 @@ expect() { # name, expected (a glob), description
 
 report() {
   failed=0
-  expect done ok "the guest reached the end of /init"
+  expect end-of-init ok "the guest reached the end of /init"
   expect nproc "$cpus" "SMP from the MP table"
   expect filesystems "*ext4*" "ext4"
   expect filesystems "*overlay*" "overlayfs"
@@ -171,6 +173,7 @@ report() {
   expect ext4-marker moat-disk-ok "ext4 on virtio-blk"
   expect overlay "moat-disk-ok+written" "overlay of tmpfs on ext4"
   expect script-binfmt hello-from-script "#! scripts"
+  expect qemu-exit 0 "reboot=k: the i8042 reset ends QEMU (-no-reboot)"
   printf 'info  kernel %s; guest uptime at /init %s s, at end %s s; wall to /init %s s, total %s s\n' \
     "$(value kernel)" "$(value uptime-at-init)" "$(value uptime-at-end)" \
     "$(value wall-to-init)" "$(value wall-total)"

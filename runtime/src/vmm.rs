@@ -143,6 +143,9 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     /// Starts `vmm` with `args`, stdin from /dev/null, stdout and stderr into `log`.
+    ///
+    /// The parent-death signal fires when the *thread* that spawned the VMM ends: call this from
+    /// a thread that outlives the VM (the CLI uses its main thread).
     pub fn spawn(vmm: &Path, args: &[OsString], log: File) -> Result<Self, VmmError> {
         let spawn_err = |source| VmmError::Spawn {
             vmm: vmm.to_owned(),

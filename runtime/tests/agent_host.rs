@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,6 +68,15 @@ fn request(args: &[&str]) -> RunRequest {
     }
 }
 
+/// Removes a directory when dropped, also when a test fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Ran {
     outcome: Outcome,
     stdout: Vec<u8>,
@@ -81,13 +91,12 @@ fn run_in_agent(
     stdin: Option<Vec<u8>>,
     signal_after: Option<(Duration, i32)>,
 ) -> Ran {
-    let dir = std::env::temp_dir().join(format!(
-        "moat-rt-host-{}-{}",
-        std::process::id(),
-        req.process.args.join("_").replace(['/', ' ', '\''], "")
-    ));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("moat-rt-host-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = RemoveOnDrop(dir.clone());
     let sock = dir.join("vsock.sock_1024");
     let listener = boot::listen(&sock).unwrap();
     let log = File::create(dir.join("agent.log")).unwrap();
@@ -121,7 +130,6 @@ fn run_in_agent(
     let status = proc.wait_timeout(Duration::from_secs(10)).unwrap();
     assert!(status.is_some(), "the agent did not exit after shutdown");
     proc.kill_and_reap();
-    let _ = std::fs::remove_dir_all(&dir);
     Ran {
         outcome,
         stdout: stdout.take(),

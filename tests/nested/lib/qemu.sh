@@ -2,7 +2,7 @@
 # Starting L1 under QEMU TCG, waiting for it with a timeout, streaming the command's output and
 # turning the job directory into an exit status. Sourced by tests/nested/run.
 
-QEMU_PID='' OUT_PID='' ERR_PID='' TIMER_PID=''
+QEMU_PID='' OUT_PID='' ERR_PID='' TIMER_PID='' QEMU_STATUS=''
 
 # Starts QEMU (L1) and the two streams of the command's output. Arguments: MiB, vCPUs.
 start_l1() {
@@ -29,18 +29,19 @@ start_l1() {
 
 # Waits for QEMU to exit or for the timeout (seconds) to pass, then for the output streams.
 wait_l1() {
-  local done_pid=
+  local done_pid='' status=0
   sleep "$1" &
   TIMER_PID=$!
-  wait -n -p done_pid "$QEMU_PID" "$TIMER_PID" || true
+  wait -n -p done_pid "$QEMU_PID" "$TIMER_PID" || status=$?
   if [[ $done_pid == "$TIMER_PID" ]]; then
-    TIMER_PID=
     touch "$JOB_DIR/timed-out"
     kill "$QEMU_PID" 2>/dev/null || true
+    wait "$QEMU_PID" 2>/dev/null || true
   else
+    QEMU_STATUS=$status
     kill "$TIMER_PID" 2>/dev/null || true
+    wait "$TIMER_PID" 2>/dev/null || true
   fi
-  wait "$QEMU_PID" "$TIMER_PID" 2>/dev/null || true
   QEMU_PID='' TIMER_PID=''
   wait "$OUT_PID" "$ERR_PID" || true
   OUT_PID='' ERR_PID=''
@@ -50,7 +51,11 @@ wait_l1() {
 l1_failed() {
   echo "nested: error: $*" >&2
   echo "nested: last lines of the L1 console (MOAT_NESTED_CONSOLE=FILE keeps all of it):" >&2
-  tail -n 25 "$JOB_DIR/console.log" | sed 's/^/  | /' >&2
+  if [[ -s $JOB_DIR/console.log ]]; then
+    tail -n 25 "$JOB_DIR/console.log" | sed 's/^/  | /' >&2
+  else
+    echo "  (empty: L1 died before its kernel printed anything)" >&2
+  fi
   if grep -qv 'warning: TCG doesn.t support requested feature' "$JOB_DIR/qemu.log"; then
     echo "nested: QEMU said:" >&2
     grep -v 'warning: TCG doesn.t support requested feature' "$JOB_DIR/qemu.log" | tail -n 10 |
@@ -64,7 +69,8 @@ exit_with_result() {
   local status
   [[ ! -e $JOB_DIR/timed-out ]] || l1_failed "timeout: L1 was killed after $1 s"
   [[ ! -s $JOB_DIR/error ]] || l1_failed "L1 could not run the command: $(cat "$JOB_DIR/error")"
-  [[ -s $JOB_DIR/status ]] || l1_failed "L1 stopped without reporting the command's exit status"
+  [[ -s $JOB_DIR/status ]] ||
+    l1_failed "L1 stopped without reporting the command's exit status (QEMU exit $QEMU_STATUS)"
   status=$(cat "$JOB_DIR/status")
   [[ $status =~ ^[0-9]+$ ]] || l1_failed "bad exit status from L1: $status"
   exit "$status"

@@ -129,6 +129,7 @@ impl Vsock {
                     .needs_notification(&active.mem)
                     .unwrap_or(true);
         }
+        tracing::trace!(rx_used, tx_used, notify, "vsock: queues processed");
         if notify {
             if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
                 tracing::error!("vsock: {e}");
@@ -175,6 +176,7 @@ fn process_rx(a: &mut Active, muxer: &mut Muxer, counters: &mut VsockCounters) -
                 0
             }
         };
+        tracing::trace!(head, len, "vsock: rx chain used");
         // len <= cap, which fits u32 by the descriptor format.
         if let Err(e) = queue.add_used(&a.mem, head, len as u32) {
             tracing::error!("vsock: rx add_used: {e}");
@@ -212,6 +214,7 @@ fn handle_tx_packet(r: &mut Reader<'_>, muxer: &mut Muxer, cid: u64, c: &mut Vso
         return;
     }
     let hdr = Header::decode(&raw);
+    tracing::trace!(?hdr, "vsock: tx packet");
     if hdr.src_cid != cid || hdr.dst_cid != HOST_CID {
         c.tx_bad_cid += 1;
         return;
