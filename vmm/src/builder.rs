@@ -248,7 +248,10 @@ pub struct Vm {
     cmdline: String,
     counters: Vec<CounterSource>,
     stats_path: Option<PathBuf>,
-    // Keeps guest memory mapped for the VM's lifetime.
+    /// The VM fd must stay open while the guest runs: closing it makes KVM release every irqfd
+    /// (`kvm_vm_release`), and device interrupts would silently stop.
+    _vm: VmFd,
+    /// Keeps guest memory mapped for the VM's lifetime.
     _mem: GuestMemory,
 }
 
@@ -300,6 +303,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         cmdline,
         counters: machine.counters,
         stats_path: config.stats.clone(),
+        _vm: machine.vm,
         _mem: mem,
     })
 }

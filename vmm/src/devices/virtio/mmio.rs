@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::warn;
+use tracing::{debug, warn};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -326,6 +326,11 @@ impl MmioTransport {
             _ => {}
         }
         self.status |= bit;
+        debug!(
+            device_type = self.device_type,
+            status = self.status,
+            "virtio-mmio: status"
+        );
         true
     }
 
@@ -362,9 +367,15 @@ impl MmioTransport {
             }
         };
         let result = lock(&self.device).activate(self.mem.clone(), self.interrupt.clone(), queues);
-        if let Err(err) = result {
-            warn!(device_type = self.device_type, error = %err, "virtio-mmio: activation failed");
-            self.needs_reset();
+        match result {
+            Ok(()) => debug!(
+                device_type = self.device_type,
+                event_idx, "virtio-mmio: activated"
+            ),
+            Err(err) => {
+                warn!(device_type = self.device_type, error = %err, "virtio-mmio: activation failed");
+                self.needs_reset();
+            }
         }
         true
     }

@@ -178,6 +178,7 @@ impl Block {
                 }
             }
         }
+        debug!(handled, "virtio-blk: served the queue");
         if handled == 0 {
             return;
         }
