@@ -4,10 +4,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Connection attempts before giving up, and the pause between them.
-const ATTEMPTS: u32 = 150;
+/// How long to keep trying, and the pause between attempts. An attempt fails at once when the
+/// host refuses, but may block for the kernel's connect timeout (2 s) when nothing answers.
+const DEADLINE: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 fn connect_once(cid: u32, port: u32) -> io::Result<File> {
@@ -32,18 +33,15 @@ fn connect_once(cid: u32, port: u32) -> io::Result<File> {
     Ok(File::from(sock))
 }
 
-/// Connects a stream socket to `cid:port`, retrying for about three seconds (the host may still
+/// Connects a stream socket to `cid:port`, retrying for up to [`DEADLINE`] (the host may still
 /// be setting up its listener).
 pub fn connect(cid: u32, port: u32) -> io::Result<File> {
-    let mut attempt = 1;
+    let start = Instant::now();
     loop {
         match connect_once(cid, port) {
             Ok(file) => return Ok(file),
-            Err(e) if attempt >= ATTEMPTS => return Err(e),
-            Err(_) => {
-                attempt += 1;
-                thread::sleep(RETRY_PAUSE);
-            }
+            Err(e) if start.elapsed() >= DEADLINE => return Err(e),
+            Err(_) => thread::sleep(RETRY_PAUSE),
         }
     }
 }

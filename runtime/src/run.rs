@@ -184,6 +184,7 @@ fn boot_vm(
 ) -> Result<(Vm, UnixStream), RunError> {
     if !options.skip_probe {
         vmm::probe(&assets.vmm)?;
+        tracing::debug!("probe passed");
     }
     let state = StateDir::create(&options.state_root, &config.id)?;
     let listener = boot::listen(&state.agent_listener())?;
@@ -210,7 +211,12 @@ fn boot_vm(
         vmm_log: &vmm_log,
         console_log: &console_log,
     };
+    tracing::debug!(
+        pid = vm.vmm.pid().as_raw_nonzero().get(),
+        "moat-vmm started"
+    );
     let stream = boot::wait_for_agent(&listener, &vm.vmm, &logs, options.boot_timeout, events)?;
+    tracing::debug!("agent ready");
     Ok((vm, stream))
 }
 
@@ -233,6 +239,7 @@ pub fn run(
     let size = terminal::window_size().unwrap_or(terminal::DEFAULT_SIZE);
     let mut session = Session::new(stream);
     let outcome = session.run(run_request(config, size), stdio, &events, &tx);
+    tracing::debug!(?outcome, "container done");
     drop(raw);
     match outcome {
         Ok(Outcome::Exited(status)) => {
@@ -275,6 +282,7 @@ fn shut_down(session: &mut Session, vmm: &mut VmmProcess) {
         Err(e) => tracing::warn!(error = %e, "cannot wait for moat-vmm"),
     }
     vmm.kill_and_reap();
+    tracing::debug!("moat-vmm gone");
 }
 
 #[cfg(test)]

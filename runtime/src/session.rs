@@ -219,7 +219,8 @@ impl Session {
         loop {
             let event = events.recv().unwrap_or(Event::AgentGone(None));
             match event {
-                Event::Agent(AgentMessage::Started { .. }) if !started => {
+                Event::Agent(AgentMessage::Started { pid }) if !started => {
+                    tracing::debug!(pid, "container started");
                     started = true;
                     self.start_stdin(stdin.take(), tx)?;
                 }

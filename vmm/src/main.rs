@@ -100,6 +100,17 @@ fn one_line(err: &dyn std::error::Error) -> String {
     line
 }
 
+/// clap's message up to its usage section, on one line.
+fn clap_one_line(text: &str) -> String {
+    let words: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = words.join(" ");
+    line.trim_start_matches("error: ").to_string()
+}
+
 fn fail(status: u8, message: &str) -> ExitCode {
     eprintln!("moat-vmm: {message}");
     ExitCode::from(status)
@@ -152,14 +163,62 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            return fail(2, first.trim_start_matches("error: "));
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            return fail(
+                2,
+                "missing command: `moat-vmm run ...` or `moat-vmm probe` (see --help)",
+            );
         }
+        Err(e) => return fail(2, &clap_one_line(&e.to_string())),
     };
     match cli.command {
         Command::Run(args) => run(args),
         Command::Probe => run_probe(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fit_one_line() {
+        let err = Cli::try_parse_from(["moat-vmm", "run", "--vsock-cid", "7"]).unwrap_err();
+        let line = clap_one_line(&err.to_string());
+        assert!(line.starts_with("the following required arguments were not provided: --kernel"));
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn run_arguments() {
+        let cli = Cli::try_parse_from([
+            "moat-vmm",
+            "run",
+            "--kernel",
+            "k",
+            "--initramfs",
+            "i",
+            "--memory-mib",
+            "128",
+            "--console-log",
+            "c",
+            "--disk",
+            "a.img,ro",
+            "--disk",
+            "b.img",
+            "--vsock-uds",
+            "v",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let config = args.into_config();
+        assert_eq!(config.cpus, 1);
+        assert_eq!(config.disks.len(), 2);
+        assert!(config.disks[0].read_only && !config.disks[1].read_only);
+        assert_eq!(config.vsock.unwrap().cid, 3);
+        assert_eq!(config.console_log_max, DEFAULT_CONSOLE_LOG_MAX);
+        assert!(Cli::try_parse_from(["moat-vmm", "run", "--cpus", "x"]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use moat_vmm::builder;
 use moat_vmm::config::{VmConfig, DEFAULT_CONSOLE_LOG_MAX};
@@ -17,6 +18,29 @@ const HELLO_RESET: &[u8] = &[
     0x66, 0xba, 0xf8, 0x03, 0xb0, b'H', 0xee, 0xb0, b'i', 0xee, 0xb0, b'\n', 0xee, 0xb0, 0xfe,
     0xe6, 0x64, 0xf4, 0xeb, 0xfd,
 ];
+
+/// Programs the 8259 PIC (vector base 0x20, only IRQ 4 unmasked), installs an interrupt gate
+/// for vector 0x24 in an IDT that follows the code, enables the UART's THR-empty interrupt and
+/// halts with interrupts on; the handler writes 'I' and resets. Assembled from:
+/// `mov al,0x11; out 0x20,al; mov al,0x20; out 0x21,al; mov al,4; out 0x21,al; mov al,1;
+/// out 0x21,al; mov al,0xef; out 0x21,al; lea rax,[rip+handler]; lea rdi,[rip+idt+0x240];
+/// mov [rdi],ax; mov word [rdi+2],8; mov word [rdi+4],0x8e00; shr rax,16; mov [rdi+6],ax;
+/// shr rax,16; mov [rdi+8],eax; lea rax,[rip+idt]; mov [rip+idtr+2],rax; lidt [rip+idtr];
+/// mov dx,0x3f9; mov al,2; out dx,al; sti; 1: hlt; jmp 1b;
+/// handler: mov dx,0x3f8; mov al,'I'; out dx,al; mov al,0xfe; out 0x64,al; 2: hlt; jmp 2b;
+/// .balign 16; idtr: .word 0x2ff; .quad 0; .balign 16; idt:`
+const SERIAL_IRQ: &[u8] = &[
+    0xb0, 0x11, 0xe6, 0x20, 0xb0, 0x20, 0xe6, 0x21, 0xb0, 0x04, 0xe6, 0x21, 0xb0, 0x01, 0xe6, 0x21,
+    0xb0, 0xef, 0xe6, 0x21, 0x48, 0x8d, 0x05, 0x45, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x3d, 0x9e, 0x02,
+    0x00, 0x00, 0x66, 0x89, 0x07, 0x66, 0xc7, 0x47, 0x02, 0x08, 0x00, 0x66, 0xc7, 0x47, 0x04, 0x00,
+    0x8e, 0x48, 0xc1, 0xe8, 0x10, 0x66, 0x89, 0x47, 0x06, 0x48, 0xc1, 0xe8, 0x10, 0x89, 0x47, 0x08,
+    0x48, 0x8d, 0x05, 0x39, 0x00, 0x00, 0x00, 0x48, 0x89, 0x05, 0x24, 0x00, 0x00, 0x00, 0x0f, 0x01,
+    0x1d, 0x1b, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf9, 0x03, 0xb0, 0x02, 0xee, 0xfb, 0xf4, 0xeb, 0xfd,
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x49, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, 0x66, 0x90,
+    0xff, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00,
+];
+/// Size of the IDT the [`SERIAL_IRQ`] guest builds after its code.
+const IDT_SIZE: usize = 0x300;
 
 /// `ud2` with an empty IDT: #UD, then #DF, then a triple fault.
 const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
@@ -125,6 +149,43 @@ fn serial_output_then_i8042_reset() {
         "Hi\n"
     );
     assert_eq!(stats.io_out.get(), 4);
+}
+
+/// The UART interrupt travels irqfd -> in-kernel PIC -> LINT0 -> guest handler. This hangs
+/// (and fails on the timeout) if KVM dropped the irqfds, e.g. because the VM fd was closed.
+#[test]
+fn serial_interrupt_reaches_guest() {
+    if !have_kvm() {
+        return;
+    }
+    let mut code = SERIAL_IRQ.to_vec();
+    code.resize(SERIAL_IRQ.len() + IDT_SIZE, 0);
+    let fx = Fixture::new("irq", &code);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .arg("run")
+        .args(["--kernel", fx.path("vmlinux").to_str().unwrap()])
+        .args(["--initramfs", fx.path("initramfs").to_str().unwrap()])
+        .args(["--memory-mib", "64", "--console-log"])
+        .arg(fx.path("console.log"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the guest never got the serial interrupt");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(fx.path("console.log")).unwrap(),
+        "I"
+    );
 }
 
 #[test]
