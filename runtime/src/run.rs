@@ -120,6 +120,8 @@ pub struct RuntimeOptions {
     pub boot_timeout: Duration,
     /// Skip `moat-vmm probe` (only for tests of later failure paths).
     pub skip_probe: bool,
+    /// Where to keep a copy of the console and VMM logs when the run ends (`MOAT_LOG_DIR`).
+    pub log_dir: Option<PathBuf>,
 }
 
 impl RuntimeOptions {
@@ -139,6 +141,7 @@ impl RuntimeOptions {
             state_root: PathBuf::from(STATE_ROOT),
             boot_timeout,
             skip_probe: var("MOAT_SKIP_PROBE").as_deref() == Some("1"),
+            log_dir: var("MOAT_LOG_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
         })
     }
 }
@@ -186,7 +189,10 @@ fn boot_vm(
         vmm::probe(&assets.vmm)?;
         tracing::debug!("probe passed");
     }
-    let state = StateDir::create(&options.state_root, &config.id)?;
+    let mut state = StateDir::create(&options.state_root, &config.id)?;
+    if let Some(dir) = &options.log_dir {
+        state.keep_logs_in(dir.clone());
+    }
     let listener = boot::listen(&state.agent_listener())?;
     let vmm_log = state.vmm_log();
     let log = File::create(&vmm_log).map_err(|source| RunError::CreateFile {

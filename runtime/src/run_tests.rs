@@ -139,6 +139,7 @@ fn setup(name: &str) -> Setup {
         state_root: tmp.path().join("run"),
         boot_timeout: Duration::from_secs(20),
         skip_probe: false,
+        log_dir: None,
     };
     Setup {
         tmp,

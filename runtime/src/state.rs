@@ -40,6 +40,7 @@ pub enum StateError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
+    keep_logs: Option<PathBuf>,
 }
 
 impl StateDir {
@@ -69,11 +70,29 @@ impl StateDir {
             }
             Err(e) => return Err(create_err(&path, e)),
         }
-        let dir = Self { path };
+        let dir = Self {
+            path,
+            keep_logs: None,
+        };
         // The umask may only have removed bits; set the mode exactly anyway.
         std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| create_err(&dir.path, e))?;
         Ok(dir)
+    }
+
+    /// Before the directory is removed, copy the console and VMM logs into `dir` (for tests and
+    /// debugging: `MOAT_LOG_DIR`).
+    pub fn keep_logs_in(&mut self, dir: PathBuf) {
+        self.keep_logs = Some(dir);
+    }
+
+    fn copy_logs(&self, dir: &Path) {
+        for log in [self.console_log(), self.vmm_log()] {
+            let Some(name) = log.file_name() else { continue };
+            if let Err(e) = std::fs::copy(&log, dir.join(name)) {
+                tracing::debug!(log = %log.display(), error = %e, "log not kept");
+            }
+        }
     }
 
     /// The directory.
@@ -105,6 +124,9 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
+        if let Some(dir) = &self.keep_logs {
+            self.copy_logs(dir);
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove state directory");
