@@ -126,6 +126,9 @@ fn boot() -> Result<(), InitError> {
     switch_root(&Linux).map_err(step("leaving the initramfs"))?;
     mount_basics(&Linux).map_err(step("mounting the pseudo filesystems"))?;
     ensure_stdio();
+    if crate::bench::reset_requested() {
+        return Ok(());
+    }
     let reaper = Reaper::start().map_err(step("starting the reaper"))?;
     let conn =
         vsock::connect(HOST_CID, AGENT_VSOCK_PORT).map_err(step("connecting to the host"))?;

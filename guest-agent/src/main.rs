@@ -8,6 +8,7 @@
 //! namespace with its own tmpfs on /run, then builds containers exactly as in the guest, from the
 //! request's rootfs device (e.g. a loop device).
 
+mod bench;
 mod container;
 mod init;
 mod reaper;

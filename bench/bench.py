@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""moat benchmarks, run on a host whose KVM boots guests (natively or inside the nested host).
+
+Measures, N times each: `moat run -- true` end to end; moat-vmm and QEMU microvm booting the
+same kernel and initramfs until the agent resets the VM (`moat.bench=reset`); VM exits by type
+(moat-vmm's own --stats, and the host kernel's view through `perf kvm stat`); the VMMs' resident
+memory outside guest memory. Progress goes to stderr, the Markdown report to stdout.
+Python 3 standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST_MIB = 256
+BENCH_WORD = "moat.bench=reset"
+SAMPLE_SECONDS = 0.01
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def base_cmdline():
+    """moat-vmm's base kernel command line, read from its source so both VMMs get the same."""
+    src = open(os.path.join(REPO, "vmm/src/boot.rs"), encoding="utf-8").read()
+    m = re.search(r'BASE_CMDLINE: &str =\s*"([^"]*)"', src)
+    if not m:
+        sys.exit("bench: BASE_CMDLINE not found in vmm/src/boot.rs")
+    return m.group(1)
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def pct(values, p):
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, -(-p * len(s) // 100) - 1))
+    return s[k]
+
+
+def summary(values):
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p90": pct(values, 90),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+# --- memory sampling --------------------------------------------------------------------------
+
+
+def read_smaps(pid):
+    """(guest Rss kB, other Rss kB, number of guest mappings) of a live process, or None.
+
+    A guest-memory mapping is one at least as large as the guest's RAM: neither VMM has any
+    other mapping that big (thread stacks and malloc arenas are far smaller)."""
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    guest = other = nguest = 0
+    size = 0
+    for line in text.splitlines():
+        if line.startswith("Size:"):
+            size = int(line.split()[1])
+        elif line.startswith("Rss:"):
+            rss = int(line.split()[1])
+            if size >= GUEST_MIB * 1024:
+                guest += rss
+                nguest += 1
+            else:
+                other += rss
+    if guest == 0 and other == 0:
+        return None  # a zombie
+    return guest, other, nguest
+
+
+def read_hwm(pid):
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def run_sampled(cmd, sample=True, env=None):
+    """Runs cmd; returns (seconds, exit status, memory dict or None)."""
+    peak_other = 0
+    last = None
+    hwm = None
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    if sample:
+        while proc.poll() is None:
+            s = read_smaps(proc.pid)
+            h = read_hwm(proc.pid)
+            if s:
+                last = s
+                peak_other = max(peak_other, s[1])
+            if h:
+                hwm = h
+            time.sleep(SAMPLE_SECONDS)
+    _, stderr = proc.communicate()
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        log(f"{cmd[0]} exited {proc.returncode}: {stderr.decode(errors='replace').strip()[-400:]}")
+    mem = None
+    if last:
+        mem = {
+            "peak_other_kb": peak_other,
+            "last_guest_kb": last[0],
+            "last_other_kb": last[1],
+            "guest_maps": last[2],
+            "hwm_kb": hwm,
+            "hwm_minus_guest_kb": hwm - last[0] if hwm else None,
+        }
+    return seconds, proc.returncode, mem
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+class Setup:
+    def __init__(self, args):
+        self.bin_dir = os.path.abspath(args.bin_dir)
+        self.moat = os.path.join(self.bin_dir, "moat")
+        self.vmm = os.environ.get("MOAT_VMM") or os.path.join(self.bin_dir, "moat-vmm")
+        self.assets = os.environ.get("MOAT_ASSETS_DIR") or os.path.join(self.bin_dir, "moat-assets")
+        self.kernel = os.environ.get("MOAT_KERNEL") or os.path.join(self.assets, "vmlinux")
+        self.initramfs = os.environ.get("MOAT_INITRAMFS") or os.path.join(
+            self.assets, "initramfs.cpio"
+        )
+        self.qemu = shutil.which("qemu-system-x86_64")
+        self.perf = shutil.which("perf")
+        self.runc = shutil.which("runc")
+        self.work = tempfile.mkdtemp(prefix="moat-bench.")
+        self.cmdline = f"{base_cmdline()} {BENCH_WORD}"
+        self.serial = 0
+
+    def check(self):
+        for what in (self.moat, self.vmm, self.kernel, self.initramfs):
+            if not os.path.isfile(what):
+                sys.exit(f"bench: {what} is missing (run scripts/build, or set --bin-dir)")
+        if not os.path.exists("/dev/kvm"):
+            sys.exit("bench: no /dev/kvm")
+        if not self.qemu:
+            sys.exit("bench: qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+
+    def next_path(self, stem):
+        self.serial += 1
+        return os.path.join(self.work, f"{stem}-{self.serial}")
+
+    def moat_run(self):
+        env = dict(os.environ, MOAT_VMM=self.vmm, MOAT_ASSETS_DIR=self.assets)
+        env.setdefault("MOAT_KERNEL", self.kernel)
+        env.setdefault("MOAT_INITRAMFS", self.initramfs)
+        return [self.moat, "run", "--", "true"], env
+
+    def vmm_boot(self):
+        stats = self.next_path("stats") + ".json"
+        cmd = [
+            self.vmm, "run", "--kernel", self.kernel, "--initramfs", self.initramfs,
+            "--cpus", "1", "--memory-mib", str(GUEST_MIB),
+            "--console-log", self.next_path("vmm-console"),
+            "--cmdline-extra", BENCH_WORD, "--stats", stats,
+        ]  # fmt: skip
+        return cmd, stats
+
+    def qemu_boot(self):
+        return [
+            self.qemu, "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+            "-accel", "kvm", "-cpu", "host", "-m", str(GUEST_MIB), "-smp", "1",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-serial", f"file:{self.next_path('qemu-console')}",
+            "-kernel", self.kernel, "-initrd", self.initramfs, "-append", self.cmdline,
+        ]  # fmt: skip
+
+
+# --- perf kvm stat ----------------------------------------------------------------------------
+
+PERF_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%\s+\S+\s+\S+\s+([\d.]+)us")
+
+
+def ensure_tracefs():
+    if os.path.isdir("/sys/kernel/tracing/events/kvm"):
+        return True
+    subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
+    return os.path.isdir("/sys/kernel/tracing/events/kvm")
+
+
+def perf_exits(setup, cmd):
+    """Exits by reason as the host kernel saw them: {reason: (count, time %, avg µs)}."""
+    data = setup.next_path("perf") + ".data"
+    rec = subprocess.run(
+        [setup.perf, "kvm", "stat", "record", "-o", data, "--", *cmd],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    if rec.returncode != 0:
+        log(f"perf kvm stat record failed: {rec.stderr.decode(errors='replace')[-400:]}")
+        return None
+    rep = subprocess.run(
+        [setup.perf, "kvm", "-i", data, "stat", "report", "--event=vmexit"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    )  # fmt: skip
+    rows = {}
+    for line in rep.stdout.splitlines():
+        m = PERF_ROW.match(line)
+        if m:
+            rows[m.group(1)] = (int(m.group(2)), float(m.group(4)), float(m.group(5)))
+    if not rows:
+        log(f"perf kvm stat report gave no rows: {rep.stderr[-400:]}")
+        return None
+    return rows
+
+
+def median_exits(runs):
+    """Per-reason medians over several perf runs (a reason missing from a run counts 0)."""
+    reasons = sorted({r for run in runs for r in run})
+    return {
+        r: (
+            statistics.median(run.get(r, (0, 0, 0))[0] for run in runs),
+            statistics.median(run.get(r, (0, 0, 0))[1] for run in runs),
+            statistics.median(run[r][2] for run in runs if r in run),
+        )
+        for r in reasons
+    }
+
+
+# --- the measurements -------------------------------------------------------------------------
+
+
+def measure_moat_run(setup, n):
+    cmd, env = setup.moat_run()
+    times = []
+    for i in range(n):
+        seconds, rc, _ = run_sampled(cmd, sample=False, env=env)
+        if rc != 0:
+            sys.exit(f"bench: moat run -- true failed (exit {rc})")
+        times.append(seconds)
+        log(f"moat run -- true #{i + 1}: {seconds:.3f} s")
+    return times
+
+
+def vmm_once(setup, i, out):
+    cmd, stats_path = setup.vmm_boot()
+    seconds, rc, mem = run_sampled(cmd)
+    if rc != 0:
+        sys.exit(f"bench: moat-vmm boot failed (exit {rc})")
+    with open(stats_path, encoding="utf-8") as f:
+        stats = json.load(f)
+    out["vmm_times"].append(seconds)
+    out["vmm_mems"].append(mem)
+    out["vmm_stats"].append(stats)
+    log(f"moat-vmm boot #{i + 1}: {seconds:.3f} s, {stats['total_exits']} exits (own count)")
+
+
+def qemu_once(setup, i, out):
+    seconds, rc, mem = run_sampled(setup.qemu_boot())
+    if rc != 0:
+        sys.exit(f"bench: QEMU boot failed (exit {rc})")
+    out["qemu_times"].append(seconds)
+    out["qemu_mems"].append(mem)
+    log(f"QEMU microvm boot #{i + 1}: {seconds:.3f} s")
+
+
+def measure_boots(setup, n, out):
+    """Alternates the two VMMs (starting with each in turn) so that load drift hits both alike."""
+    for key in ("vmm_times", "vmm_mems", "vmm_stats", "qemu_times", "qemu_mems"):
+        out[key] = []
+    for i in range(n):
+        order = (vmm_once, qemu_once) if i % 2 == 0 else (qemu_once, vmm_once)
+        for once in order:
+            once(setup, i, out)
+
+
+def measure_perf(setup, n):
+    if not setup.perf or n == 0:
+        return None, None
+    if not ensure_tracefs():
+        log("no kvm tracepoints (tracefs): skipping perf kvm stat")
+        return None, None
+    vmm_runs, qemu_runs = [], []
+    for i in range(n):
+        r = perf_exits(setup, setup.vmm_boot()[0])
+        if r:
+            vmm_runs.append(r)
+        r = perf_exits(setup, setup.qemu_boot())
+        if r:
+            qemu_runs.append(r)
+        log(f"perf kvm stat #{i + 1} done")
+    return (
+        median_exits(vmm_runs) if vmm_runs else None,
+        median_exits(qemu_runs) if qemu_runs else None,
+    )
+
+
+def measure_runc(n):
+    """`runc run` of a busybox bundle running /bin/true: the shared-kernel baseline."""
+    runc = shutil.which("runc")
+    busybox = shutil.which("busybox")
+    if not runc or not busybox or os.environ.get("MOAT_NESTED_L1") == "1":
+        return None
+    bundle = tempfile.mkdtemp(prefix="moat-bench-runc.")
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    for d in ("proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(rootfs, d))
+    shutil.copy(busybox, os.path.join(rootfs, "bin/busybox"))
+    os.symlink("busybox", os.path.join(rootfs, "bin/true"))
+    subprocess.run([runc, "spec"], cwd=bundle, check=True)
+    spec_path = os.path.join(bundle, "config.json")
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    times = []
+    for i in range(n):
+        cmd = [runc, "run", "--bundle", bundle, f"moat-bench-{os.getpid()}-{i}"]
+        seconds, rc, _ = run_sampled(cmd, sample=False)
+        if rc != 0:
+            log("runc run failed; skipping the runc baseline")
+            return None
+        times.append(seconds)
+    shutil.rmtree(bundle, ignore_errors=True)
+    return times
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def first_line(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "?"
+    return out.splitlines()[0].strip() if out else "?"
+
+
+def machine(setup):
+    cpu = "?"
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    kvm = [m for m in ("kvm_amd", "kvm_intel", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")]
+    nested = ""
+    for m in kvm:
+        p = f"/sys/module/{m}/parameters/nested"
+        if os.path.exists(p):
+            nested = f" nested={open(p, encoding='ascii').read().strip()}"
+    where = "nested test host L1 (QEMU TCG, -cpu EPYC,+svm,+npt)"
+    if os.environ.get("MOAT_NESTED_L1") != "1":
+        where = "native KVM"
+    commit = first_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return [
+        ("where", where),
+        ("kernel", f"{platform.release()}, KVM module {','.join(kvm) or '?'}{nested}"),
+        ("CPU", f"{cpu}, {os.cpu_count()} CPUs"),
+        ("moat commit", commit + (" (with uncommitted changes)" if dirty else "")),
+        ("guest kernel", f"{setup.kernel} ({os.path.getsize(setup.kernel) // 1024} KiB)"),
+        ("initramfs", f"{setup.initramfs} ({os.path.getsize(setup.initramfs) // 1024} KiB)"),
+        ("guest", f"1 vCPU, {GUEST_MIB} MiB; command line `{setup.cmdline}`"),
+        ("QEMU", first_line([setup.qemu, "--version"])),
+        ("perf", first_line([setup.perf, "--version"]) if setup.perf else "not installed"),
+    ]
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.0f}"
+
+
+def timing_table(rows):
+    out = ["| what | runs | median ms | p90 ms | min ms | max ms |", "|---|---|---|---|---|---|"]
+    for name, times in rows:
+        if times:
+            s = summary(times)
+            out.append(
+                f"| {name} | {s['n']} | {ms(s['median'])} | {ms(s['p90'])} | "
+                f"{ms(s['min'])} | {ms(s['max'])} |"
+            )
+    return out
+
+
+def own_stats_table(stats):
+    keys = [k for k, v in stats[0].items() if isinstance(v, int)]
+    out = ["| counter | median | min | max |", "|---|---|---|---|"]
+    for k in keys:
+        vals = [s[k] for s in stats]
+        if max(vals) == 0:
+            continue
+        out.append(f"| {k} | {statistics.median(vals):.0f} | {min(vals)} | {max(vals)} |")
+    return out
+
+
+def exits_table(vmm, qemu, top=12):
+    def total(t):
+        return sum(v[0] for v in t.values()) if t else 0
+
+    out = [
+        "| exit reason | moat-vmm | QEMU microvm | moat-vmm avg µs | QEMU avg µs |",
+        "|---|---|---|---|---|",
+        f"| **total** | **{total(vmm):.0f}** | **{total(qemu):.0f}** | | |",
+    ]
+    reasons = sorted(
+        set(vmm or {}) | set(qemu or {}),
+        key=lambda r: -max((vmm or {}).get(r, (0,))[0], (qemu or {}).get(r, (0,))[0]),
+    )
+    for r in reasons[:top]:
+        a = (vmm or {}).get(r, (0, 0, 0))
+        b = (qemu or {}).get(r, (0, 0, 0))
+        out.append(f"| {r} | {a[0]:.0f} | {b[0]:.0f} | {a[2]:.1f} | {b[2]:.1f} |")
+    if len(reasons) > top:
+        out.append(f"| ({len(reasons) - top} more reasons) | | | | |")
+    return out
+
+
+def mib(kb):
+    return f"{kb / 1024:.2f}"
+
+
+def memory_table(rows):
+    out = [
+        "| VMM | peak RSS outside guest memory (sampled), MiB | VmHWM − guest RSS, MiB | "
+        "guest memory touched, MiB |",
+        "|---|---|---|---|",
+    ]
+    for name, mems in rows:
+        mems = [m for m in mems if m]
+        if not mems:
+            continue
+        peak = statistics.median(m["peak_other_kb"] for m in mems)
+        hwm = [m["hwm_minus_guest_kb"] for m in mems if m["hwm_minus_guest_kb"] is not None]
+        guest = statistics.median(m["last_guest_kb"] for m in mems)
+        hwm_s = mib(statistics.median(hwm)) if hwm else "?"
+        out.append(f"| {name} | {mib(peak)} | {hwm_s} | {mib(guest)} |")
+    return out
+
+
+def report(setup, args, results):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# moat benchmark, {now}", ""]
+    lines += [f"- {k}: {v}" for k, v in machine(setup)]
+    lines += ["", f"## Wall time (median of {args.runs})", ""]
+    lines += timing_table(
+        [
+            ("`moat run -- true` (end to end)", results["moat_run"]),
+            ("moat-vmm: process start to exit, boot to agent reset", results["vmm_times"]),
+            ("QEMU microvm: process start to exit, same boot", results["qemu_times"]),
+            ("`runc run` busybox `/bin/true` (shared kernel)", results.get("runc")),
+        ]
+    )
+    lines += ["", "## VM exits by reason (host kernel's view: `perf kvm stat`)", ""]
+    if results["perf_vmm"] or results["perf_qemu"]:
+        lines += [f"Median of {args.perf_runs} recorded boots each (separate from the timed runs).", ""]
+        lines += exits_table(results["perf_vmm"], results["perf_qemu"])
+    else:
+        lines.append("perf kvm stat was not available.")
+    lines += ["", f"## moat-vmm's own exit counts (`--stats`, {args.runs} runs)", ""]
+    lines += own_stats_table(results["vmm_stats"])
+    lines += ["", "## Resident memory (median over the timed runs)", ""]
+    lines += memory_table([("moat-vmm", results["vmm_mems"]), ("QEMU microvm", results["qemu_mems"])])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=10, help="timed runs of each (default 10)")
+    p.add_argument("--perf-runs", type=int, default=3, help="perf kvm stat runs (default 3)")
+    p.add_argument("--bin-dir", default=os.path.join(REPO, "target/release"))
+    p.add_argument("--skip-moat-run", action="store_true", help="leave out `moat run -- true`")
+    args = p.parse_args()
+    if args.runs < 1:
+        sys.exit("bench: --runs must be at least 1")
+    setup = Setup(args)
+    setup.check()
+    log(f"work dir {setup.work}; {args.runs} runs each")
+    results = {"moat_run": None}
+    if not args.skip_moat_run:
+        results["moat_run"] = measure_moat_run(setup, args.runs)
+    measure_boots(setup, args.runs, results)
+    results["perf_vmm"], results["perf_qemu"] = measure_perf(setup, args.perf_runs)
+    results["runc"] = measure_runc(args.runs)
+    print(report(setup, args, results), flush=True)
+    shutil.rmtree(setup.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
