@@ -101,40 +101,57 @@ def read_hwm(pid):
     return None
 
 
-def run_sampled(cmd, sample=True, env=None):
-    """Runs cmd; returns (seconds, exit status, memory dict or None)."""
+def spawn(cmd, env, errlog):
+    with open(errlog, "wb") as err:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)  # fmt: skip
+
+
+def reap(proc, cmd, errlog):
+    """Waits for proc; returns (exit status, peak RSS in KiB from wait4)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        with open(errlog, "rb") as f:
+            tail = f.read()[-400:].decode(errors="replace").strip()
+        log(f"{os.path.basename(cmd[0])} exited {proc.returncode}: {tail}")
+    return proc.returncode, usage.ru_maxrss
+
+
+def run_timed(cmd, errlog, env=None):
+    """Runs cmd, nothing else running beside it; returns (seconds, exit status, peak RSS KiB)."""
+    start = time.monotonic()
+    proc = spawn(cmd, env, errlog)
+    rc, maxrss = reap(proc, cmd, errlog)
+    return time.monotonic() - start, rc, maxrss
+
+
+def run_sampled(cmd, errlog):
+    """Runs cmd reading its smaps every SAMPLE_SECONDS; returns (exit status, memory dict)."""
     peak_other = 0
     last = None
     hwm = None
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
-    if sample:
-        while proc.poll() is None:
-            s = read_smaps(proc.pid)
-            h = read_hwm(proc.pid)
-            if s:
-                last = s
-                peak_other = max(peak_other, s[1])
-            if h:
-                hwm = h
-            time.sleep(SAMPLE_SECONDS)
-    _, stderr = proc.communicate()
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        log(f"{cmd[0]} exited {proc.returncode}: {stderr.decode(errors='replace').strip()[-400:]}")
-    mem = None
-    if last:
-        mem = {
-            "peak_other_kb": peak_other,
-            "last_guest_kb": last[0],
-            "last_other_kb": last[1],
-            "guest_maps": last[2],
-            "hwm_kb": hwm,
-            "hwm_minus_guest_kb": hwm - last[0] if hwm else None,
-        }
-    return seconds, proc.returncode, mem
+    proc = spawn(cmd, None, errlog)
+    while proc.poll() is None:
+        s = read_smaps(proc.pid)
+        h = read_hwm(proc.pid)
+        if s:
+            last = s
+            peak_other = max(peak_other, s[1])
+        if h:
+            hwm = h
+        time.sleep(SAMPLE_SECONDS)
+    rc = proc.returncode
+    if rc != 0:
+        log(f"{os.path.basename(cmd[0])} exited {rc}")
+    if not last:
+        return rc, None
+    return rc, {
+        "peak_other_kb": peak_other,
+        "last_guest_kb": last[0],
+        "guest_maps": last[2],
+        "hwm_minus_guest_kb": hwm - last[0] if hwm else None,
+    }
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -155,6 +172,10 @@ class Setup:
         self.runc = shutil.which("runc")
         self.work = tempfile.mkdtemp(prefix="moat-bench.")
         self.cmdline = f"{base_cmdline()} {BENCH_WORD}"
+        # microvm has no i8042: with reboot=k the guest would spin ~650k port reads in its
+        # keyboard-controller reset loop before falling back to a triple fault. reboot=t goes
+        # straight to the triple fault, which -no-reboot turns into QEMU's exit.
+        self.qemu_cmdline = self.cmdline.replace("reboot=k", "reboot=t")
         self.serial = 0
 
     def check(self):
@@ -192,13 +213,13 @@ class Setup:
             "-accel", "kvm", "-cpu", "host", "-m", str(GUEST_MIB), "-smp", "1",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", f"file:{self.next_path('qemu-console')}",
-            "-kernel", self.kernel, "-initrd", self.initramfs, "-append", self.cmdline,
+            "-kernel", self.kernel, "-initrd", self.initramfs, "-append", self.qemu_cmdline,
         ]  # fmt: skip
 
 
 # --- perf kvm stat ----------------------------------------------------------------------------
 
-PERF_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%\s+\S+\s+\S+\s+([\d.]+)us")
+PERF_ROW = re.compile(r"^\s*(\S.*?)\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%\s+\S+\s+\S+\s+([\d.]+)us")
 
 
 def ensure_tracefs():
@@ -220,15 +241,15 @@ def perf_exits(setup, cmd):
         return None
     rep = subprocess.run(
         [setup.perf, "kvm", "-i", data, "stat", "report", "--event=vmexit"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     rows = {}
-    for line in rep.stdout.splitlines():
+    for line in rep.stdout.splitlines():  # perf prints its table to stderr
         m = PERF_ROW.match(line)
         if m:
             rows[m.group(1)] = (int(m.group(2)), float(m.group(4)), float(m.group(5)))
     if not rows:
-        log(f"perf kvm stat report gave no rows: {rep.stderr[-400:]}")
+        log(f"perf kvm stat report gave no rows: {rep.stdout[-400:]}")
         return None
     return rows
 
@@ -253,7 +274,7 @@ def measure_moat_run(setup, n):
     cmd, env = setup.moat_run()
     times = []
     for i in range(n):
-        seconds, rc, _ = run_sampled(cmd, sample=False, env=env)
+        seconds, rc, _ = run_timed(cmd, setup.next_path("moat-err"), env)
         if rc != 0:
             sys.exit(f"bench: moat run -- true failed (exit {rc})")
         times.append(seconds)
@@ -263,34 +284,47 @@ def measure_moat_run(setup, n):
 
 def vmm_once(setup, i, out):
     cmd, stats_path = setup.vmm_boot()
-    seconds, rc, mem = run_sampled(cmd)
+    seconds, rc, maxrss = run_timed(cmd, setup.next_path("vmm-err"))
     if rc != 0:
         sys.exit(f"bench: moat-vmm boot failed (exit {rc})")
     with open(stats_path, encoding="utf-8") as f:
         stats = json.load(f)
     out["vmm_times"].append(seconds)
-    out["vmm_mems"].append(mem)
+    out["vmm_maxrss"].append(maxrss)
     out["vmm_stats"].append(stats)
     log(f"moat-vmm boot #{i + 1}: {seconds:.3f} s, {stats['total_exits']} exits (own count)")
 
 
 def qemu_once(setup, i, out):
-    seconds, rc, mem = run_sampled(setup.qemu_boot())
+    seconds, rc, maxrss = run_timed(setup.qemu_boot(), setup.next_path("qemu-err"))
     if rc != 0:
         sys.exit(f"bench: QEMU boot failed (exit {rc})")
     out["qemu_times"].append(seconds)
-    out["qemu_mems"].append(mem)
+    out["qemu_maxrss"].append(maxrss)
     log(f"QEMU microvm boot #{i + 1}: {seconds:.3f} s")
 
 
 def measure_boots(setup, n, out):
     """Alternates the two VMMs (starting with each in turn) so that load drift hits both alike."""
-    for key in ("vmm_times", "vmm_mems", "vmm_stats", "qemu_times", "qemu_mems"):
+    for key in ("vmm_times", "vmm_maxrss", "vmm_stats", "qemu_times", "qemu_maxrss"):
         out[key] = []
     for i in range(n):
         order = (vmm_once, qemu_once) if i % 2 == 0 else (qemu_once, vmm_once)
         for once in order:
             once(setup, i, out)
+
+
+def measure_memory(setup, n, out):
+    """Boots each VMM n more times while sampling its smaps (not timed: sampling costs CPU)."""
+    out["vmm_mems"], out["qemu_mems"] = [], []
+    for i in range(n):
+        rc, mem = run_sampled(setup.vmm_boot()[0], setup.next_path("vmm-err"))
+        if rc == 0:
+            out["vmm_mems"].append(mem)
+        rc, mem = run_sampled(setup.qemu_boot(), setup.next_path("qemu-err"))
+        if rc == 0:
+            out["qemu_mems"].append(mem)
+        log(f"memory sampling #{i + 1} done")
 
 
 def measure_perf(setup, n):
@@ -338,7 +372,7 @@ def measure_runc(n):
     times = []
     for i in range(n):
         cmd = [runc, "run", "--bundle", bundle, f"moat-bench-{os.getpid()}-{i}"]
-        seconds, rc, _ = run_sampled(cmd, sample=False)
+        seconds, rc, _ = run_timed(cmd, os.path.join(bundle, "stderr"))
         if rc != 0:
             log("runc run failed; skipping the runc baseline")
             return None
@@ -386,7 +420,9 @@ def machine(setup):
         ("moat commit", commit + (" (with uncommitted changes)" if dirty else "")),
         ("guest kernel", f"{setup.kernel} ({os.path.getsize(setup.kernel) // 1024} KiB)"),
         ("initramfs", f"{setup.initramfs} ({os.path.getsize(setup.initramfs) // 1024} KiB)"),
-        ("guest", f"1 vCPU, {GUEST_MIB} MiB; command line `{setup.cmdline}`"),
+        ("guest", f"1 vCPU, {GUEST_MIB} MiB, no devices but the serial port (and i8042 in moat)"),
+        ("moat-vmm command line", f"`{setup.cmdline}`"),
+        ("QEMU command line", f"`{setup.qemu_cmdline}` (microvm has no i8042)"),
         ("QEMU", first_line([setup.qemu, "--version"])),
         ("perf", first_line([setup.perf, "--version"]) if setup.perf else "not installed"),
     ]
@@ -447,19 +483,22 @@ def mib(kb):
 
 def memory_table(rows):
     out = [
-        "| VMM | peak RSS outside guest memory (sampled), MiB | VmHWM − guest RSS, MiB | "
-        "guest memory touched, MiB |",
-        "|---|---|---|---|",
+        "| VMM | peak RSS outside guest memory (sampled) | VmHWM − final guest RSS | "
+        "guest memory touched | peak total RSS (wait4, timed runs) |",
+        "|---|---|---|---|---|",
     ]
-    for name, mems in rows:
+    for name, mems, maxrss in rows:
         mems = [m for m in mems if m]
         if not mems:
             continue
         peak = statistics.median(m["peak_other_kb"] for m in mems)
         hwm = [m["hwm_minus_guest_kb"] for m in mems if m["hwm_minus_guest_kb"] is not None]
         guest = statistics.median(m["last_guest_kb"] for m in mems)
-        hwm_s = mib(statistics.median(hwm)) if hwm else "?"
-        out.append(f"| {name} | {mib(peak)} | {hwm_s} | {mib(guest)} |")
+        hwm_s = f"{mib(statistics.median(hwm))} MiB" if hwm else "?"
+        out.append(
+            f"| {name} | {mib(peak)} MiB | {hwm_s} | {mib(guest)} MiB | "
+            f"{mib(statistics.median(maxrss))} MiB |"
+        )
     return out
 
 
@@ -484,8 +523,13 @@ def report(setup, args, results):
         lines.append("perf kvm stat was not available.")
     lines += ["", f"## moat-vmm's own exit counts (`--stats`, {args.runs} runs)", ""]
     lines += own_stats_table(results["vmm_stats"])
-    lines += ["", "## Resident memory (median over the timed runs)", ""]
-    lines += memory_table([("moat-vmm", results["vmm_mems"]), ("QEMU microvm", results["qemu_mems"])])
+    lines += ["", f"## Resident memory (medians; {args.mem_runs} sampled boots each)", ""]
+    lines += memory_table(
+        [
+            ("moat-vmm", results["vmm_mems"], results["vmm_maxrss"]),
+            ("QEMU microvm", results["qemu_mems"], results["qemu_maxrss"]),
+        ]
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -494,11 +538,22 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=10, help="timed runs of each (default 10)")
     p.add_argument("--perf-runs", type=int, default=3, help="perf kvm stat runs (default 3)")
+    p.add_argument("--mem-runs", type=int, default=3, help="smaps-sampled runs (default 3)")
     p.add_argument("--bin-dir", default=os.path.join(REPO, "target/release"))
     p.add_argument("--skip-moat-run", action="store_true", help="leave out `moat run -- true`")
+    p.add_argument(
+        "--runc-only", action="store_true", help="only the `runc run` baseline (on the host)"
+    )
     args = p.parse_args()
     if args.runs < 1:
         sys.exit("bench: --runs must be at least 1")
+    if args.runc_only:
+        times = measure_runc(args.runs)
+        if times:
+            lines = ["", f"## Shared-kernel baseline on the outer host ({platform.release()})", ""]
+            lines += timing_table([("`runc run` busybox `/bin/true`", times)])
+            print("\n".join(lines) + "\n", flush=True)
+        return
     setup = Setup(args)
     setup.check()
     log(f"work dir {setup.work}; {args.runs} runs each")
@@ -506,6 +561,7 @@ def main():
     if not args.skip_moat_run:
         results["moat_run"] = measure_moat_run(setup, args.runs)
     measure_boots(setup, args.runs, results)
+    measure_memory(setup, args.mem_runs, results)
     results["perf_vmm"], results["perf_qemu"] = measure_perf(setup, args.perf_runs)
     results["runc"] = measure_runc(args.runs)
     print(report(setup, args, results), flush=True)

@@ -142,6 +142,8 @@ build_into_cache() {
 # Hardlinks the cached kernel into OUTDIR (copies across file systems), replacing atomically.
 install_output() {
   mkdir -p "$outdir"
+  # Already in place (the same hardlinked file): nothing to do.
+  [[ "$result/vmlinux" -ef "$outdir/vmlinux" ]] && return 0
   local staged=$outdir/.vmlinux.$$
   ln -f "$result/vmlinux" "$staged" 2>/dev/null || cp "$result/vmlinux" "$staged"
   mv -f "$staged" "$outdir/vmlinux"

@@ -17,10 +17,12 @@ packages=(
   libelf-dev
   libseccomp-dev
   libssl-dev
+  linux-perf
   linux-source-6.12
   make
   procps
   qemu-system-x86
+  runc
   shellcheck
   xz-utils
 )

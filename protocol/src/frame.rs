@@ -144,10 +144,19 @@ mod tests {
     #[test]
     fn unknown_kind_and_truncation_are_errors() {
         let bytes = [1, 0, 0, 0, 0x7f, b'x'];
-        assert!(matches!(read_frame(&mut &bytes[..]), Err(FrameError::UnknownKind(0x7f))));
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(FrameError::UnknownKind(0x7f))
+        ));
         let bytes = [4, 0, 0, 0, 3, b'x'];
-        assert!(matches!(read_frame(&mut &bytes[..]), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(FrameError::Io(_))
+        ));
         let bytes = [4, 0];
-        assert!(matches!(read_frame(&mut &bytes[..]), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(FrameError::Io(_))
+        ));
     }
 }

@@ -181,7 +181,11 @@ mod tests {
     fn host_message_round_trip() {
         let msg = HostMessage::Run(Box::new(RunRequest {
             id: "c1".into(),
-            rootfs: RootfsSpec { device: "/dev/vda".into(), fstype: "ext4".into(), readonly: false },
+            rootfs: RootfsSpec {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                readonly: false,
+            },
             process: ProcessSpec {
                 args: vec!["echo".into(), "hi".into()],
                 env: vec!["PATH=/bin".into()],

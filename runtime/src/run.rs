@@ -141,7 +141,9 @@ impl RuntimeOptions {
             state_root: PathBuf::from(STATE_ROOT),
             boot_timeout,
             skip_probe: var("MOAT_SKIP_PROBE").as_deref() == Some("1"),
-            log_dir: var("MOAT_LOG_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
+            log_dir: var("MOAT_LOG_DIR")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
         })
     }
 }

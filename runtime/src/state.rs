@@ -88,7 +88,9 @@ impl StateDir {
 
     fn copy_logs(&self, dir: &Path) {
         for log in [self.console_log(), self.vmm_log()] {
-            let Some(name) = log.file_name() else { continue };
+            let Some(name) = log.file_name() else {
+                continue;
+            };
             if let Err(e) = std::fs::copy(&log, dir.join(name)) {
                 tracing::debug!(log = %log.display(), error = %e, "log not kept");
             }

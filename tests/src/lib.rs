@@ -13,7 +13,10 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// `target/release/moat`, or `$MOAT_BIN`.
@@ -37,7 +40,10 @@ fn vm_unavailable() -> Option<String> {
         .get_or_init(|| {
             let vmm = vmm_bin();
             if !vmm.exists() {
-                return Some(format!("{} is not built (run scripts/setup)", vmm.display()));
+                return Some(format!(
+                    "{} is not built (run scripts/setup)",
+                    vmm.display()
+                ));
             }
             match Command::new(&vmm).arg("probe").output() {
                 Ok(o) if o.status.success() => None,
@@ -51,7 +57,9 @@ fn vm_unavailable() -> Option<String> {
 /// Call first in every VM test: returns false (after printing why) when VM tests cannot run on
 /// this host. In CI (`CI=true`) a VM test that cannot run is a failure, not a skip.
 pub fn vm_available(test: &str) -> bool {
-    let Some(reason) = vm_unavailable() else { return true };
+    let Some(reason) = vm_unavailable() else {
+        return true;
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: KVM tests must run in CI but cannot: {reason}");
     }
@@ -91,9 +99,17 @@ impl Outcome {
             tail(&self.out(), 40),
             tail(&self.err(), 40)
         );
-        for entry in std::fs::read_dir(&self.log_dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&self.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            s += &format!("--- {} (tail)\n{}\n", entry.path().display(), tail(&text, 40));
+            s += &format!(
+                "--- {} (tail)\n{}\n",
+                entry.path().display(),
+                tail(&text, 40)
+            );
         }
         s
     }
@@ -101,7 +117,12 @@ impl Outcome {
     /// Panics with the diagnostics unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "unexpected exit code\n{}", self.diagnostics());
+        assert_eq!(
+            self.code,
+            code,
+            "unexpected exit code\n{}",
+            self.diagnostics()
+        );
         self
     }
 }
@@ -132,7 +153,11 @@ pub fn moat_with(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Outc
     let mut cmd = Command::new(moat_bin());
     cmd.args(args)
         .env("MOAT_LOG_DIR", &log_dir)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn moat");
@@ -151,7 +176,12 @@ pub fn moat_with(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Outc
     }
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    Outcome { code, stdout, stderr, log_dir }
+    Outcome {
+        code,
+        stdout,
+        stderr,
+        log_dir,
+    }
 }
 
 fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
@@ -168,7 +198,9 @@ pub fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> 
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
@@ -183,7 +215,9 @@ pub fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> 
 pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains("moat-vmm") && cmdline.contains(needle) {
@@ -199,7 +233,10 @@ pub fn assert_nothing_left(name: &str) {
     let state = Path::new("/run/moat").join(name);
     assert!(!state.exists(), "state dir {} left behind", state.display());
     let pids = vmm_processes_mentioning(name);
-    assert!(pids.is_empty(), "moat-vmm processes left behind for {name}: {pids:?}");
+    assert!(
+        pids.is_empty(),
+        "moat-vmm processes left behind for {name}: {pids:?}"
+    );
 }
 
 /// A unique container name for a test.

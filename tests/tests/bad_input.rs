@@ -63,7 +63,10 @@ fn cpus_ninety_nine() {
 #[test]
 fn unknown_image() {
     let name = unique_name("img");
-    let o = moat(&["run", "--name", &name, "no-such-image:latest", "--", "true"], None);
+    let o = moat(
+        &["run", "--name", &name, "no-such-image:latest", "--", "true"],
+        None,
+    );
     assert_refused(&o, &name, "no-such-image");
 }
 

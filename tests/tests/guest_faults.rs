@@ -21,7 +21,18 @@ fn guest_kernel_reboot_ends_the_run() {
         return;
     }
     let name = unique_name("reboot");
-    let o = moat(&["run", "--name", &name, "--", "sh", "-c", "echo b > /proc/sysrq-trigger; sleep 60"], None);
+    let o = moat(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo b > /proc/sysrq-trigger; sleep 60",
+        ],
+        None,
+    );
     o.expect_code(125);
     assert!(o.err().contains("VM ended"), "{}", o.diagnostics());
     assert_nothing_left(&name);
@@ -33,7 +44,18 @@ fn guest_kernel_panic_ends_the_run() {
         return;
     }
     let name = unique_name("panic");
-    let o = moat(&["run", "--name", &name, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 60"], None);
+    let o = moat(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo c > /proc/sysrq-trigger; sleep 60",
+        ],
+        None,
+    );
     o.expect_code(125);
     assert!(o.err().contains("panic"), "{}", o.diagnostics());
     assert_nothing_left(&name);

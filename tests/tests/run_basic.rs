@@ -47,7 +47,10 @@ fn stdout_and_stderr_are_kept_apart() {
     if !vm_available("stdout_and_stderr_are_kept_apart") {
         return;
     }
-    let o = moat(&["run", "--", "sh", "-c", "echo out; echo err >&2; echo out2"], None);
+    let o = moat(
+        &["run", "--", "sh", "-c", "echo out; echo err >&2; echo out2"],
+        None,
+    );
     o.expect_code(0);
     assert_eq!(o.stdout, b"out\nout2\n", "{}", o.diagnostics());
     assert!(o.err().ends_with("err\n"), "{}", o.diagnostics());
@@ -59,7 +62,20 @@ fn env_and_workdir_apply() {
     if !vm_available("env_and_workdir_apply") {
         return;
     }
-    let o = moat(&["run", "-e", "GREETING=hi there", "-w", "/tmp", "--", "sh", "-c", "echo \"$GREETING\"; pwd"], None);
+    let o = moat(
+        &[
+            "run",
+            "-e",
+            "GREETING=hi there",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd",
+        ],
+        None,
+    );
     o.expect_code(0);
     assert_eq!(o.out(), "hi there\n/tmp\n", "{}", o.diagnostics());
 }

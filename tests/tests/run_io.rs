@@ -40,7 +40,12 @@ fn sixty_four_mib_generated_in_the_guest() {
     let o = moat(&["run", "--memory", "512m", "--", "sh", "-c", script], None);
     o.expect_code(0);
     assert_eq!(o.stdout.len(), SIZE, "{}", o.diagnostics());
-    let guest_sum = o.err().split_whitespace().next().unwrap_or_default().to_string();
+    let guest_sum = o
+        .err()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let host_sum = md5_hex(&o.stdout);
     assert_eq!(guest_sum, host_sum, "{}", o.diagnostics());
 }
@@ -54,5 +59,9 @@ fn md5_hex(bytes: &[u8]) -> String {
         .expect("md5sum");
     child.stdin.take().unwrap().write_all(bytes).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }

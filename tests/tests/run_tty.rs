@@ -12,7 +12,10 @@ fn read_until(master: &mut std::fs::File, needle: &str, deadline: Instant) -> St
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline && !seen.contains(needle) {
-        let mut fds = [nix::poll::PollFd::new(master.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
             continue;
         }
@@ -29,7 +32,12 @@ fn interactive_shell_on_a_pty() {
     if !vm_available("interactive_shell_on_a_pty") {
         return;
     }
-    let size = Winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     let pty = openpty(Some(&size), None).expect("openpty");
     let slave: OwnedFd = pty.slave;
     let mut child = Command::new(moat_bin())
@@ -41,13 +49,22 @@ fn interactive_shell_on_a_pty() {
         .expect("spawn moat");
     let mut master = std::fs::File::from(pty.master);
     let deadline = Instant::now() + RUN_TIMEOUT;
-    master.write_all(b"stty size; tty; echo marker-$((40+2))\n").unwrap();
+    master
+        .write_all(b"stty size; tty; echo marker-$((40+2))\n")
+        .unwrap();
     let seen = read_until(&mut master, "marker-42", deadline);
     assert!(seen.contains("marker-42"), "no shell output: {seen:?}");
-    assert!(seen.contains("33 101"), "terminal size not applied: {seen:?}");
+    assert!(
+        seen.contains("33 101"),
+        "terminal size not applied: {seen:?}"
+    );
     assert!(seen.contains("/dev/pts/"), "not on a pty: {seen:?}");
     master.write_all(b"exit 3\n").unwrap();
     let code = wait_with_timeout(&mut child, Duration::from_secs(300));
-    let rest = read_until(&mut master, "\u{0}", Instant::now() + Duration::from_millis(500));
+    let rest = read_until(
+        &mut master,
+        "\u{0}",
+        Instant::now() + Duration::from_millis(500),
+    );
     assert_eq!(code, 3, "output: {seen:?}{rest:?}");
 }

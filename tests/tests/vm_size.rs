@@ -4,13 +4,26 @@ use moat_tests::{moat, vm_available};
 
 fn nproc_and_memtotal_kib(cpus: &str, memory: &str) -> (u32, u64) {
     let o = moat(
-        &["run", "--cpus", cpus, "--memory", memory, "--", "sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        &[
+            "run",
+            "--cpus",
+            cpus,
+            "--memory",
+            memory,
+            "--",
+            "sh",
+            "-c",
+            "nproc; grep MemTotal /proc/meminfo",
+        ],
         None,
     );
     o.expect_code(0);
     let out = o.out();
     let mut lines = out.lines();
-    let nproc = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let nproc = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
     let mem = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
@@ -27,7 +40,10 @@ fn one_vcpu_and_256_mib() {
     let (nproc, mem) = nproc_and_memtotal_kib("1", "256m");
     assert_eq!(nproc, 1);
     // MemTotal is RAM minus what the kernel reserves for itself: within 256 MiB, above 200 MiB.
-    assert!(mem <= 256 * 1024 && mem > 200 * 1024, "MemTotal {mem} KiB for 256m");
+    assert!(
+        mem <= 256 * 1024 && mem > 200 * 1024,
+        "MemTotal {mem} KiB for 256m"
+    );
 }
 
 #[test]
@@ -46,5 +62,8 @@ fn four_vcpus_and_512_mib() {
     }
     let (nproc, mem) = nproc_and_memtotal_kib("4", "512m");
     assert_eq!(nproc, 4);
-    assert!(mem <= 512 * 1024 && mem > 450 * 1024, "MemTotal {mem} KiB for 512m");
+    assert!(
+        mem <= 512 * 1024 && mem > 450 * 1024,
+        "MemTotal {mem} KiB for 512m"
+    );
 }

@@ -16,8 +16,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::devices::virtio::GuestMemory;
 
 /// The base kernel command line (docs/architecture.md).
-pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 quiet 8250.nr_uarts=1";
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet 8250.nr_uarts=1";
 
 const PAGE_SIZE: u64 = 4096;
 

@@ -1,6 +1,12 @@
 //! What the forked child does between fork and exec. It runs in a copy of a multi-threaded
 //! process, so it only makes system calls through [`Syscall`] on data prepared in advance, and
 //! reports a failure as a fixed-size [`Failure`] (stage + errno) on the error pipe.
+//!
+//! In the guest the child is cloned into new PID, mount (and UTS) namespaces ([`clone_flags`]):
+//! as PID 1 there it builds the container's root, forks the command as PID 2 and stays as a
+//! minimal init ([`run_init`]) that passes signals on to the command, reaps orphans and exits
+//! with the command's status. Root in the container can then only halt or reboot its own PID
+//! namespace (reboot(2) kills the init), never the guest.
 
 use std::ffi::CStr;
 use std::io;
@@ -20,8 +26,8 @@ pub enum Stage {
     Session = 2,
     /// Installing stdin, stdout and stderr.
     Stdio = 3,
-    /// Creating the mount or UTS namespace.
-    Namespaces = 4,
+    /// Setting up the container's init: its signal handlers, forking the command.
+    Init = 4,
     /// Switching into the container's root.
     Root = 5,
     /// Mounting /proc, /sys and /dev in the root.
@@ -42,7 +48,7 @@ impl Stage {
             Stage::Signals,
             Stage::Session,
             Stage::Stdio,
-            Stage::Namespaces,
+            Stage::Init,
             Stage::Root,
             Stage::Mounts,
             Stage::Hostname,
@@ -59,7 +65,7 @@ impl Stage {
             Self::Signals => "resetting signals",
             Self::Session => "creating the session",
             Self::Stdio => "setting up stdio",
-            Self::Namespaces => "creating namespaces",
+            Self::Init => "starting the container's init",
             Self::Root => "entering the container root",
             Self::Mounts => "mounting /proc, /sys and /dev",
             Self::Hostname => "setting the hostname",
@@ -128,45 +134,156 @@ pub enum ChildStdio {
     },
 }
 
-/// Sets the child up and execs; returns only on failure.
-pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio, isolate: bool) -> Failure {
-    match setup(sys, plan, stdio, isolate) {
+/// How a process running the child's code ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Setup or exec failed: report it on the error pipe.
+    Failed(Failure),
+    /// The container's init is done: `_exit` with this code.
+    Code(i32),
+}
+
+/// The signals the container's init passes on to the command: all but those it cannot catch
+/// (KILL, STOP), its own SIGCHLD, the ones a fault of its own would raise (ILL TRAP ABRT BUS
+/// FPE SEGV SYS) and the C library's reserved real-time signals 32 and 33.
+const fn forwarded(signo: libc::c_int) -> bool {
+    !matches!(
+        signo,
+        libc::SIGKILL
+            | libc::SIGSTOP
+            | libc::SIGCHLD
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGSYS
+            | 32
+            | 33
+    )
+}
+
+/// Everything the init catches: the forwarded signals (1..=64) and SIGCHLD.
+const INIT_SIGNALS: [libc::c_int; 53] = init_signals();
+
+const fn init_signals() -> [libc::c_int; 53] {
+    let mut out = [0; 53];
+    let (mut n, mut signo) = (0, 1);
+    while signo <= 64 {
+        if forwarded(signo) || signo == libc::SIGCHLD {
+            out[n] = signo;
+            n += 1;
+        }
+        signo += 1;
+    }
+    assert!(n == out.len());
+    out
+}
+
+/// The flags to clone the container's init with: new PID and mount namespaces, and a UTS
+/// namespace for a hostname; `SIGCHLD` when it ends, like fork.
+pub fn clone_flags(plan: &ExecPlan) -> libc::c_ulong {
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
+    if plan.hostname.is_some() {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    (flags | libc::SIGCHLD) as libc::c_ulong
+}
+
+/// The host mode's child, in the agent's root: sets the process up and execs; returns only on
+/// failure. The container's init runs the same for its command.
+pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Failure {
+    match setup_process(sys, plan, stdio) {
         Ok(()) => exec(sys, plan),
         Err(failure) => failure,
     }
 }
 
-fn setup(
-    sys: &dyn Syscall,
-    plan: &ExecPlan,
-    stdio: ChildStdio,
-    isolate: bool,
-) -> Result<(), Failure> {
+/// The guest mode's child, cloned with [`clone_flags`] (so PID 1 of its PID namespace): builds
+/// the container's root, forks the command as PID 2 and supervises it.
+pub fn run_init(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Exit {
+    if let Err(failure) = setup_container(sys, plan) {
+        return Exit::Failed(failure);
+    }
+    let fork = libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: this process is a copy of the multi-threaded agent; the new child only runs
+    // `run` (system calls on the prepared plan) and then execs or reports and `_exit`s.
+    match unsafe { sys.clone_process(fork) } {
+        Err(e) => Exit::Failed(Failure::at(Stage::Init)(e)),
+        Ok(0) => Exit::Failed(run(sys, plan, stdio)),
+        Ok(command) => {
+            // The copies of the agent's descriptors (the stdin pipe's write end, the error
+            // pipe, the connection) must not outlive the command's exec.
+            sys.close_from(0);
+            Exit::Code(supervise(sys, command))
+        }
+    }
+}
+
+/// The init's part of the setup, as root: a session of its own, the root with its mounts, the
+/// hostname, the working directory, and the signals it catches.
+fn setup_container(sys: &dyn Syscall, plan: &ExecPlan) -> Result<(), Failure> {
+    sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
+    sys.setsid().map_err(Failure::at(Stage::Session))?;
+    enter_root(sys).map_err(Failure::at(Stage::Root))?;
+    sys.umask(0);
+    let mounted = mount_pseudo_fs(sys);
+    sys.umask(0o022);
+    mounted.map_err(Failure::at(Stage::Mounts))?;
+    if let Some(name) = &plan.hostname {
+        sys.sethostname(name)
+            .map_err(Failure::at(Stage::Hostname))?;
+    }
+    create_cwd(sys, plan);
+    // Caught and blocked before the command exists, so that none sent to it is lost.
+    sys.catch_signals(&INIT_SIGNALS)
+        .map_err(Failure::at(Stage::Init))
+}
+
+/// The command's part: default signals, its own session (with the pty as controlling terminal),
+/// stdio, ids and working directory.
+fn setup_process(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Result<(), Failure> {
     sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
     sys.setsid().map_err(Failure::at(Stage::Session))?;
     install_stdio(sys, stdio)?;
-    if isolate {
-        let mut flags = libc::CLONE_NEWNS;
-        if plan.hostname.is_some() {
-            flags |= libc::CLONE_NEWUTS;
-        }
-        sys.unshare(flags).map_err(Failure::at(Stage::Namespaces))?;
-        enter_root(sys).map_err(Failure::at(Stage::Root))?;
-        sys.umask(0);
-        let mounted = mount_pseudo_fs(sys);
-        sys.umask(0o022);
-        mounted.map_err(Failure::at(Stage::Mounts))?;
-        if let Some(name) = &plan.hostname {
-            sys.sethostname(name)
-                .map_err(Failure::at(Stage::Hostname))?;
-        }
-        create_cwd(sys, plan);
-    }
     sys.setgroups(&plan.groups)
         .map_err(Failure::at(Stage::Ids))?;
     sys.setgid(plan.gid).map_err(Failure::at(Stage::Ids))?;
     sys.setuid(plan.uid).map_err(Failure::at(Stage::Ids))?;
     sys.chdir(&plan.cwd).map_err(Failure::at(Stage::Cwd))
+}
+
+/// The init's loop: passes signals on to `command`, reaps every child, and returns the exit code
+/// once `command` has ended: its own, or 128 + the signal that killed it.
+fn supervise(sys: &dyn Syscall, command: libc::pid_t) -> i32 {
+    loop {
+        let Ok(signo) = sys.wait_signal(&INIT_SIGNALS) else {
+            continue;
+        };
+        if signo != libc::SIGCHLD {
+            // The command may have ended already: ESRCH is fine.
+            let _ = sys.kill(command, signo);
+        } else if let Some(code) = reap(sys, command) {
+            return code;
+        }
+    }
+}
+
+/// Reaps every child that has ended; the exit code if `command` was among them.
+fn reap(sys: &dyn Syscall, command: libc::pid_t) -> Option<i32> {
+    let mut code = None;
+    while let Ok(Some((pid, raw))) = sys.reap_any() {
+        if pid != command {
+            continue;
+        }
+        if libc::WIFEXITED(raw) {
+            code = Some(libc::WEXITSTATUS(raw));
+        } else if libc::WIFSIGNALED(raw) {
+            code = Some(128 + libc::WTERMSIG(raw));
+        }
+    }
+    code
 }
 
 fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {
@@ -340,18 +457,17 @@ mod tests {
         sys.executable
             .borrow_mut()
             .push(("/bin/echo".into(), libc::E2BIG));
-        let failure = run(
+        let exit = run_init(
             &sys,
             &plan(&["echo", "hi"], "/work/dir", Some("box")),
             PIPES,
-            true,
         );
         assert_eq!(
-            failure,
-            Failure {
+            exit,
+            Exit::Failed(Failure {
                 stage: Stage::Exec,
                 errno: libc::E2BIG
-            }
+            })
         );
         let lines = sys.lines();
         let pos = |needle: &str| {
@@ -360,22 +476,9 @@ mod tests {
                 .position(|l| l.starts_with(needle))
                 .unwrap_or_else(|| panic!("{needle}"))
         };
+        assert_eq!(&lines[..2], ["reset_signals", "setsid"]);
         assert_eq!(
-            &lines[..5],
-            [
-                "reset_signals",
-                "setsid",
-                "dup2 10 0",
-                "dup2 11 1",
-                "dup2 12 2"
-            ]
-        );
-        assert_eq!(
-            lines[5],
-            format!("unshare {:#x}", libc::CLONE_NEWNS | libc::CLONE_NEWUTS)
-        );
-        assert_eq!(
-            &lines[6..14],
+            &lines[2..10],
             [
                 "mount - / - rec,private -",
                 "mount tmpfs /run/moat/root/dev tmpfs nosuid,noexec mode=0755,size=64k,nr_inodes=64",
@@ -393,10 +496,20 @@ mod tests {
         assert!(pos("symlink pts/ptmx /dev/ptmx") < pos("symlink /proc/self/fd/2 /dev/stderr"));
         assert!(pos("umask 0") < pos("mknod") && pos("symlink /proc/self/fd/2") < pos("umask 22"));
         assert!(pos("sethostname box") < pos("mkdir /work 755"));
-        assert!(pos("mkdir /work/dir 755") < pos("setgroups [5]"));
+        assert!(pos("mkdir /work/dir 755") < pos("catch_signals"));
+        // The init catches its signals before the command exists; the command (the clone's
+        // child here) starts from default signals in a session of its own.
+        let clone = pos("clone");
+        assert_eq!(lines[clone], format!("clone {:#x}", libc::SIGCHLD));
+        assert_eq!(clone, pos("catch_signals") + 1);
         assert_eq!(
-            &lines[lines.len() - 6..lines.len() - 2],
+            &lines[clone + 1..lines.len() - 2],
             [
+                "reset_signals",
+                "setsid",
+                "dup2 10 0",
+                "dup2 11 1",
+                "dup2 12 2",
                 "setgroups [5]",
                 "setgid 1000",
                 "setuid 1000",
@@ -408,13 +521,75 @@ mod tests {
     }
 
     #[test]
+    fn init_forwards_signals_and_reaps() {
+        let sys = Recorder::default();
+        sys.clone_pid.set(2);
+        sys.signals
+            .borrow_mut()
+            .extend([libc::SIGTERM, libc::SIGCHLD]);
+        // An orphan, then the command, killed by the SIGTERM; the init reaps until none is left.
+        sys.children
+            .borrow_mut()
+            .extend([(7, 0), (2, libc::SIGTERM)]);
+        let exit = run_init(&sys, &plan(&["sleep", "9"], "/", None), PIPES);
+        assert_eq!(exit, Exit::Code(128 + libc::SIGTERM));
+        let lines = sys.lines();
+        let clone = lines.iter().position(|l| l.starts_with("clone")).unwrap();
+        assert_eq!(
+            &lines[clone + 1..],
+            [
+                "close_from 0",
+                "wait_signal 15",
+                "kill 2 15",
+                "wait_signal 17",
+                "reap 7 0x0",
+                "reap 2 0xf",
+                "reap none"
+            ]
+        );
+        // An exit code passes through unchanged.
+        let sys = Recorder::default();
+        sys.clone_pid.set(2);
+        sys.signals.borrow_mut().push_back(libc::SIGCHLD);
+        sys.children.borrow_mut().push_back((2, 3 << 8));
+        let exit = run_init(&sys, &plan(&["false"], "/", None), PIPES);
+        assert_eq!(exit, Exit::Code(3));
+    }
+
+    #[test]
+    fn init_signals_and_flags() {
+        for signo in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGTERM,
+            libc::SIGWINCH,
+            libc::SIGCONT,
+            libc::SIGCHLD,
+            34,
+            64,
+        ] {
+            assert!(INIT_SIGNALS.contains(&signo), "{signo}");
+        }
+        for signo in [libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, 32, 33] {
+            assert!(!INIT_SIGNALS.contains(&signo), "{signo}");
+        }
+        let base = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
+        let flags = clone_flags(&plan(&["true"], "/", None));
+        assert_eq!(flags, base as libc::c_ulong);
+        let flags = clone_flags(&plan(&["true"], "/", Some("box")));
+        assert_eq!(flags, (base | libc::CLONE_NEWUTS) as libc::c_ulong);
+    }
+
+    #[test]
     fn host_mode_skips_namespaces_and_mounts() {
         let sys = Recorder::default();
         run(
             &sys,
             &plan(&["/bin/true"], "/", None),
             ChildStdio::Pty { slave: 9 },
-            false,
         );
         assert_eq!(
             sys.lines()[..6],
@@ -437,7 +612,7 @@ mod tests {
     fn path_lookup_semantics() {
         // Nothing found anywhere: ENOENT.
         let sys = Recorder::default();
-        let f = run(&sys, &plan(&["nope"], "/", None), PIPES, true);
+        let f = run(&sys, &plan(&["nope"], "/", None), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -457,7 +632,7 @@ mod tests {
         sys.executable
             .borrow_mut()
             .push(("/usr/bin/x".into(), libc::EACCES));
-        let f = run(&sys, &plan(&["x"], "/", None), PIPES, true);
+        let f = run(&sys, &plan(&["x"], "/", None), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -470,7 +645,7 @@ mod tests {
         sys.executable
             .borrow_mut()
             .push(("/usr/bin/x".into(), libc::ENOEXEC));
-        let f = run(&sys, &plan(&["x"], "/", None), PIPES, true);
+        let f = run(&sys, &plan(&["x"], "/", None), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -490,17 +665,21 @@ mod tests {
     #[test]
     fn failures_stop_at_their_stage() {
         let sys = Recorder::failing("pivot_root", libc::EINVAL);
-        let f = run(&sys, &plan(&["true"], "/", None), PIPES, true);
-        assert_eq!(
-            f,
-            Failure {
-                stage: Stage::Root,
-                errno: libc::EINVAL
-            }
-        );
-        assert!(!sys.lines().iter().any(|l| l.starts_with("execve")));
+        let exit = run_init(&sys, &plan(&["true"], "/", None), PIPES);
+        let failure = |stage, errno| Exit::Failed(Failure { stage, errno });
+        assert_eq!(exit, failure(Stage::Root, libc::EINVAL));
+        assert!(!sys
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("execve") || l.starts_with("clone")));
+        for call in ["catch_signals", "clone"] {
+            let sys = Recorder::failing(call, libc::EAGAIN);
+            let exit = run_init(&sys, &plan(&["true"], "/", None), PIPES);
+            assert_eq!(exit, failure(Stage::Init, libc::EAGAIN));
+            assert!(!sys.lines().iter().any(|l| l.starts_with("execve")));
+        }
         let sys = Recorder::failing("setuid", libc::EPERM);
-        let f = run(&sys, &plan(&["true"], "/", None), PIPES, true);
+        let f = run(&sys, &plan(&["true"], "/", None), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -509,7 +688,7 @@ mod tests {
             }
         );
         let sys = Recorder::failing("chdir /nowhere", libc::ENOENT);
-        let f = run(&sys, &plan(&["true"], "/nowhere", None), PIPES, false);
+        let f = run(&sys, &plan(&["true"], "/nowhere", None), PIPES);
         assert_eq!(
             f,
             Failure {

@@ -11,11 +11,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use moat_protocol::{ErrorKind, FrameKind, RunRequest};
 
-use self::child::{ChildStdio, Failure, Stage, FAILURE_LEN};
+use self::child::{ChildStdio, Exit, Failure, Stage, FAILURE_LEN};
 use self::plan::{ExecPlan, PlanError};
 use self::rootfs::RootfsError;
 use crate::reaper::Reaper;
-use crate::syscall::Linux;
+use crate::syscall::{Linux, Syscall};
 
 /// Errors starting the container.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,8 @@ pub fn exec_error_kind(failure: Failure) -> ErrorKind {
 /// How the process is confined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
-    /// Its own mount (and UTS) namespace, pivoted into the image's root: the guest mode.
+    /// Its own PID, mount (and UTS) namespaces, pivoted into the image's root, under a minimal
+    /// init: the guest mode.
     Container,
     /// None: the process runs in the agent's root (the host test mode).
     None,
@@ -92,7 +93,8 @@ pub enum Isolation {
 
 /// A started process and the agent's ends of its stdio.
 pub struct Process {
-    /// Its pid.
+    /// Its pid: in the guest mode, the container's init, which passes signals on to the command
+    /// and exits with its status (128 + N for a death by signal N).
     pub pid: libc::pid_t,
     /// Where its stdin is written (pipe write end, or a duplicate of the pty master).
     pub stdin: OwnedFd,
@@ -176,8 +178,9 @@ pub fn start(
     })
 }
 
-/// Forks; the child runs [`child::run`] and reports a failure on a close-on-exec pipe, so an
-/// end of file there means the exec succeeded.
+/// Forks (in the host mode) or clones the container's init (in the guest mode); the child runs
+/// [`child::run`] or [`child::run_init`], and a failure is reported on a close-on-exec pipe, so
+/// an end of file there means the exec succeeded.
 fn fork_exec(
     plan: &ExecPlan,
     stdio: ChildStdio,
@@ -186,25 +189,26 @@ fn fork_exec(
 ) -> Result<libc::pid_t, ContainerError> {
     let (err_r, err_w) = pipe().map_err(spawn_err("creating the error pipe"))?;
     let isolate = isolation == Isolation::Container;
+    let flags = match isolate {
+        true => child::clone_flags(plan),
+        false => libc::SIGCHLD as libc::c_ulong,
+    };
     let pid = reaper
         .spawn_registered(|| {
-            // SAFETY: the child only makes system calls on data prepared before the fork
+            // SAFETY: the child only makes system calls on data prepared before the clone
             // (`plan`, `stdio`, `err_w`) and ends with execve or _exit; it never returns here.
-            match unsafe { libc::fork() } {
-                -1 => Err(io::Error::last_os_error()),
+            match unsafe { Linux.clone_process(flags)? } {
                 0 => {
-                    let failure = child::run(&Linux, plan, stdio, isolate).to_bytes();
-                    // SAFETY: writes a local buffer to our pipe end, then ends the child
-                    // without running any of the parent's exit handlers.
-                    unsafe {
-                        libc::write(err_w.as_raw_fd(), failure.as_ptr().cast(), FAILURE_LEN);
-                        libc::_exit(127)
-                    }
+                    let exit = match isolate {
+                        true => child::run_init(&Linux, plan, stdio),
+                        false => Exit::Failed(child::run(&Linux, plan, stdio)),
+                    };
+                    end_child(err_w.as_raw_fd(), exit)
                 }
                 pid => Ok(pid),
             }
         })
-        .map_err(spawn_err("fork"))?;
+        .map_err(spawn_err(if isolate { "clone" } else { "fork" }))?;
     drop(err_w);
     let mut report = Vec::with_capacity(FAILURE_LEN);
     let read = std::fs::File::from(err_r)
@@ -227,6 +231,23 @@ fn fork_exec(
             reaper.forget(pid);
             Err(spawn_err("reading the error pipe")(e))
         }
+    }
+}
+
+/// Ends the child: a failure is written to the error pipe `err_w` first.
+fn end_child(err_w: libc::c_int, exit: Exit) -> ! {
+    match exit {
+        Exit::Failed(failure) => {
+            let bytes = failure.to_bytes();
+            // SAFETY: writes a local buffer to our pipe end, then ends the child without
+            // running any of the parent's exit handlers.
+            unsafe {
+                libc::write(err_w, bytes.as_ptr().cast(), FAILURE_LEN);
+                libc::_exit(127)
+            }
+        }
+        // SAFETY: ends the init without running any of the parent's exit handlers.
+        Exit::Code(code) => unsafe { libc::_exit(code) },
     }
 }
 

@@ -174,4 +174,97 @@ impl Syscall for Linux {
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         io::Error::last_os_error()
     }
+
+    unsafe fn clone_process(&self, flags: libc::c_ulong) -> io::Result<libc::pid_t> {
+        // SAFETY: with a NULL stack the child runs on its copy of the caller's stack, returning
+        // from this call like fork's child; no other pointer is passed (parent/child tid and tls
+        // are unused without the flags that ask for them). The caller keeps the child to system
+        // calls, as this function's contract requires.
+        let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret as libc::pid_t)
+        }
+    }
+
+    fn catch_signals(&self, signals: &[libc::c_int]) -> io::Result<()> {
+        // SAFETY: `act` is zeroed plain data with an emptied mask and a handler that does
+        // nothing (and so is async-signal-safe); sigaction and sigprocmask only read it and
+        // `set`. This runs single-threaded (in a forked child), so sigprocmask is the thread's.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            act.sa_flags = libc::SA_RESTART;
+            for &signo in signals {
+                check(libc::sigaction(signo, &act, ptr::null_mut()))?;
+            }
+            let set = signal_set(signals);
+            check(libc::sigprocmask(libc::SIG_BLOCK, &set, ptr::null_mut()))
+        }
+    }
+
+    fn wait_signal(&self, signals: &[libc::c_int]) -> io::Result<libc::c_int> {
+        let set = signal_set(signals);
+        // SAFETY: `set` is an initialised signal set and `info` a local the kernel fills.
+        let ret = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::sigwaitinfo(&set, &mut info)
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    fn kill(&self, pid: libc::pid_t, signo: libc::c_int) -> io::Result<()> {
+        // SAFETY: kill takes no pointers.
+        check(unsafe { libc::kill(pid, signo) })
+    }
+
+    fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
+        let mut raw = 0;
+        // SAFETY: `raw` is a valid out-pointer; WNOHANG makes the call non-blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+        match pid {
+            0 => Ok(None),
+            p if p < 0 => Err(io::Error::last_os_error()),
+            p => Ok(Some((p, raw))),
+        }
+    }
+
+    fn close_from(&self, first: RawFd) {
+        // SAFETY: close_range takes no pointers; the caller no longer uses these descriptors.
+        let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+        if ret < 0 {
+            // Kernels before 5.9: close the range of descriptors the agent can have one by one.
+            for fd in first..FALLBACK_CLOSE_LIMIT {
+                // SAFETY: as above; closing a descriptor that is not open is just EBADF.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// How far [`Syscall::close_from`] closes without close_range(2): the agent's descriptors
+/// (connection, pipes, a pty) are few and low-numbered.
+const FALLBACK_CLOSE_LIMIT: RawFd = 1024;
+
+/// The handler of [`Syscall::catch_signals`]: the signals are blocked and taken with
+/// sigwaitinfo, but a namespace init needs a handler for them to be sent at all.
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and sigaddset only sets bits
+    // (an invalid number is refused with EINVAL).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signo in signals {
+            libc::sigaddset(&mut set, signo);
+        }
+        set
+    }
 }

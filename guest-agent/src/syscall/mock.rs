@@ -1,7 +1,8 @@
 //! A recording [`Syscall`] for unit tests: it logs every call as one readable line and fails the
 //! calls it was told to fail.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::RawFd;
@@ -17,6 +18,12 @@ pub struct Recorder {
     pub fail: RefCell<Vec<(String, i32)>>,
     /// (path, errno) that execve of `path` fails with; paths not listed fail with ENOENT.
     pub executable: RefCell<Vec<(String, i32)>>,
+    /// What `clone_process` returns: 0 (the default) continues as the child.
+    pub clone_pid: Cell<libc::pid_t>,
+    /// The signals `wait_signal` returns in turn; it panics when they run out.
+    pub signals: RefCell<VecDeque<libc::c_int>>,
+    /// The (pid, raw status) `reap_any` returns in turn, then `None`.
+    pub children: RefCell<VecDeque<(libc::pid_t, libc::c_int)>>,
 }
 
 fn s(c: &CStr) -> String {
@@ -167,5 +174,32 @@ impl Syscall for Recorder {
             .find(|(p, _)| *p == path)
             .map_or(libc::ENOENT, |e| e.1);
         io::Error::from_raw_os_error(errno)
+    }
+    unsafe fn clone_process(&self, flags: libc::c_ulong) -> io::Result<libc::pid_t> {
+        self.record(format!("clone {flags:#x}"))?;
+        Ok(self.clone_pid.get())
+    }
+    fn catch_signals(&self, signals: &[libc::c_int]) -> io::Result<()> {
+        self.record(format!("catch_signals {signals:?}"))
+    }
+    fn wait_signal(&self, _signals: &[libc::c_int]) -> io::Result<libc::c_int> {
+        let signo = self.signals.borrow_mut().pop_front();
+        let signo = signo.expect("wait_signal called after the scripted signals");
+        self.record(format!("wait_signal {signo}"))?;
+        Ok(signo)
+    }
+    fn kill(&self, pid: libc::pid_t, signo: libc::c_int) -> io::Result<()> {
+        self.record(format!("kill {pid} {signo}"))
+    }
+    fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
+        let child = self.children.borrow_mut().pop_front();
+        match child {
+            Some((pid, raw)) => self.record(format!("reap {pid} {raw:#x}"))?,
+            None => self.record("reap none".into())?,
+        }
+        Ok(child)
+    }
+    fn close_from(&self, first: RawFd) {
+        let _ = self.record(format!("close_from {first}"));
     }
 }

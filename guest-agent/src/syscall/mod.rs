@@ -102,4 +102,24 @@ pub trait Syscall {
     fn umask(&self, mask: libc::mode_t);
     /// execve(2); returns only on failure.
     fn execve(&self, path: &CStr, argv: &CStrArray, envp: &CStrArray) -> io::Error;
+    /// clone(2) without a new stack, which works like fork: `flags` are namespace flags and the
+    /// exit signal. Returns the child's pid in the parent and 0 in the child.
+    ///
+    /// # Safety
+    /// The calling process may have other threads, whose locks stay taken in the child's copy:
+    /// until it execs or exits, the child must only make system calls on data prepared before.
+    unsafe fn clone_process(&self, flags: libc::c_ulong) -> io::Result<libc::pid_t>;
+    /// Installs a handler that does nothing for each of `signals` and blocks them, so that
+    /// [`Syscall::wait_signal`] takes them. (The init of a PID namespace only receives the
+    /// signals it has a handler for: with `SIG_DFL` they are dropped.)
+    fn catch_signals(&self, signals: &[libc::c_int]) -> io::Result<()>;
+    /// sigwaitinfo(2) on `signals`: the number of the next one pending.
+    fn wait_signal(&self, signals: &[libc::c_int]) -> io::Result<libc::c_int>;
+    /// kill(2).
+    fn kill(&self, pid: libc::pid_t, signo: libc::c_int) -> io::Result<()>;
+    /// waitpid(-1, WNOHANG): a child that has ended and its raw wait status, `None` if none has
+    /// yet.
+    fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>>;
+    /// Closes every descriptor from `first` on.
+    fn close_from(&self, first: RawFd);
 }

@@ -53,7 +53,11 @@ impl Bus {
         let end = base.checked_add(len).filter(|_| len > 0);
         let overlaps = match end {
             None => true,
-            Some(end) => self.ranges.range(..end).next_back().is_some_and(|(b, e)| b + e.len > base),
+            Some(end) => self
+                .ranges
+                .range(..end)
+                .next_back()
+                .is_some_and(|(b, e)| b + e.len > base),
         };
         if overlaps {
             return Err(BusError::Overlap { base, len });
@@ -69,7 +73,9 @@ impl Bus {
 
     /// Dispatches a read; returns false when no device is at `addr` (the data is left as is).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((offset, entry)) = self.resolve(addr) else { return false };
+        let Some((offset, entry)) = self.resolve(addr) else {
+            return false;
+        };
         // A poisoned lock means a device thread panicked; the VMM aborts on panic anyway.
         if let Ok(mut dev) = entry.device.lock() {
             dev.read(offset, data);
@@ -79,7 +85,9 @@ impl Bus {
 
     /// Dispatches a write; returns false when no device is at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        let Some((offset, entry)) = self.resolve(addr) else { return false };
+        let Some((offset, entry)) = self.resolve(addr) else {
+            return false;
+        };
         if let Ok(mut dev) = entry.device.lock() {
             dev.write(offset, data);
         }

@@ -18,8 +18,8 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vm_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as every device sees it.
@@ -63,7 +63,10 @@ pub struct Interrupt {
 impl Interrupt {
     /// A new, unsignalled interrupt line.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { status: AtomicU32::new(0), evt: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self {
+            status: AtomicU32::new(0),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
     }
 
     /// The eventfd to register as KVM irqfd.
