@@ -15,16 +15,19 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_MIB = 256
 BENCH_WORD = "moat.bench=reset"
 SAMPLE_SECONDS = 0.01
+RUN_TIMEOUT = 90
 
 
 def log(msg):
@@ -102,14 +105,27 @@ def read_hwm(pid):
 
 
 def spawn(cmd, env, errlog):
+    """Starts cmd in its own session; a timer SIGKILLs that session after RUN_TIMEOUT seconds."""
     with open(errlog, "wb") as err:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, start_new_session=True)  # fmt: skip
+
+    def kill():
+        log(f"{os.path.basename(cmd[0])} still running after {RUN_TIMEOUT} s: killing it")
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    proc.watchdog = threading.Timer(RUN_TIMEOUT, kill)
+    proc.watchdog.start()
+    return proc
 
 
 def reap(proc, cmd, errlog):
     """Waits for proc; returns (exit status, peak RSS in KiB from wait4)."""
     _, status, usage = os.wait4(proc.pid, 0)
+    proc.watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         with open(errlog, "rb") as f:
@@ -141,6 +157,7 @@ def run_sampled(cmd, errlog):
         if h:
             hwm = h
         time.sleep(SAMPLE_SECONDS)
+    proc.watchdog.cancel()
     rc = proc.returncode
     if rc != 0:
         log(f"{os.path.basename(cmd[0])} exited {rc}")
@@ -177,6 +194,7 @@ class Setup:
         # straight to the triple fault, which -no-reboot turns into QEMU's exit.
         self.qemu_cmdline = self.cmdline.replace("reboot=k", "reboot=t")
         self.serial = 0
+        self.failures = []
 
     def check(self):
         for what in (self.moat, self.vmm, self.kernel, self.initramfs):
@@ -275,10 +293,11 @@ def measure_moat_run(setup, n):
     times = []
     for i in range(n):
         seconds, rc, _ = run_timed(cmd, setup.next_path("moat-err"), env)
-        if rc != 0:
-            sys.exit(f"bench: moat run -- true failed (exit {rc})")
-        times.append(seconds)
-        log(f"moat run -- true #{i + 1}: {seconds:.3f} s")
+        log(f"moat run -- true #{i + 1}: {seconds:.3f} s, exit {rc}")
+        if rc == 0:
+            times.append(seconds)
+        else:
+            setup.failures.append(f"`moat run -- true` #{i + 1}: exit {rc} after {seconds:.1f} s")
     return times
 
 
@@ -286,22 +305,27 @@ def vmm_once(setup, i, out):
     cmd, stats_path = setup.vmm_boot()
     seconds, rc, maxrss = run_timed(cmd, setup.next_path("vmm-err"))
     if rc != 0:
-        sys.exit(f"bench: moat-vmm boot failed (exit {rc})")
+        setup.failures.append(f"moat-vmm boot #{i + 1}: exit {rc} after {seconds:.1f} s")
+        return
     with open(stats_path, encoding="utf-8") as f:
         stats = json.load(f)
     out["vmm_times"].append(seconds)
     out["vmm_maxrss"].append(maxrss)
     out["vmm_stats"].append(stats)
-    log(f"moat-vmm boot #{i + 1}: {seconds:.3f} s, {stats['total_exits']} exits (own count)")
+    log(
+        f"moat-vmm boot #{i + 1}: {seconds:.3f} s, {stats['total_exits']} exits (own count), "
+        f"peak RSS {maxrss} KiB"
+    )
 
 
 def qemu_once(setup, i, out):
     seconds, rc, maxrss = run_timed(setup.qemu_boot(), setup.next_path("qemu-err"))
     if rc != 0:
-        sys.exit(f"bench: QEMU boot failed (exit {rc})")
+        setup.failures.append(f"QEMU microvm boot #{i + 1}: exit {rc} after {seconds:.1f} s")
+        return
     out["qemu_times"].append(seconds)
     out["qemu_maxrss"].append(maxrss)
-    log(f"QEMU microvm boot #{i + 1}: {seconds:.3f} s")
+    log(f"QEMU microvm boot #{i + 1}: {seconds:.3f} s, peak RSS {maxrss} KiB")
 
 
 def measure_boots(setup, n, out):
@@ -324,7 +348,7 @@ def measure_memory(setup, n, out):
         rc, mem = run_sampled(setup.qemu_boot(), setup.next_path("qemu-err"))
         if rc == 0:
             out["qemu_mems"].append(mem)
-        log(f"memory sampling #{i + 1} done")
+        log(f"memory sampling #{i + 1}: moat-vmm {out['vmm_mems'][-1:]}, QEMU {out['qemu_mems'][-1:]}")
 
 
 def measure_perf(setup, n):
@@ -445,6 +469,8 @@ def timing_table(rows):
 
 
 def own_stats_table(stats):
+    if not stats:
+        return ["No successful moat-vmm run."]
     keys = [k for k, v in stats[0].items() if isinstance(v, int)]
     out = ["| counter | median | min | max |", "|---|---|---|---|"]
     for k in keys:
@@ -489,7 +515,7 @@ def memory_table(rows):
     ]
     for name, mems, maxrss in rows:
         mems = [m for m in mems if m]
-        if not mems:
+        if not mems or not maxrss:
             continue
         peak = statistics.median(m["peak_other_kb"] for m in mems)
         hwm = [m["hwm_minus_guest_kb"] for m in mems if m["hwm_minus_guest_kb"] is not None]
@@ -515,6 +541,9 @@ def report(setup, args, results):
             ("`runc run` busybox `/bin/true` (shared kernel)", results.get("runc")),
         ]
     )
+    if setup.failures:
+        lines += ["", "Failed runs (left out of the table above):", ""]
+        lines += [f"- {f}" for f in setup.failures]
     lines += ["", "## VM exits by reason (host kernel's view: `perf kvm stat`)", ""]
     if results["perf_vmm"] or results["perf_qemu"]:
         lines += [f"Median of {args.perf_runs} recorded boots each (separate from the timed runs).", ""]

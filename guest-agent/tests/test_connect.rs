@@ -296,15 +296,35 @@ impl Drop for Loop {
 }
 
 fn isolated_run(readonly: bool, terminal: bool, cwd: &str, script: &str) -> Output {
-    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
-    let dev = Loop::attach(&image);
-    let mut host = Host::start_with(&["--isolated"]);
     let mut process = spec(&["sh", "-c", script]);
     process.uid = 1000;
     process.gid = 1000;
     process.additional_gids = vec![100];
     process.cwd = cwd.into();
     process.terminal = terminal;
+    let (mut host, _dev) = isolated_start(readonly, process);
+    host.send(&HostMessage::StdinEof);
+    let out = host.collect();
+    host.shutdown();
+    out
+}
+
+/// Starts `process` in a container from `MOAT_TEST_IMAGE`; the loop device lives as long as the
+/// returned guard.
+fn isolated_start(readonly: bool, process: ProcessSpec) -> (Host, Loop) {
+    let (host, dev, started) = isolated_request(readonly, process);
+    started.unwrap();
+    (host, dev)
+}
+
+/// [`isolated_start`] that hands back the agent's answer to `Run`.
+fn isolated_request(
+    readonly: bool,
+    process: ProcessSpec,
+) -> (Host, Loop, Result<i32, (ErrorKind, String)>) {
+    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
+    let dev = Loop::attach(&image);
+    let mut host = Host::start_with(&["--isolated"]);
     let req = RunRequest {
         id: "iso".into(),
         rootfs: RootfsSpec {
@@ -315,11 +335,8 @@ fn isolated_run(readonly: bool, terminal: bool, cwd: &str, script: &str) -> Outp
         process,
         hostname: Some("box".into()),
     };
-    host.run_request(req).unwrap();
-    host.send(&HostMessage::StdinEof);
-    let out = host.collect();
-    host.shutdown();
-    out
+    let started = host.run_request(req);
+    (host, dev, started)
 }
 
 const ISOLATED_SCRIPT: &str = "hostname; id -u; id -G; pwd; ls /dev | tr '\\n' ' '; echo; \
@@ -377,4 +394,62 @@ fn isolated_terminal() {
     assert!(text.starts_with("/dev/pts/"), "{text}");
     assert!(text.contains(" user "), "the pty is not the user's: {text}");
     assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }), "{text}");
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_pid_namespace() {
+    // The command is PID 2 under the container's init, sees only the two, and a SIGKILL it
+    // sends itself is reported as the init's exit code 128 + 9.
+    let out = isolated_run(
+        false,
+        false,
+        "/",
+        "echo $$; cd /proc && echo [0-9]*; kill -9 $$",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n1 2\n");
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 137 }));
+    // An exec failure of the command still comes back as an error, through the init.
+    let (host, _dev, started) = isolated_request(false, spec(&["no-such-command-moat"]));
+    let (kind, message) = started.unwrap_err();
+    assert_eq!(kind, ErrorKind::NotFound, "{message}");
+    host.shutdown();
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_signals_reach_the_command() {
+    let (mut host, _dev) = isolated_start(false, spec(&["sleep", "30"]));
+    host.send(&HostMessage::Signal { signo: SIGTERM });
+    let out = host.collect();
+    assert_eq!(
+        out.status,
+        Some(ExitStatus::Code {
+            code: 128 + SIGTERM
+        })
+    );
+    host.shutdown();
+    // Ctrl-C on the terminal reaches the command, in the terminal's foreground group.
+    let mut process = spec(&["sleep", "30"]);
+    process.terminal = true;
+    let (mut host, _dev) = isolated_start(false, process);
+    host.stdin(b"\x03");
+    let out = host.collect();
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 130 }));
+    host.shutdown();
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_poweroff_ends_only_the_container() {
+    // reboot(2) in a PID namespace kills its init with SIGINT (power off, halt) or SIGHUP
+    // (restart). The guard keeps this from halting the machine if the namespace were missing.
+    for (command, signo) in [("poweroff", 2), ("reboot", 1)] {
+        let script = format!("[ $$ = 2 ] && {command} -f; echo no-namespace");
+        let (mut host, _dev) = isolated_start(false, spec(&["sh", "-c", &script]));
+        host.send(&HostMessage::StdinEof);
+        let out = host.collect();
+        assert_eq!(out.status, Some(ExitStatus::Signaled { signo }), "{out:?}");
+        host.shutdown();
+    }
 }

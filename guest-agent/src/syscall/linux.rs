@@ -112,8 +112,11 @@ impl Syscall for Linux {
     }
 
     fn setgroups(&self, groups: &[libc::gid_t]) -> io::Result<()> {
-        // SAFETY: the pointer and length describe `groups`, which the kernel only reads.
-        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })
+        // SAFETY: the pointer and length describe `groups`, which the kernel only reads. The raw
+        // system call changes only this thread, the only one of the cloned child (the C
+        // library's wrapper would wait for the parent's threads, copied into its bookkeeping).
+        let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+        check(ret as libc::c_int)
     }
 
     fn setgid(&self, gid: libc::gid_t) -> io::Result<()> {
