@@ -144,16 +144,19 @@ def run_timed(cmd, errlog, env=None):
 
 def run_sampled(cmd, errlog):
     """Runs cmd reading its smaps every SAMPLE_SECONDS; returns (exit status, memory dict)."""
-    peak_other = 0
-    last = None
+    peak_other = peak_guest = guest_maps = 0
+    seen = False
     hwm = None
     proc = spawn(cmd, None, errlog)
     while proc.poll() is None:
         s = read_smaps(proc.pid)
         h = read_hwm(proc.pid)
         if s:
-            last = s
+            seen = True
             peak_other = max(peak_other, s[1])
+            # Guest memory only grows until the VMM unmaps it on its way out.
+            if s[0] > peak_guest:
+                peak_guest, guest_maps = s[0], s[2]
         if h:
             hwm = h
         time.sleep(SAMPLE_SECONDS)
@@ -161,13 +164,13 @@ def run_sampled(cmd, errlog):
     rc = proc.returncode
     if rc != 0:
         log(f"{os.path.basename(cmd[0])} exited {rc}")
-    if not last:
+    if not seen:
         return rc, None
     return rc, {
         "peak_other_kb": peak_other,
-        "last_guest_kb": last[0],
-        "guest_maps": last[2],
-        "hwm_minus_guest_kb": hwm - last[0] if hwm else None,
+        "peak_guest_kb": peak_guest,
+        "guest_maps": guest_maps,
+        "hwm_minus_guest_kb": hwm - peak_guest if hwm else None,
     }
 
 
@@ -509,7 +512,7 @@ def mib(kb):
 
 def memory_table(rows):
     out = [
-        "| VMM | peak RSS outside guest memory (sampled) | VmHWM − final guest RSS | "
+        "| VMM | peak RSS outside guest memory (sampled) | VmHWM − peak guest RSS | "
         "guest memory touched | peak total RSS (wait4, timed runs) |",
         "|---|---|---|---|---|",
     ]
@@ -519,7 +522,7 @@ def memory_table(rows):
             continue
         peak = statistics.median(m["peak_other_kb"] for m in mems)
         hwm = [m["hwm_minus_guest_kb"] for m in mems if m["hwm_minus_guest_kb"] is not None]
-        guest = statistics.median(m["last_guest_kb"] for m in mems)
+        guest = statistics.median(m["peak_guest_kb"] for m in mems)
         hwm_s = f"{mib(statistics.median(hwm))} MiB" if hwm else "?"
         out.append(
             f"| {name} | {mib(peak)} MiB | {hwm_s} | {mib(guest)} MiB | "

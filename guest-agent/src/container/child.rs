@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 
 use super::plan::ExecPlan;
 use super::rootfs::ROOT;
+use super::supervisor::{supervise, INIT_SIGNALS};
 use crate::syscall::Syscall;
 
 /// The step of the child's setup that failed.
@@ -143,44 +144,6 @@ pub enum Exit {
     Code(i32),
 }
 
-/// The signals the container's init passes on to the command: all but those it cannot catch
-/// (KILL, STOP), its own SIGCHLD, the ones a fault of its own would raise (ILL TRAP ABRT BUS
-/// FPE SEGV SYS) and the C library's reserved real-time signals 32 and 33.
-const fn forwarded(signo: libc::c_int) -> bool {
-    !matches!(
-        signo,
-        libc::SIGKILL
-            | libc::SIGSTOP
-            | libc::SIGCHLD
-            | libc::SIGILL
-            | libc::SIGTRAP
-            | libc::SIGABRT
-            | libc::SIGBUS
-            | libc::SIGFPE
-            | libc::SIGSEGV
-            | libc::SIGSYS
-            | 32
-            | 33
-    )
-}
-
-/// Everything the init catches: the forwarded signals (1..=64) and SIGCHLD.
-const INIT_SIGNALS: [libc::c_int; 53] = init_signals();
-
-const fn init_signals() -> [libc::c_int; 53] {
-    let mut out = [0; 53];
-    let (mut n, mut signo) = (0, 1);
-    while signo <= 64 {
-        if forwarded(signo) || signo == libc::SIGCHLD {
-            out[n] = signo;
-            n += 1;
-        }
-        signo += 1;
-    }
-    assert!(n == out.len());
-    out
-}
-
 /// The flags to clone the container's init with: new PID and mount namespaces, and a UTS
 /// namespace for a hostname; `SIGCHLD` when it ends, like fork.
 pub fn clone_flags(plan: &ExecPlan) -> libc::c_ulong {
@@ -252,38 +215,6 @@ fn setup_process(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Resul
     sys.setgid(plan.gid).map_err(Failure::at(Stage::Ids))?;
     sys.setuid(plan.uid).map_err(Failure::at(Stage::Ids))?;
     sys.chdir(&plan.cwd).map_err(Failure::at(Stage::Cwd))
-}
-
-/// The init's loop: passes signals on to `command`, reaps every child, and returns the exit code
-/// once `command` has ended: its own, or 128 + the signal that killed it.
-fn supervise(sys: &dyn Syscall, command: libc::pid_t) -> i32 {
-    loop {
-        let Ok(signo) = sys.wait_signal(&INIT_SIGNALS) else {
-            continue;
-        };
-        if signo != libc::SIGCHLD {
-            // The command may have ended already: ESRCH is fine.
-            let _ = sys.kill(command, signo);
-        } else if let Some(code) = reap(sys, command) {
-            return code;
-        }
-    }
-}
-
-/// Reaps every child that has ended; the exit code if `command` was among them.
-fn reap(sys: &dyn Syscall, command: libc::pid_t) -> Option<i32> {
-    let mut code = None;
-    while let Ok(Some((pid, raw))) = sys.reap_any() {
-        if pid != command {
-            continue;
-        }
-        if libc::WIFEXITED(raw) {
-            code = Some(libc::WEXITSTATUS(raw));
-        } else if libc::WIFSIGNALED(raw) {
-            code = Some(128 + libc::WTERMSIG(raw));
-        }
-    }
-    code
 }
 
 fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {
@@ -521,61 +452,28 @@ mod tests {
     }
 
     #[test]
-    fn init_forwards_signals_and_reaps() {
-        let sys = Recorder::default();
-        sys.clone_pid.set(2);
-        sys.signals
-            .borrow_mut()
-            .extend([libc::SIGTERM, libc::SIGCHLD]);
-        // An orphan, then the command, killed by the SIGTERM; the init reaps until none is left.
-        sys.children
-            .borrow_mut()
-            .extend([(7, 0), (2, libc::SIGTERM)]);
-        let exit = run_init(&sys, &plan(&["sleep", "9"], "/", None), PIPES);
-        assert_eq!(exit, Exit::Code(128 + libc::SIGTERM));
-        let lines = sys.lines();
-        let clone = lines.iter().position(|l| l.starts_with("clone")).unwrap();
-        assert_eq!(
-            &lines[clone + 1..],
-            [
-                "close_from 0",
-                "wait_signal 15",
-                "kill 2 15",
-                "wait_signal 17",
-                "reap 7 0x0",
-                "reap 2 0xf",
-                "reap none"
-            ]
-        );
-        // An exit code passes through unchanged.
+    fn init_closes_descriptors_then_supervises() {
         let sys = Recorder::default();
         sys.clone_pid.set(2);
         sys.signals.borrow_mut().push_back(libc::SIGCHLD);
         sys.children.borrow_mut().push_back((2, 3 << 8));
         let exit = run_init(&sys, &plan(&["false"], "/", None), PIPES);
         assert_eq!(exit, Exit::Code(3));
+        let lines = sys.lines();
+        let clone = lines.iter().position(|l| l.starts_with("clone")).unwrap();
+        assert_eq!(
+            &lines[clone + 1..],
+            [
+                "close_from 0",
+                "wait_signal 17",
+                "reap 2 0x300",
+                "reap none"
+            ]
+        );
     }
 
     #[test]
-    fn init_signals_and_flags() {
-        for signo in [
-            libc::SIGHUP,
-            libc::SIGINT,
-            libc::SIGQUIT,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-            libc::SIGTERM,
-            libc::SIGWINCH,
-            libc::SIGCONT,
-            libc::SIGCHLD,
-            34,
-            64,
-        ] {
-            assert!(INIT_SIGNALS.contains(&signo), "{signo}");
-        }
-        for signo in [libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, 32, 33] {
-            assert!(!INIT_SIGNALS.contains(&signo), "{signo}");
-        }
+    fn clone_flags_for_the_init() {
         let base = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
         let flags = clone_flags(&plan(&["true"], "/", None));
         assert_eq!(flags, base as libc::c_ulong);

@@ -1,10 +1,12 @@
 //! Creating the container and starting its process: the root ([`rootfs`]), the plan
-//! ([`plan`]), the forked child's setup ([`child`]) and the stdio it gets (pipes or a [`pty`]).
+//! ([`plan`]), the forked child's setup ([`child`]), the loop of the container's init
+//! ([`supervisor`]) and the stdio the process gets (pipes or a [`pty`]).
 
 pub mod child;
 pub mod plan;
 pub mod pty;
 pub mod rootfs;
+pub mod supervisor;
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -22,7 +22,8 @@ pub struct Recorder {
     pub clone_pid: Cell<libc::pid_t>,
     /// The signals `wait_signal` returns in turn; it panics when they run out.
     pub signals: RefCell<VecDeque<libc::c_int>>,
-    /// The (pid, raw status) `reap_any` returns in turn, then `None`.
+    /// The (pid, raw status) `reap_any` returns in turn, then `None`; a pid of 0 is `None` too
+    /// (the end of one reaping pass).
     pub children: RefCell<VecDeque<(libc::pid_t, libc::c_int)>>,
 }
 
@@ -192,7 +193,7 @@ impl Syscall for Recorder {
         self.record(format!("kill {pid} {signo}"))
     }
     fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
-        let child = self.children.borrow_mut().pop_front();
+        let child = self.children.borrow_mut().pop_front().filter(|c| c.0 != 0);
         match child {
             Some((pid, raw)) => self.record(format!("reap {pid} {raw:#x}"))?,
             None => self.record("reap none".into())?,
