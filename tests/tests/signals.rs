@@ -9,7 +9,15 @@ use moat_tests::{assert_nothing_left, moat_bin, unique_name, vm_available, wait_
 fn run_until_ready_then_signal(signal: nix::sys::signal::Signal) -> (String, i32) {
     let name = unique_name("sig");
     let mut child = Command::new(moat_bin())
-        .args(["run", "--name", &name, "--", "sh", "-c", "echo ready; exec sleep 600"])
+        .args([
+            "run",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 600",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
