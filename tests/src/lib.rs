@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Generous timeout for one `moat run` (the nested test host is slow).
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
