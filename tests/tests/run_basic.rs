@@ -117,3 +117,13 @@ fn not_executable_is_126() {
     let o = moat(&["run", "--", "/etc/passwd"], None);
     o.expect_code(126);
 }
+
+#[test]
+fn hostname_flag_sets_the_containers_hostname() {
+    if !vm_available("hostname_flag_sets_the_containers_hostname") {
+        return;
+    }
+    let o = moat(&["run", "--hostname", "box-1", "--", "hostname"], None);
+    o.expect_code(0);
+    assert_eq!(o.out(), "box-1\n", "{}", o.diagnostics());
+}
