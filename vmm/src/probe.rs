@@ -36,6 +36,9 @@ pub enum ProbeError {
 
 /// Iterations of the timed loop (two instructions each).
 pub const LOOP_ITERATIONS: u64 = 10_000;
+/// Timed runs at most: the fastest counts, so a probe thread that was preempted on a busy host
+/// (or a busy nested host) is not mistaken for emulation. A native result ends the probe early.
+pub const MAX_TIMED_RUNS: u32 = 5;
 /// Above this many nanoseconds per iteration, ring-0 code is considered emulated. Hardware KVM
 /// needs ~1 ns, nested SVM under QEMU TCG 5-200 ns (measured 172 ns on a loaded 2-core host),
 /// `kvm_pvm` 2500-3600 ns (~1300-1800 ns per instruction).
@@ -91,7 +94,8 @@ fn run_to_port(vcpu: &mut VcpuFd) -> Result<(), ProbeError> {
     }
 }
 
-/// Creates the probe VM, warms it up (first touch of its pages) and times the loop.
+/// Creates the probe VM, warms it up (first touch of its pages) and times the loop: the fastest
+/// of up to [`MAX_TIMED_RUNS`] runs.
 pub fn run_probe() -> Result<ProbeResult, ProbeError> {
     let kvm = open_kvm()?;
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).map_err(setup_err)?;
@@ -107,11 +111,27 @@ pub fn run_probe() -> Result<ProbeResult, ProbeError> {
     vcpu.set_regs(&r).map_err(setup_err)?;
     run_to_port(&mut vcpu)?;
 
+    let mut best: Option<ProbeResult> = None;
+    for _ in 0..MAX_TIMED_RUNS {
+        let result = time_loop(&mut vcpu)?;
+        if best.is_none_or(|b| result.ns_per_iteration < b.ns_per_iteration) {
+            best = Some(result);
+        }
+        if result.native() {
+            break;
+        }
+    }
+    // MAX_TIMED_RUNS > 0, so the loop ran at least once.
+    best.ok_or_else(|| ProbeError::Guest("no timed run".into()))
+}
+
+/// Runs the loop once with [`LOOP_ITERATIONS`] and times it.
+fn time_loop(vcpu: &mut VcpuFd) -> Result<ProbeResult, ProbeError> {
     let mut r = vcpu.get_regs().map_err(setup_err)?;
     r.rcx = LOOP_ITERATIONS;
     vcpu.set_regs(&r).map_err(setup_err)?;
     let start = Instant::now();
-    run_to_port(&mut vcpu)?;
+    run_to_port(vcpu)?;
     let elapsed = start.elapsed();
     let ns_per_iteration = (elapsed.as_nanos() / u128::from(LOOP_ITERATIONS)) as u64;
     Ok(ProbeResult {
@@ -169,13 +189,7 @@ mod tests {
         if !Path::new("/dev/kvm").exists() {
             return;
         }
-        let start = Instant::now();
         let result = run_probe().unwrap();
-        assert!(
-            start.elapsed() < Duration::from_millis(500),
-            "probe took {:?}",
-            start.elapsed()
-        );
         eprintln!("probe: {result:?} native={}", result.native());
     }
 }

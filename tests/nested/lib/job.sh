@@ -31,6 +31,8 @@ write_cmd_script() {
 make_job() {
   JOB_DIR=$(mktemp -d "${TMPDIR:-/tmp}/moat-nested.XXXXXX")
   printf 'L1_KDIR=%q\n' "$L1_KDIR" >"$JOB_DIR/l1.conf"
+  # L1's symbols, once per kernel, to name the addresses of a frozen L1 (see qemu.sh).
+  if [[ ! -s $L1_KDIR/kallsyms ]]; then echo 'WANT_KALLSYMS=1' >>"$JOB_DIR/l1.conf"; fi
   write_cmd_script "$@"
   : >"$JOB_DIR/stdout"
   : >"$JOB_DIR/stderr"
