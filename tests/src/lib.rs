@@ -170,7 +170,16 @@ pub fn moat_with(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Outc
     });
     let out = reader(child.stdout.take().expect("stdout"));
     let err = reader(child.stderr.take().expect("stderr"));
-    let code = wait_with_timeout(&mut child, timeout);
+    let code = match wait_for(&mut child, timeout) {
+        Some(code) => code,
+        None => {
+            // moat keeps its logs only when it ends by itself: copy them from the running VM.
+            keep_live_logs(&log_dir);
+            let _ = child.kill();
+            let _ = child.wait();
+            -1
+        }
+    };
     if let Some(f) = feeder {
         let _ = f.join();
     }
@@ -194,20 +203,43 @@ fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>
 
 /// Waits for `child`, killing it after `timeout`; returns its shell-style status (-1: timed out).
 pub fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    wait_for(child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        -1
+    })
+}
+
+/// Waits up to `timeout` for `child`; its shell-style status, or `None` if it still runs.
+fn wait_for(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     let start = Instant::now();
-    loop {
+    while start.elapsed() <= timeout {
         if let Ok(Some(status)) = child.try_wait() {
-            return status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return -1;
+            return Some(
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Copies the console and VMM logs of every VM running now into `dir` (named after the VM).
+fn keep_live_logs(dir: &Path) {
+    for vm in std::fs::read_dir("/run/moat")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = vm.file_name().to_string_lossy().into_owned();
+        for name in ["console.log", "vmm.log", "root/console.log"] {
+            let from = vm.path().join(name);
+            let to = dir.join(format!("live-{id}-{}", name.replace('/', "-")));
+            let _ = std::fs::copy(from, to);
+        }
     }
 }
 

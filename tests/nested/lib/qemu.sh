@@ -10,7 +10,7 @@ start_l1() {
   # No -nographic: with a file serial it would still put the monitor on our stdin.
   # qboot instead of SeaBIOS: a minimal firmware that gets to the kernel sooner.
   # setpriv --pdeathsig: QEMU dies with us even if we are SIGKILLed.
-  setpriv --pdeathsig KILL qemu-system-x86_64 \
+  setpriv --pdeathsig KILL "$QEMU_BIN" \
     -nodefaults -no-user-config -display none -monitor "unix:$JOB_DIR/monitor.sock,server=on,wait=off" \
     -accel "tcg,thread=${MOAT_NESTED_TCG_THREAD:-multi}" -cpu EPYC,+svm,+npt -smp "$2" -m "$1" -no-reboot \
     -bios /usr/share/qemu/qboot.rom -kernel "$L1_KERNEL" -initrd "$L1_INITRD" \
@@ -94,6 +94,8 @@ except OSError:
     pass
 syms.sort()
 addrs = [a for a, _ in syms]
+if b"RIP=" not in out:
+    print("(QEMU's monitor did not answer: QEMU itself is stuck, not only L1's kernel)")
 for line in out.decode(errors="replace").splitlines():
     if line.startswith("CPU#"):
         print(line)
