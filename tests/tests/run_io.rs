@@ -31,8 +31,6 @@ fn sixty_four_mib_through_stdin_and_back_out() {
 }
 
 #[test]
-#[ignore = "intermittent (1 of 3 runs in the nested host): the agent's stream ends mid-frame while \
-            the guest writes 64 MiB; under investigation, see the issue note"]
 fn sixty_four_mib_generated_in_the_guest() {
     if !vm_available("sixty_four_mib_generated_in_the_guest") {
         return;
