@@ -102,7 +102,7 @@ fn run_in_agent(
     let log = File::create(dir.join("agent.log")).unwrap();
     let target = format!("unix:{}", sock.display());
     let mut proc =
-        VmmProcess::spawn(agent, &["--test-connect".into(), target.into()], log).unwrap();
+        VmmProcess::spawn(agent, &["--test-connect".into(), target.into()], &log, false).unwrap();
     let (tx, events) = sync_channel(EVENT_QUEUE);
     let (vmm_log, console_log) = (dir.join("agent.log"), dir.join("console.log"));
     let logs = Logs {
