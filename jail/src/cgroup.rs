@@ -147,8 +147,8 @@ impl Cgroup {
 
     fn create_v2(&self, root: &Path, limits: &Limits) -> Result<(), CgroupError> {
         let enable = "+cpu +memory +pids";
-        let root_control = std::fs::read_to_string(root.join("cgroup.subtree_control"))
-            .unwrap_or_default();
+        let root_control =
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
         if !CONTROLLERS
             .iter()
             .all(|c| root_control.split_whitespace().any(|w| w == *c))
@@ -280,15 +280,21 @@ mod tests {
         let cg = Cgroup::create(root, &id, &Limits::for_vm(2, 256)).unwrap();
         assert_eq!(cg.version(), Version::V2);
         let dir = root.join("moat/vm1");
-        assert_eq!(cg.dirs(), [dir.clone()]);
+        assert_eq!(cg.dirs(), std::slice::from_ref(&dir));
         assert_eq!(read(dir.join("cpu.max")), "200000 100000");
         assert_eq!(
             read(dir.join("memory.max")),
             ((256 + VMM_MEMORY_OVERHEAD_MIB) << 20).to_string()
         );
         assert_eq!(read(dir.join("pids.max")), "10");
-        assert_eq!(read(root.join("moat/cgroup.subtree_control")), "+cpu +memory +pids");
-        assert_eq!(read(root.join("cgroup.subtree_control")), "+cpu +memory +pids");
+        assert_eq!(
+            read(root.join("moat/cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            read(root.join("cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
         remove(root, &id).unwrap();
         assert!(!dir.exists() && root.join("moat").exists());
         remove(root, &id).unwrap();

@@ -131,7 +131,10 @@ fn existing(path: &Path, meta: &std::fs::Metadata) -> DirError {
 /// parent directory inside the root if needed (mode 0711).
 pub fn create_placeholder(root: &Path, name: &str) -> Result<PathBuf, DirError> {
     let path = root.join(name);
-    if let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = Path::new(name)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         layout::ensure_dir(&root.join(parent), layout::ROOT_MODE)?;
     }
     let file = OpenOptions::new()
@@ -163,7 +166,10 @@ pub fn create_placeholder(root: &Path, name: &str) -> Result<PathBuf, DirError> 
 pub fn remove_placeholders(root: &Path, names: &[String]) {
     for name in names {
         remove_ignoring_missing(&root.join(name), false);
-        if let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(name)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             remove_ignoring_missing(&root.join(parent), true);
         }
     }

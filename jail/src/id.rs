@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn invalid_ids() {
         assert_eq!(JailId::new(""), Err(IdError::Empty));
-        assert!(matches!(JailId::new(&"x".repeat(65)), Err(IdError::TooLong(_))));
+        assert!(matches!(
+            JailId::new(&"x".repeat(65)),
+            Err(IdError::TooLong(_))
+        ));
         for id in ["..", "../x", "a/b", ".a", "-a", "_a", "a b", "a\0", "é"] {
             assert!(matches!(JailId::new(id), Err(IdError::Chars(_))), "{id}");
         }

@@ -144,12 +144,16 @@ fn clear_bounding_set() -> Result<(), PrivsError> {
 fn verify(ids: Ids) -> Result<(), PrivsError> {
     let (mut r, mut e, mut s) = (0, 0, 0);
     // SAFETY: the three pointers are to live local variables.
-    check("read the uids", unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    check("read the uids", unsafe {
+        libc::getresuid(&mut r, &mut e, &mut s)
+    })?;
     if [r, e, s] != [ids.uid; 3] {
         return Err(PrivsError::Remains("uid"));
     }
     // SAFETY: as above.
-    check("read the gids", unsafe { libc::getresgid(&mut r, &mut e, &mut s) })?;
+    check("read the gids", unsafe {
+        libc::getresgid(&mut r, &mut e, &mut s)
+    })?;
     if [r, e, s] != [ids.gid; 3] {
         return Err(PrivsError::Remains("gid"));
     }

@@ -152,11 +152,18 @@ fn reap(pid: libc::pid_t) {
 /// # Safety
 /// Only in the child of the clone in [`spawn`]; `setup` points into memory the parent prepared.
 unsafe fn child_main(setup: &ChildSetup) -> ! {
-    // SAFETY (whole body): raw system calls on integers and on pointers into `setup`, which
-    // lives in this (copied) address space; nothing allocates or takes a lock.
+    // SAFETY: raw system calls on integers and on pointers into `setup`, which lives in this
+    // (copied) address space; nothing allocates or takes a lock.
     unsafe {
         libc::close(setup.alive_write);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             fail(setup.error_write);
         }
         let mut pfd = libc::pollfd {

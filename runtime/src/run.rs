@@ -276,7 +276,12 @@ fn boot_vm(
         let (guard, spec) = jail_for(config, options, &state)?;
         let in_jail = |name: &str| PathBuf::from("/").join(name);
         let vsock = in_jail(moat_jail::layout::VSOCK);
-        (Some(guard), Some(spec), vsock, in_jail(moat_jail::layout::CONSOLE_LOG))
+        (
+            Some(guard),
+            Some(spec),
+            vsock,
+            in_jail(moat_jail::layout::CONSOLE_LOG),
+        )
     } else {
         (None, None, state.vsock_uds(), state.console_log())
     };

@@ -193,7 +193,10 @@ impl Setup {
         }
         let slots = self.options.state_root.join(".uids");
         for slot in 0..4 {
-            assert!(!moat_jail::uids::is_held(&slots, slot), "uid slot {slot} held");
+            assert!(
+                !moat_jail::uids::is_held(&slots, slot),
+                "uid slot {slot} held"
+            );
         }
     }
 

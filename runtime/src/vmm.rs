@@ -273,7 +273,7 @@ impl VmmProcess {
     fn reap(&self) -> Option<ExitStatus> {
         loop {
             match rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty()) {
-                Ok(Some((_, status))) => return Some(ExitStatus::from_raw(status.as_raw() as i32)),
+                Ok(Some((_, status))) => return Some(ExitStatus::from_raw(status.as_raw())),
                 Ok(None) => return None,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
@@ -432,7 +432,10 @@ mod tests {
             .unwrap()
             .is_none());
         let ns = std::fs::read_link(format!("/proc/{}/ns/pid", proc.pid().as_raw_nonzero()));
-        assert_ne!(ns.unwrap(), std::fs::read_link("/proc/self/ns/pid").unwrap());
+        assert_ne!(
+            ns.unwrap(),
+            std::fs::read_link("/proc/self/ns/pid").unwrap()
+        );
         assert_eq!(proc.kill_and_reap().unwrap().signal(), Some(9));
     }
 }

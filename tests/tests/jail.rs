@@ -97,7 +97,11 @@ impl Running {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("moat ended ({status}) before the checks: {}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "the VMM did not start: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "the VMM did not start: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,9 +163,17 @@ fn check_threads(pid: u32) -> u32 {
         let ids = vec![uid.to_string(); 4];
         assert_eq!(status_field(&status, "Uid"), ids, "{ctx}");
         assert_eq!(status_field(&status, "Gid"), ids, "{ctx}");
-        assert_eq!(status_field(&status, "Groups"), Vec::<String>::new(), "{ctx}");
+        assert_eq!(
+            status_field(&status, "Groups"),
+            Vec::<String>::new(),
+            "{ctx}"
+        );
         for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb", "CapBnd"] {
-            assert_eq!(status_field(&status, cap), ["0000000000000000"], "{cap}: {ctx}");
+            assert_eq!(
+                status_field(&status, cap),
+                ["0000000000000000"],
+                "{cap}: {ctx}"
+            );
         }
         let nstgid = status_field(&status, "NStgid");
         assert_eq!(nstgid.last().map(String::as_str), Some("1"), "{ctx}");
@@ -196,13 +208,20 @@ fn check_root_and_namespaces(pid: u32) {
         assert_ne!(theirs, ours, "{ns} namespace shared with the host");
     }
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    assert!(environ.is_empty(), "environment: {:?}", String::from_utf8_lossy(&environ));
+    assert!(
+        environ.is_empty(),
+        "environment: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
 }
 
 fn check_fds(pid: u32, name: &str) {
     let vmm_log = format!("/run/moat/{name}/vmm.log");
     let mut kinds = BTreeSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         let fd = entry.file_name().to_string_lossy().into_owned();
         let target = std::fs::read_link(entry.path()).unwrap();
         let target = target.to_string_lossy().into_owned();
@@ -216,7 +235,11 @@ fn check_fds(pid: u32, name: &str) {
                 let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
                 let flags = status_field(&info, "flags")[0].clone();
                 let flags = i32::from_str_radix(&flags, 8).unwrap();
-                assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "ro disk opened writable");
+                assert_eq!(
+                    flags & libc::O_ACCMODE,
+                    libc::O_RDONLY,
+                    "ro disk opened writable"
+                );
                 "disk"
             }
             "/console.log" => "console",
@@ -248,7 +271,10 @@ fn check_cgroup(pid: u32, name: &str) {
         cgroups.lines().find_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrls.split(',').any(|c| c == controller).then(|| path.to_owned())
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
         })
     };
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
@@ -256,7 +282,10 @@ fn check_cgroup(pid: u32, name: &str) {
         let path = path_of("").expect("a v2 cgroup line");
         assert_eq!(path, group, "{cgroups}");
         let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-        assert_eq!(read(dir.join("cpu.max")), format!("{quota} {CPU_PERIOD_US}"));
+        assert_eq!(
+            read(dir.join("cpu.max")),
+            format!("{quota} {CPU_PERIOD_US}")
+        );
         assert_eq!(read(dir.join("memory.max")), memory);
         assert_eq!(read(dir.join("pids.max")), pids);
     } else {
@@ -267,7 +296,9 @@ fn check_cgroup(pid: u32, name: &str) {
         ] {
             let path = path_of(controller).unwrap_or_else(|| panic!("no {controller}: {cgroups}"));
             assert_eq!(path, group, "{controller}: {cgroups}");
-            let dir = Path::new("/sys/fs/cgroup").join(controller).join(&path[1..]);
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&path[1..]);
             assert_eq!(&read(dir.join(file)), value, "{controller}");
         }
     }
@@ -288,7 +319,10 @@ fn a_running_vmm_is_jailed() {
     assert!(uids::is_held(Path::new("/run/moat/.uids"), slot));
     run.stop();
     assert_nothing_left(&run.name);
-    assert!(!uids::is_held(Path::new("/run/moat/.uids"), slot), "uid slot still held");
+    assert!(
+        !uids::is_held(Path::new("/run/moat/.uids"), slot),
+        "uid slot still held"
+    );
 }
 
 #[test]
@@ -305,7 +339,10 @@ fn no_jail_is_explicit_and_warned_about() {
         .map(str::to_owned)
         .collect();
     assert_eq!(warning.len(), 1, "{}", run.stderr());
-    assert!(warning[0].starts_with("moat: warning: --no-jail"), "{warning:?}");
+    assert!(
+        warning[0].starts_with("moat: warning: --no-jail"),
+        "{warning:?}"
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(status_field(&status, "Uid")[0], "0");
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
@@ -365,7 +402,10 @@ impl Drop for Base {
 fn assert_one_line(stderr: &str, expected: &str) {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("moat-vmm: "), "{stderr}");
-    assert!(stderr.contains(expected), "expected {expected:?} in {stderr:?}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr:?}"
+    );
 }
 
 fn assert_no_cgroup(id: &str) {

@@ -104,7 +104,11 @@ pub struct Plan {
 }
 
 /// `/name` or `name`, one plain component: the name.
-fn jail_name(flag: &'static str, example: &'static str, path: &Path) -> Result<String, JailerError> {
+fn jail_name(
+    flag: &'static str,
+    example: &'static str,
+    path: &Path,
+) -> Result<String, JailerError> {
     let mut parts = path.components().filter(|c| *c != Component::RootDir);
     match (parts.next(), parts.next()) {
         (Some(Component::Normal(name)), None) => Ok(name.to_string_lossy().into_owned()),
@@ -124,20 +128,32 @@ pub fn plan(config: &VmConfig, args: &JailArgs) -> Result<Plan, JailerError> {
     let mut jailed = config.clone();
     let mut binds = Vec::new();
     let mut add = |what: &str, source: &Path, name: String, read_only: bool| {
-        binds.push((what.to_owned(), Bind {
-            source: source.to_owned(),
-            name: name.clone(),
-            read_only,
-            device: false,
-        }));
+        binds.push((
+            what.to_owned(),
+            Bind {
+                source: source.to_owned(),
+                name: name.clone(),
+                read_only,
+                device: false,
+            },
+        ));
         PathBuf::from("/").join(name)
     };
     jailed.kernel = add("kernel", &config.kernel, layout::KERNEL.into(), true);
-    jailed.initramfs = add("initramfs", &config.initramfs, layout::INITRAMFS.into(), true);
+    jailed.initramfs = add(
+        "initramfs",
+        &config.initramfs,
+        layout::INITRAMFS.into(),
+        true,
+    );
     for (i, (disk, jailed_disk)) in config.disks.iter().zip(&mut jailed.disks).enumerate() {
         jailed_disk.path = add("disk", &disk.path, layout::disk_name(i), disk.read_only);
     }
-    let mut names: Vec<String> = vec![jail_name("--console-log", layout::CONSOLE_LOG, &config.console_log)?];
+    let mut names: Vec<String> = vec![jail_name(
+        "--console-log",
+        layout::CONSOLE_LOG,
+        &config.console_log,
+    )?];
     jailed.console_log = PathBuf::from("/").join(&names[0]);
     if let (Some(v), Some(jv)) = (&config.vsock, &mut jailed.vsock) {
         names.push(jail_name("--vsock-uds", layout::VSOCK, &v.uds_path)?);
@@ -195,7 +211,10 @@ pub fn ensure_pid1(plan: &Plan) -> Result<Option<ExitCode>, JailerError> {
     let state_existed = plan.layout.state_dir().exists();
     // SAFETY: plain flag argument; the process is still single-threaded.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        return Err(JailerError::Namespace("create a PID namespace", io::Error::last_os_error()));
+        return Err(JailerError::Namespace(
+            "create a PID namespace",
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: single-threaded, so the child may do anything the parent could.
     let pid = unsafe { libc::fork() };
@@ -205,7 +224,15 @@ pub fn ensure_pid1(plan: &Plan) -> Result<Option<ExitCode>, JailerError> {
     if pid == 0 {
         // SAFETY: an integer prctl; if the parent already died we are adopted, not killed, but
         // the parent has nothing to do for us besides cleaning up.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
         return Ok(None);
     }
     let mut status = 0;
@@ -243,7 +270,10 @@ pub fn enter(plan: &Plan) -> Result<(), JailerError> {
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     // SAFETY: plain flag argument; the process is single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
-        return Err(JailerError::Namespace("create namespaces", io::Error::last_os_error()));
+        return Err(JailerError::Namespace(
+            "create namespaces",
+            io::Error::last_os_error(),
+        ));
     }
     layout::ensure_dir(&plan.layout.state_dir(), 0o700)?;
     layout::ensure_dir(&plan.layout.root(), layout::ROOT_MODE)?;

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a microVM and run it until the guest resets or powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that KVM runs guest kernel code natively (exit 0) or explain why not (exit 1).
     Probe,
 }
@@ -244,7 +244,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, &clap_one_line(&e.to_string())),
     };
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Probe => run_probe(),
     }
 }
@@ -312,7 +312,7 @@ mod tests {
         let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
             panic!("not run")
         };
-        Ok(args)
+        Ok(*args)
     }
 
     #[test]

@@ -95,7 +95,7 @@ fn aligned_region(addr: GuestAddress, size: usize) -> Result<GuestRegionMmap<()>
 /// Total RAM of the host in MiB (`sysinfo(2)`: a jailed VMM has no /proc).
 pub fn host_ram_mib() -> Result<u64, MemoryError> {
     let info = rustix::system::sysinfo();
-    let total = u64::from(info.totalram) * u64::from(info.mem_unit.max(1));
+    let total = info.totalram * u64::from(info.mem_unit.max(1));
     if total == 0 {
         return Err(MemoryError::HostSize(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
