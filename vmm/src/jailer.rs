@@ -24,7 +24,7 @@ const HOST_KVM: &str = "/dev/kvm";
 const STATS: &str = "stats.json";
 /// Fds beyond those open when privileges are dropped: vsock connections and pending clients.
 const FD_HEADROOM: u64 = 2 * MAX_CONNECTIONS as u64 + 16;
-/// Smallest file size limit (the stats file, the console log's line buffer).
+/// File size room beyond the console log's bound (the stats file, a last buffered line).
 const MIN_FSIZE: u64 = 1 << 20;
 
 /// Errors of the jail step.
@@ -297,11 +297,7 @@ pub fn drop_privileges(plan: &Plan) -> Result<(), JailerError> {
         .filter_map(|d| std::fs::metadata(&d.path).ok().map(|m| m.len()))
         .max()
         .unwrap_or(0);
-    let fsize = plan
-        .config
-        .console_log_max
-        .max(largest_rw_disk)
-        .max(MIN_FSIZE);
+    let fsize = (plan.config.console_log_max + MIN_FSIZE).max(largest_rw_disk);
     privs::set_rlimits(nofile, fsize)?;
     privs::drop_privileges(plan.ids)?;
     Ok(())
