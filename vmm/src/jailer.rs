@@ -71,8 +71,11 @@ impl JailerError {
     pub fn is_bad_argument(&self) -> bool {
         matches!(
             self,
-            Self::Id(_) | Self::Privs(PrivsError::Root { .. }) | Self::NotInJail { .. }
-        ) || matches!(self, Self::Config(_))
+            Self::Id(_)
+                | Self::Privs(PrivsError::Root { .. })
+                | Self::NotInJail { .. }
+                | Self::Config(_)
+        )
     }
 }
 
