@@ -217,6 +217,11 @@ fn check_root_and_namespaces(pid: u32) {
 
 fn check_fds(pid: u32, name: &str) {
     let vmm_log = format!("/run/moat/{name}/vmm.log");
+    // Paths of files in the VMM's mount namespace show relative to that namespace's root. That
+    // is the jail root itself on a normal host; under a chroot (the nested test host's init
+    // chroots into its root) the jail mount sits where the chroot was: strip that prefix.
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    let root = root.to_string_lossy().into_owned();
     let mut kinds = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -225,6 +230,12 @@ fn check_fds(pid: u32, name: &str) {
         let fd = entry.file_name().to_string_lossy().into_owned();
         let target = std::fs::read_link(entry.path()).unwrap();
         let target = target.to_string_lossy().into_owned();
+        let target = match target.strip_prefix(&root) {
+            Some(rest) if root != "/" && rest.starts_with('/') && !fd_from_host(&fd) => {
+                rest.to_owned()
+            }
+            _ => target,
+        };
         let kind = match target.as_str() {
             "/dev/null" if fd == "0" => "stdin",
             t if t == vmm_log && (fd == "1" || fd == "2") => "log",
@@ -252,6 +263,11 @@ fn check_fds(pid: u32, name: &str) {
     for needed in ["vm", "vcpu", "disk", "console", "socket", "log"] {
         assert!(kinds.contains(needed), "no {needed} fd: {kinds:?}");
     }
+}
+
+/// stdin, stdout and stderr: opened by the runtime, in the host's namespace.
+fn fd_from_host(fd: &str) -> bool {
+    matches!(fd, "0" | "1" | "2")
 }
 
 /// The limits file values in the VMM's cgroup, v1 or v2 from /proc/<pid>/cgroup.
