@@ -320,6 +320,15 @@ fn check_cgroup(pid: u32, name: &str) {
     }
 }
 
+fn assert_no_mount_mentions(name: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let needle = format!("/run/moat/{name}");
+    assert!(
+        !mounts.contains(&needle),
+        "host mounts mention {needle}:\n{mounts}"
+    );
+}
+
 #[test]
 fn a_running_vmm_is_jailed() {
     if !can_run_vmm("a_running_vmm_is_jailed") {
@@ -333,8 +342,11 @@ fn a_running_vmm_is_jailed() {
     check_cgroup(pid, &run.name);
     let slot = uid - FIRST_ID;
     assert!(uids::is_held(Path::new("/run/moat/.uids"), slot));
+    // The VMM's bind mounts and pivot_root stay in its own mount namespace.
+    assert_no_mount_mentions(&run.name);
     run.stop();
     assert_nothing_left(&run.name);
+    assert_no_mount_mentions(&run.name);
     assert!(
         !uids::is_held(Path::new("/run/moat/.uids"), slot),
         "uid slot still held"

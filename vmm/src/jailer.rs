@@ -305,3 +305,131 @@ pub fn drop_privileges(plan: &Plan) -> Result<(), JailerError> {
     privs::drop_privileges(plan.ids)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DiskConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
+
+    struct Tmp(PathBuf);
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmp(name: &str) -> Tmp {
+        let dir = std::env::temp_dir().join(format!("moat-jailer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["k", "i", "d0", "d1"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        Tmp(dir)
+    }
+
+    fn config(dir: &Path) -> VmConfig {
+        VmConfig {
+            kernel: dir.join("k"),
+            initramfs: dir.join("i"),
+            cpus: 2,
+            memory_mib: 128,
+            disks: vec![
+                DiskConfig {
+                    path: dir.join("d0"),
+                    read_only: true,
+                },
+                DiskConfig {
+                    path: dir.join("d1"),
+                    read_only: false,
+                },
+            ],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds_path: "/vsock.sock".into(),
+            }),
+            console_log: "/console.log".into(),
+            console_log_max: DEFAULT_CONSOLE_LOG_MAX,
+            cmdline_extra: None,
+            stats: Some("stats.json".into()),
+        }
+    }
+
+    fn args(dir: &Path, id: &str) -> JailArgs {
+        JailArgs {
+            id: id.into(),
+            uid: 1_000_001,
+            gid: 1_000_001,
+            base: dir.join("base"),
+            cgroup_root: dir.join("cgroup"),
+        }
+    }
+
+    #[test]
+    fn jail_names_are_single_components() {
+        assert_eq!(jail_name("f", "x", Path::new("/a.log")).unwrap(), "a.log");
+        assert_eq!(jail_name("f", "x", Path::new("a.log")).unwrap(), "a.log");
+        for bad in ["/a/b", "../a", "/", "", "/.."] {
+            assert!(jail_name("f", "x", Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_plan_binds_host_files_and_rewrites_paths() {
+        if !Path::new(HOST_KVM).exists() {
+            return;
+        }
+        let t = tmp("plan");
+        let plan = plan(&config(&t.0), &args(&t.0, "vm1")).unwrap();
+        let c = &plan.config;
+        assert_eq!(c.kernel, Path::new("/vmlinux"));
+        assert_eq!(c.initramfs, Path::new("/initramfs"));
+        assert_eq!(c.disks[0].path, Path::new("/disk0"));
+        assert_eq!(c.disks[1].path, Path::new("/disk1"));
+        assert_eq!(c.console_log, Path::new("/console.log"));
+        assert_eq!(c.stats.as_deref(), Some(Path::new("/stats.json")));
+        let binds: Vec<(&str, bool, bool)> = plan
+            .binds
+            .iter()
+            .map(|b| (b.name.as_str(), b.read_only, b.device))
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                ("vmlinux", true, false),
+                ("initramfs", true, false),
+                ("disk0", true, false),
+                ("disk1", false, false),
+                ("dev/kvm", false, true)
+            ]
+        );
+        assert_eq!(plan.limits, Limits::for_vm(2, 128));
+        // Nothing was created but the base.
+        assert!(!t.0.join("base/vm1").exists());
+    }
+
+    #[test]
+    fn bad_jails_are_refused_before_anything_is_made() {
+        let t = tmp("plan-bad");
+        let err = plan(&config(&t.0), &args(&t.0, "../x")).unwrap_err();
+        assert!(err.is_bad_argument(), "{err}");
+        let mut c = config(&t.0);
+        c.console_log = "/run/x.log".into();
+        let err = plan(&c, &args(&t.0, "vm1")).unwrap_err();
+        assert!(matches!(err, JailerError::NotInJail { .. }), "{err}");
+        let mut c = config(&t.0);
+        c.disks[1].path = t.0.join("missing");
+        let err = plan(&c, &args(&t.0, "vm1")).unwrap_err();
+        assert!(!err.is_bad_argument());
+        assert!(err.to_string().ends_with("missing: not found"), "{err}");
+        let root = t.0.join("base/vm1/root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("console.log"), b"old").unwrap();
+        let err = plan(&config(&t.0), &args(&t.0, "vm1")).unwrap_err();
+        assert!(
+            matches!(err, JailerError::Dir(DirError::Exists(_))),
+            "{err}"
+        );
+    }
+}
