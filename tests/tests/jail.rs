@@ -106,8 +106,12 @@ impl Running {
         }
     }
 
-    /// SIGTERMs moat and waits for it.
+    /// SIGTERMs moat (unless it was reaped already: its pid may be someone else's now) and
+    /// waits for it.
     fn stop(&mut self) -> i32 {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status.code().unwrap_or(-1);
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         wait_with_timeout(&mut self.child, Duration::from_secs(120))
