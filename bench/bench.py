@@ -221,7 +221,7 @@ class Setup:
     def vmm_boot(self):
         stats = self.next_path("stats") + ".json"
         cmd = [
-            self.vmm, "run", "--kernel", self.kernel, "--initramfs", self.initramfs,
+            self.vmm, "run", "--no-jail", "--kernel", self.kernel, "--initramfs", self.initramfs,
             "--cpus", "1", "--memory-mib", str(GUEST_MIB),
             "--console-log", self.next_path("vmm-console"),
             "--cmdline-extra", BENCH_WORD, "--stats", stats,

@@ -73,6 +73,9 @@ struct RunArgs {
     /// Initramfs with the guest agent (overrides MOAT_INITRAMFS)
     #[arg(long, value_name = "PATH")]
     initramfs: Option<PathBuf>,
+    /// Debugging only: run the VMM without its jail (as root, in the host's namespaces)
+    #[arg(long)]
+    no_jail: bool,
     /// Image to run (built-in: busybox)
     #[arg(value_name = "IMAGE")]
     image: Option<String>,
@@ -124,8 +127,13 @@ impl RunArgs {
 }
 
 fn run(args: RunArgs) -> Result<i32, RunError> {
+    let no_jail = args.no_jail;
     let config = args.into_config()?;
-    let options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
+    let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
+    if no_jail {
+        eprintln!("moat: warning: --no-jail: the VMM runs as root in the host's namespaces, unconfined (debugging only)");
+        options.jail = false;
+    }
     let env = |k: &str| std::env::var_os(k);
     let search = AssetSearch {
         overrides: &config.assets,

@@ -249,7 +249,7 @@ mod tests {
         let listener = listen(&tmp.path().join("vsock.sock_1024")).unwrap();
         let vmm_bin = fake_vmm(tmp.path(), vmm_script);
         let log = File::create(tmp.path().join("vmm.log")).unwrap();
-        let vmm = VmmProcess::spawn(&vmm_bin, &[], log).unwrap();
+        let vmm = VmmProcess::spawn(&vmm_bin, &[], &log, false).unwrap();
         Fixture { tmp, listener, vmm }
     }
 

@@ -1,13 +1,13 @@
 //! moat-runtime: the host library shared by the `moat` CLI and the containerd shim.
 //!
 //! [`run::run`] runs one container in its own microVM: it finds the assets ([`assets`]),
-//! probes KVM and starts `moat-vmm` ([`vmm`]) with a fresh state directory ([`state`]), waits
-//! for the guest agent ([`boot`]), runs the process and relays its stdio, signals and terminal
-//! ([`session`], [`signals`], [`terminal`]), and tears everything down whatever happens.
+//! probes KVM and starts `moat-vmm` jailed ([`vmm`], docs/jailer.md) with a fresh state
+//! directory ([`state`]), waits for the guest agent ([`boot`]), runs the process and relays its
+//! stdio, signals and terminal ([`session`], [`signals`], [`terminal`]), and tears everything
+//! down whatever happens.
 //!
-//! Unsafe code: one block, the parent-death signal set in the VMM's child before exec
-//! ([`vmm::VmmProcess::spawn`]).
-#![deny(unsafe_code)]
+//! No unsafe code: the VMM's clone into its jail's namespaces is `moat_jail::spawn`.
+#![forbid(unsafe_code)]
 
 pub mod assets;
 pub mod boot;

@@ -17,7 +17,9 @@ use crate::session::{Event, Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
 use crate::signals::SignalForwarder;
 use crate::state::{StateDir, StateError, STATE_ROOT};
 use crate::terminal::{self, RawMode};
-use crate::vmm::{self, VmSpec, VmmError, VmmProcess};
+use crate::vmm::{self, JailSpec, VmSpec, VmmError, VmmProcess};
+use moat_jail::uids::{UidError, UidSlot};
+use moat_jail::{IdError, JailId};
 
 /// Default time the guest gets to boot and connect.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -75,6 +77,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The container id cannot name a jail.
+    #[error(transparent)]
+    JailId(#[from] IdError),
+    /// No unprivileged uid for the VM.
+    #[error(transparent)]
+    Uid(#[from] UidError),
     /// The terminal or the signal handlers could not be set up.
     #[error("cannot set up the terminal or signal handling")]
     Setup(#[source] std::io::Error),
@@ -122,6 +130,10 @@ pub struct RuntimeOptions {
     pub skip_probe: bool,
     /// Where to keep a copy of the console and VMM logs when the run ends (`MOAT_LOG_DIR`).
     pub log_dir: Option<PathBuf>,
+    /// Run the VMM jailed (docs/jailer.md); off only with `moat run --no-jail`, for debugging.
+    pub jail: bool,
+    /// Where the cgroup hierarchies are mounted (the VM's cgroup is made under it).
+    pub cgroup_root: PathBuf,
 }
 
 impl RuntimeOptions {
@@ -144,6 +156,8 @@ impl RuntimeOptions {
             log_dir: var("MOAT_LOG_DIR")
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
+            jail: true,
+            cgroup_root: PathBuf::from(moat_jail::cgroup::DEFAULT_ROOT),
         })
     }
 }
@@ -173,11 +187,68 @@ fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
     }
 }
 
-/// A started VM. Dropping it kills the VMM's process group, then removes the state directory
-/// (fields drop in declaration order).
+/// Where the uid slots live under the state root (`.uids` cannot be a container id).
+const UID_SLOTS: &str = ".uids";
+
+/// A started VM. Dropping it kills the VMM's process group and reaps it, removes its cgroup,
+/// frees its uid slot, then removes the state directory (fields drop in declaration order).
 struct Vm {
     vmm: VmmProcess,
+    _jail: Option<JailGuard>,
     state: StateDir,
+}
+
+/// A jailed VM's host resources: its uid slot, and its cgroup (made by the VMM), removed once
+/// the VMM is gone.
+struct JailGuard {
+    cgroup_root: PathBuf,
+    id: JailId,
+    slot: UidSlot,
+}
+
+impl Drop for JailGuard {
+    fn drop(&mut self) {
+        if let Err(e) = moat_jail::cgroup::remove(&self.cgroup_root, &self.id) {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot remove the VM's cgroup");
+        }
+        tracing::debug!(slot = self.slot.index(), "uid slot freed");
+    }
+}
+
+/// Takes a uid slot and lets the VM's uid connect to the agent listener.
+fn jail_for(
+    config: &RunConfig,
+    options: &RuntimeOptions,
+    state: &StateDir,
+) -> Result<(JailGuard, JailSpec), RunError> {
+    let id = JailId::new(&config.id)?;
+    let slot = UidSlot::acquire(&options.state_root.join(UID_SLOTS))?;
+    let ids = slot.ids();
+    let listener = state.agent_listener();
+    let chown_err = |e: rustix::io::Errno| RunError::CreateFile {
+        path: listener.clone(),
+        source: e.into(),
+    };
+    rustix::fs::chown(
+        &listener,
+        Some(rustix::fs::Uid::from_raw(ids.uid)),
+        Some(rustix::fs::Gid::from_raw(ids.gid)),
+    )
+    .map_err(chown_err)?;
+    rustix::fs::chmod(&listener, rustix::fs::Mode::from_raw_mode(0o600)).map_err(chown_err)?;
+    let spec = JailSpec {
+        id: id.to_string(),
+        uid: ids.uid,
+        gid: ids.gid,
+        base: options.state_root.clone(),
+        cgroup_root: options.cgroup_root.clone(),
+    };
+    let guard = JailGuard {
+        cgroup_root: options.cgroup_root.clone(),
+        id,
+        slot,
+    };
+    Ok((guard, spec))
 }
 
 /// Probes KVM, creates the state directory, starts the VMM and waits for the agent's `Ready`.
@@ -191,7 +262,7 @@ fn boot_vm(
         vmm::probe(&assets.vmm)?;
         tracing::debug!("probe passed");
     }
-    let mut state = StateDir::create(&options.state_root, &config.id)?;
+    let mut state = StateDir::create(&options.state_root, &config.id, options.jail)?;
     if let Some(dir) = &options.log_dir {
         state.keep_logs_in(dir.clone());
     }
@@ -201,28 +272,46 @@ fn boot_vm(
         path: vmm_log.clone(),
         source,
     })?;
+    let (guard, jail, vsock_uds, console_log) = if options.jail {
+        let (guard, spec) = jail_for(config, options, &state)?;
+        let in_jail = |name: &str| PathBuf::from("/").join(name);
+        let vsock = in_jail(moat_jail::layout::VSOCK);
+        (
+            Some(guard),
+            Some(spec),
+            vsock,
+            in_jail(moat_jail::layout::CONSOLE_LOG),
+        )
+    } else {
+        (None, None, state.vsock_uds(), state.console_log())
+    };
     let spec = VmSpec {
         kernel: assets.kernel.clone(),
         initramfs: assets.initramfs.clone(),
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         disks_ro: vec![assets.image.clone()],
-        vsock_uds: state.vsock_uds(),
-        console_log: state.console_log(),
+        vsock_uds,
+        console_log,
+        jail,
     };
     let vm = Vm {
-        vmm: VmmProcess::spawn(&assets.vmm, &spec.args()?, log)?,
+        vmm: VmmProcess::spawn(&assets.vmm, &spec.args()?, &log, options.jail)?,
+        _jail: guard,
         state,
     };
+    let pid = vm.vmm.pid().as_raw_nonzero().get();
+    let pid_file = vm.state.vmm_pid();
+    std::fs::write(&pid_file, format!("{pid}\n")).map_err(|source| RunError::CreateFile {
+        path: pid_file,
+        source,
+    })?;
     let console_log = vm.state.console_log();
     let logs = Logs {
         vmm_log: &vmm_log,
         console_log: &console_log,
     };
-    tracing::debug!(
-        pid = vm.vmm.pid().as_raw_nonzero().get(),
-        "moat-vmm started"
-    );
+    tracing::debug!(pid, jailed = options.jail, "moat-vmm started");
     let stream = boot::wait_for_agent(&listener, &vm.vmm, &logs, options.boot_timeout, events)?;
     tracing::debug!("agent ready");
     Ok((vm, stream))

@@ -99,7 +99,8 @@ fn request_carries_the_config() {
 }
 
 /// A fake `moat-vmm`: `probe` prints a refusal when `$dir/no-kvm` exists; `run` checks its
-/// arguments, then waits until the fake agent creates `<state>/poweroff`.
+/// arguments (jailed: that it is PID 1 and has the jail flags), then waits
+/// until the fake agent creates `poweroff` in the VM's directory (the jail root when jailed).
 const FAKE_VMM: &str = r#"
 dir=$(dirname "$0")
 if [ "$1" = probe ]; then
@@ -108,12 +109,25 @@ if [ "$1" = probe ]; then
 fi
 [ -e "$dir/fail" ] && { echo 'moat-vmm: kernel: not an ELF file' >&2; exit 1; }
 while [ $# -gt 0 ]; do
-  case "$1" in --console-log) state=$(dirname "$2");; --disk) disk="$2";; esac
+  case "$1" in
+    --console-log) vmdir=$(dirname "$2");;
+    --disk) disk="$2";;
+    --jail-id) id="$2";;
+    --jail-base) base="$2";;
+    --uid) uid="$2";;
+    --no-jail) nojail=1;;
+  esac
   shift
 done
 case "$disk" in *,ro) ;; *) echo "bad disk $disk" >&2; exit 2;; esac
-echo "$$" > "$dir/vmm.pid"
-while [ ! -e "$state/poweroff" ]; do sleep 0.01; done
+if [ -n "$nojail" ]; then
+  echo "$$" > "$dir/vmm.pid"
+else
+  [ $$ = 1 ] || { echo "not pid 1" >&2; exit 9; }
+  [ "$uid" -ge 1000000 ] || { echo "bad uid $uid" >&2; exit 9; }
+  vmdir="$base/$id/root"
+fi
+while [ ! -e "$vmdir/poweroff" ]; do sleep 0.01; done
 exit 0
 "#;
 
@@ -140,6 +154,9 @@ fn setup(name: &str) -> Setup {
         boot_timeout: Duration::from_secs(20),
         skip_probe: false,
         log_dir: None,
+        jail: true,
+        // No cgroup hierarchy here: the fake VMM makes none, and removing none is fine.
+        cgroup_root: tmp.path().join("no-cgroup"),
     };
     Setup {
         tmp,
@@ -153,12 +170,33 @@ impl Setup {
         self.options.state_root.join(id)
     }
 
-    /// Asserts that the state dir is gone and the fake VMM no longer runs.
+    /// Where the VM's files are: the jail root, or the state dir without the jail.
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        if self.options.jail {
+            self.state(id).join("root")
+        } else {
+            self.state(id)
+        }
+    }
+
+    /// Asserts that the state dir is gone, the fake VMM no longer runs and no uid slot is held.
     fn assert_clean(&self, id: &str) {
         assert!(!self.state(id).exists(), "state dir left behind");
-        if let Ok(pid) = std::fs::read_to_string(self.tmp.path().join("vmm.pid")) {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
-            assert!(stat.is_err(), "fake vmm {pid} still exists");
+        let needle = self.tmp.path().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(
+                !(cmdline.contains("fake-vmm") && cmdline.contains(&needle)),
+                "fake vmm still runs: {cmdline}"
+            );
+        }
+        let slots = self.options.state_root.join(".uids");
+        for slot in 0..4 {
+            assert!(
+                !moat_jail::uids::is_held(&slots, slot),
+                "uid slot {slot} held"
+            );
         }
     }
 
@@ -168,7 +206,7 @@ impl Setup {
         id: &str,
         script: impl FnOnce(&mut UnixStream, &Path) + Send + 'static,
     ) -> JoinHandle<()> {
-        let state = self.state(id);
+        let state = self.vm_dir(id);
         std::thread::spawn(move || {
             let sock = state.join("vsock.sock_1024");
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -248,6 +286,27 @@ fn a_whole_run_returns_the_status_and_cleans_up() {
     assert_eq!(code, 5);
     assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
     s.assert_clean("ok1");
+}
+
+#[test]
+fn an_unjailed_run_works_the_same() {
+    let mut s = setup("run-nojail");
+    s.options.jail = false;
+    let agent = s.agent("nj1", |stream, state| {
+        recv(stream);
+        send(
+            stream,
+            &AgentMessage::Exited {
+                status: ExitStatus::Code { code: 3 },
+            },
+        );
+        assert_eq!(recv(stream), HostMessage::Shutdown);
+        std::fs::write(state.join("poweroff"), b"").unwrap();
+    });
+    let code = run(&config("nj1", false), &s.assets, &s.options, stdio().0).unwrap();
+    agent.join().unwrap();
+    assert_eq!(code, 3);
+    s.assert_clean("nj1");
 }
 
 #[test]

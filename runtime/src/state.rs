@@ -1,4 +1,6 @@
-//! The per-run state directory `/run/moat/<id>/` (0700), removed when the run ends.
+//! The per-run state directory `/run/moat/<id>/` (0700), removed when the run ends. With the
+//! jail, the VM's files (console log, vsock sockets) live in its jail root `<id>/root/`
+//! (docs/jailer.md); the VMM's log and pid stay in the state directory.
 
 use std::fs::DirBuilder;
 use std::io;
@@ -34,20 +36,32 @@ pub enum StateError {
     /// The socket paths would not fit in a Unix socket address.
     #[error("state directory path {} is too long for a unix socket", .0.display())]
     PathTooLong(PathBuf),
+    /// The base or the jail root is unsafe or cannot be created.
+    #[error(transparent)]
+    Jail(#[from] moat_jail::layout::LayoutError),
 }
 
 /// A created state directory; dropping it removes the directory and everything in it.
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
+    /// Where the VM's own files are: the jail root, or the state dir itself without the jail.
+    vm_dir: PathBuf,
     keep_logs: Option<PathBuf>,
 }
 
 impl StateDir {
-    /// Creates `<root>/<id>` with mode 0700 (and `root` if missing), refusing an existing one.
-    pub fn create(root: &Path, id: &str) -> Result<Self, StateError> {
+    /// Creates `<root>/<id>` with mode 0700 (and `root` if missing), refusing an existing one;
+    /// with `jailed`, also checks `root` (a root-owned real directory, mode 0700) and creates
+    /// the jail root `<id>/root` (0711).
+    pub fn create(root: &Path, id: &str, jailed: bool) -> Result<Self, StateError> {
         let path = root.join(id);
-        let listener = path.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
+        let vm_dir = if jailed {
+            path.join("root")
+        } else {
+            path.clone()
+        };
+        let listener = vm_dir.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
         if listener.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(StateError::PathTooLong(path));
         }
@@ -55,6 +69,9 @@ impl StateDir {
             path: path.to_owned(),
             source,
         };
+        if jailed {
+            moat_jail::layout::check_base(root)?;
+        }
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -72,11 +89,15 @@ impl StateDir {
         }
         let dir = Self {
             path,
+            vm_dir,
             keep_logs: None,
         };
         // The umask may only have removed bits; set the mode exactly anyway.
         std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| create_err(&dir.path, e))?;
+        if jailed {
+            moat_jail::layout::ensure_dir(&dir.vm_dir, moat_jail::layout::ROOT_MODE)?;
+        }
         Ok(dir)
     }
 
@@ -102,20 +123,30 @@ impl StateDir {
         &self.path
     }
 
-    /// The VMM's vsock Unix socket (`--vsock-uds`).
+    /// The directory holding the VM's files: the jail root, or the state dir without the jail.
+    pub fn vm_dir(&self) -> &Path {
+        &self.vm_dir
+    }
+
+    /// The VMM's vsock Unix socket (`--vsock-uds`), as the host sees it.
     pub fn vsock_uds(&self) -> PathBuf {
-        self.path.join("vsock.sock")
+        self.vm_dir.join(moat_jail::layout::VSOCK)
     }
 
     /// The runtime's listener for the agent's connection: `<vsock uds>_<port>`.
     pub fn agent_listener(&self) -> PathBuf {
-        self.path
+        self.vm_dir
             .join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT))
     }
 
-    /// The guest's serial console log.
+    /// The guest's serial console log, as the host sees it.
     pub fn console_log(&self) -> PathBuf {
-        self.path.join("console.log")
+        self.vm_dir.join(moat_jail::layout::CONSOLE_LOG)
+    }
+
+    /// The VMM's pid as the host sees it, written once it started (for tests and debugging).
+    pub fn vmm_pid(&self) -> PathBuf {
+        self.path.join("vmm.pid")
     }
 
     /// The VMM's own stdout and stderr.
@@ -146,14 +177,14 @@ mod tests {
     fn created_private_refused_twice_removed_on_drop() {
         let tmp = TempDir::new("state");
         let root = tmp.path().join("run/moat");
-        let dir = StateDir::create(&root, "c1").unwrap();
+        let dir = StateDir::create(&root, "c1", false).unwrap();
         let meta = std::fs::metadata(dir.path()).unwrap();
         assert!(meta.is_dir());
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         assert_eq!(dir.agent_listener(), root.join("c1/vsock.sock_1024"));
         assert_eq!(dir.vsock_uds(), root.join("c1/vsock.sock"));
         std::fs::write(dir.console_log(), b"log").unwrap();
-        let err = StateDir::create(&root, "c1").unwrap_err();
+        let err = StateDir::create(&root, "c1", false).unwrap_err();
         assert!(matches!(err, StateError::Exists { .. }), "{err}");
         // The refused attempt must not have removed the first one.
         assert!(dir.path().exists());
@@ -168,8 +199,30 @@ mod tests {
         let tmp = TempDir::new("state-long");
         let root = tmp.path().join("x".repeat(100));
         assert!(matches!(
-            StateDir::create(&root, "c1"),
+            StateDir::create(&root, "c1", false),
             Err(StateError::PathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn jailed_runs_keep_the_vm_files_in_the_jail_root() {
+        let tmp = TempDir::new("state-jail");
+        let root = tmp.path().join("run/moat");
+        let dir = StateDir::create(&root, "c1", true).unwrap();
+        assert_eq!(dir.vm_dir(), root.join("c1/root"));
+        let meta = std::fs::metadata(dir.vm_dir()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o711);
+        assert_eq!(dir.agent_listener(), root.join("c1/root/vsock.sock_1024"));
+        assert_eq!(dir.console_log(), root.join("c1/root/console.log"));
+        assert_eq!(dir.vmm_log(), root.join("c1/vmm.log"));
+        let path = dir.path().to_owned();
+        drop(dir);
+        assert!(!path.exists());
+        // An unsafe base is refused.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            StateDir::create(&root, "c2", true),
+            Err(StateError::Jail(_))
         ));
     }
 }

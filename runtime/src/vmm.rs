@@ -1,16 +1,19 @@
 //! Running `moat-vmm`: the probe, the spawn, and a guard that always kills and reaps it.
 //!
-//! The VMM runs in its own process group, so the terminal's Ctrl-C does not reach it and the
-//! whole group can be killed at once. It also gets `SIGKILL` if `moat` itself dies (the parent
-//! death signal), so a killed `moat` leaves no VM behind.
+//! The VMM is started by [`moat_jail::spawn`]: jailed, as PID 1 of new PID, mount, network,
+//! IPC and UTS namespaces; always with an empty environment, in its own process group (so the
+//! terminal's Ctrl-C does not reach it and the whole group can be killed at once), and with
+//! `SIGKILL` as its parent-death signal, so a killed `moat` leaves no VM behind.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use moat_jail::spawn::{self, SpawnError};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
@@ -29,7 +32,7 @@ pub enum VmmError {
         /// How it ended.
         status: ExitStatus,
     },
-    /// The binary could not be started.
+    /// The binary could not be run (the probe).
     #[error("cannot start {}", vmm.display())]
     Spawn {
         /// The binary.
@@ -37,6 +40,15 @@ pub enum VmmError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The VMM could not be started.
+    #[error("cannot start {}", vmm.display())]
+    Start {
+        /// The binary.
+        vmm: PathBuf,
+        /// Why.
+        #[source]
+        source: SpawnError,
     },
     /// A path cannot be passed on the VMM's command line.
     #[error("path {} contains a comma, which moat-vmm's --disk cannot take", .0.display())]
@@ -88,6 +100,21 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The jail a VMM runs in (`moat-vmm run --jail-id ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailSpec {
+    /// The jail id (the container id).
+    pub id: String,
+    /// The VM's uid.
+    pub uid: u32,
+    /// The VM's gid.
+    pub gid: u32,
+    /// Parent of the state directories.
+    pub base: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+}
+
 /// What a VM is made of: the `moat-vmm run` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -101,10 +128,12 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Read-only disks, `/dev/vda` first.
     pub disks_ro: Vec<PathBuf>,
-    /// The vsock Unix socket.
+    /// The vsock Unix socket (in the jail: relative to its root).
     pub vsock_uds: PathBuf,
-    /// Serial console log.
+    /// Serial console log (in the jail: relative to its root).
     pub console_log: PathBuf,
+    /// The jail; `None` runs the VMM unjailed (`--no-jail`, debugging only).
+    pub jail: Option<JailSpec>,
 }
 
 impl VmSpec {
@@ -129,6 +158,16 @@ impl VmSpec {
         }
         push("--vsock-uds", self.vsock_uds.clone().into());
         push("--console-log", self.console_log.clone().into());
+        match &self.jail {
+            Some(jail) => {
+                push("--jail-id", jail.id.clone().into());
+                push("--uid", jail.uid.to_string().into());
+                push("--gid", jail.gid.to_string().into());
+                push("--jail-base", jail.base.clone().into());
+                push("--cgroup-root", jail.cgroup_root.clone().into());
+            }
+            None => args.push("--no-jail".into()),
+        }
         Ok(args)
     }
 }
@@ -136,46 +175,32 @@ impl VmSpec {
 /// A running `moat-vmm`. Dropping it kills the VMM's process group and reaps the VMM.
 #[derive(Debug)]
 pub struct VmmProcess {
-    child: Child,
+    child: spawn::Child,
     pid: Pid,
     reaped: Option<ExitStatus>,
 }
 
 impl VmmProcess {
-    /// Starts `vmm` with `args`, stdin from /dev/null, stdout and stderr into `log`.
+    /// Starts `vmm` with `args`, an empty environment, stdin from /dev/null, stdout and stderr
+    /// into `log`; as PID 1 of new namespaces when `jailed`.
     ///
     /// The parent-death signal fires when the *thread* that spawned the VMM ends: call this from
     /// a thread that outlives the VM (the CLI uses its main thread).
-    pub fn spawn(vmm: &Path, args: &[OsString], log: File) -> Result<Self, VmmError> {
-        let spawn_err = |source| VmmError::Spawn {
+    pub fn spawn(
+        vmm: &Path,
+        args: &[OsString],
+        log: &File,
+        jailed: bool,
+    ) -> Result<Self, VmmError> {
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        let child = spawn::spawn(vmm, &args, log, jailed).map_err(|source| VmmError::Start {
             vmm: vmm.to_owned(),
             source,
-        };
-        let log2 = log.try_clone().map_err(spawn_err)?;
-        let parent = rustix::process::getpid();
-        let mut command = Command::new(vmm);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0);
-        #[allow(unsafe_code)]
-        // SAFETY: the closure runs in the forked child before exec and only makes two raw
-        // syscalls (prctl, getppid) through rustix: no allocation, no lock, nothing that is not
-        // async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-                // If moat died before the prctl, the death signal will never come: give up.
-                if rustix::process::getppid() != Some(parent) {
-                    return Err(io::ErrorKind::Other.into());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(spawn_err)?;
-        let pid = Pid::from_child(&child);
+        })?;
+        let pid = Pid::from_raw(child.pid).ok_or_else(|| VmmError::Start {
+            vmm: vmm.to_owned(),
+            source: SpawnError::Setup("clone", io::Error::other("no pid")),
+        })?;
         Ok(Self {
             child,
             pid,
@@ -238,9 +263,25 @@ impl VmmProcess {
         if self.reaped.is_none() {
             // The unreaped VMM keeps its pid, so the group id cannot have been reused.
             let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
-            self.reaped = self.child.wait().ok();
+            self.reaped = self.reap();
         }
         self.reaped
+    }
+}
+
+impl VmmProcess {
+    fn reap(&self) -> Option<ExitStatus> {
+        loop {
+            match rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty()) {
+                Ok(Some((_, status))) => return Some(ExitStatus::from_raw(status.as_raw())),
+                Ok(None) => return None,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(pid = self.child.pid, error = %e, "cannot reap moat-vmm");
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -265,6 +306,7 @@ mod tests {
             disks_ro: vec!["/a/images/busybox.ext4".into()],
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
+            jail: None,
         };
         let args: Vec<String> = spec
             .args()
@@ -276,8 +318,30 @@ mod tests {
             args.join(" "),
             "run --kernel /a/vmlinux --initramfs /a/initramfs.cpio --cpus 2 --memory-mib 256 \
              --disk /a/images/busybox.ext4,ro --vsock-uds /run/moat/x/vsock.sock \
-             --console-log /run/moat/x/console.log"
+             --console-log /run/moat/x/console.log --no-jail"
         );
+        let jailed = VmSpec {
+            vsock_uds: "/vsock.sock".into(),
+            console_log: "/console.log".into(),
+            jail: Some(JailSpec {
+                id: "x".into(),
+                uid: 1_000_003,
+                gid: 1_000_003,
+                base: "/run/moat".into(),
+                cgroup_root: "/sys/fs/cgroup".into(),
+            }),
+            ..spec.clone()
+        };
+        let args: Vec<String> = jailed
+            .args()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert!(args.join(" ").ends_with(
+            "--vsock-uds /vsock.sock --console-log /console.log --jail-id x --uid 1000003 \
+             --gid 1000003 --jail-base /run/moat --cgroup-root /sys/fs/cgroup"
+        ));
         let bad = VmSpec {
             disks_ro: vec!["/a,b".into()],
             ..spec
@@ -308,7 +372,7 @@ mod tests {
         let vmm = script(tmp.path(), "sleep 60 & echo $! > \"$1\"; exec sleep 60");
         let pidfile = tmp.path().join("grandchild");
         let log = File::create(tmp.path().join("log")).unwrap();
-        let mut proc = VmmProcess::spawn(&vmm, &[pidfile.clone().into()], log).unwrap();
+        let mut proc = VmmProcess::spawn(&vmm, &[pidfile.clone().into()], &log, false).unwrap();
         assert!(proc.exited().unwrap().is_none());
         assert!(proc
             .wait_timeout(Duration::from_millis(50))
@@ -348,11 +412,30 @@ mod tests {
         let vmm = script(tmp.path(), "echo boom >&2; exit 4");
         let log_path = tmp.path().join("log");
         let log = File::create(&log_path).unwrap();
-        let mut proc = VmmProcess::spawn(&vmm, &[], log).unwrap();
+        let mut proc = VmmProcess::spawn(&vmm, &[], &log, false).unwrap();
         let status = proc.wait_timeout(Duration::from_secs(5)).unwrap().unwrap();
         assert_eq!(status.code(), Some(4));
         assert_eq!(proc.exited().unwrap().unwrap().code(), Some(4));
         assert_eq!(proc.kill_and_reap().unwrap().code(), Some(4));
         assert_eq!(std::fs::read_to_string(log_path).unwrap(), "boom\n");
+    }
+
+    #[test]
+    fn a_jailed_vmm_is_pid_1_and_its_namespace_dies_with_it() {
+        let tmp = TempDir::new("vmm-ns");
+        // The fake VMM is PID 1 of its own namespace; its background child dies with it.
+        let vmm = script(tmp.path(), "[ $$ = 1 ] || exit 9; sleep 60 & exec sleep 60");
+        let log = File::create(tmp.path().join("log")).unwrap();
+        let mut proc = VmmProcess::spawn(&vmm, &[], &log, true).unwrap();
+        assert!(proc
+            .wait_timeout(Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+        let ns = std::fs::read_link(format!("/proc/{}/ns/pid", proc.pid().as_raw_nonzero()));
+        assert_ne!(
+            ns.unwrap(),
+            std::fs::read_link("/proc/self/ns/pid").unwrap()
+        );
+        assert_eq!(proc.kill_and_reap().unwrap().signal(), Some(9));
     }
 }

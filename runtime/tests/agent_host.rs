@@ -101,8 +101,13 @@ fn run_in_agent(
     let listener = boot::listen(&sock).unwrap();
     let log = File::create(dir.join("agent.log")).unwrap();
     let target = format!("unix:{}", sock.display());
-    let mut proc =
-        VmmProcess::spawn(agent, &["--test-connect".into(), target.into()], log).unwrap();
+    let mut proc = VmmProcess::spawn(
+        agent,
+        &["--test-connect".into(), target.into()],
+        &log,
+        false,
+    )
+    .unwrap();
     let (tx, events) = sync_channel(EVENT_QUEUE);
     let (vmm_log, console_log) = (dir.join("agent.log"), dir.join("console.log"));
     let logs = Logs {

@@ -259,11 +259,23 @@ pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
     pids
 }
 
-/// Asserts that nothing of the run named `name` is left: no state dir, no VMM process.
+/// The cgroup directories a jailed VM named `name` gets, on cgroup v2 and v1 (docs/jailer.md).
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    ["", "cpu", "memory", "pids"]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join("moat").join(name))
+        .collect()
+}
+
+/// Asserts that nothing of the run named `name` is left: no state dir, no VMM process, no
+/// cgroup.
 #[track_caller]
 pub fn assert_nothing_left(name: &str) {
     let state = Path::new("/run/moat").join(name);
     assert!(!state.exists(), "state dir {} left behind", state.display());
+    for dir in cgroup_dirs(name) {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
     let pids = vmm_processes_mentioning(name);
     assert!(
         pids.is_empty(),

@@ -2,6 +2,8 @@
 //! on the MMIO transport, the kernel, the vCPU threads and the event-loop thread; then waits for
 //! the first [`VmExit`].
 
+use std::fs::File;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -86,6 +88,15 @@ pub enum BuildError {
     /// The event manager.
     #[error("cannot set up the event loop: {0:?}")]
     EventManager(event_manager::Error),
+    /// The `--stats` file could not be created.
+    #[error("cannot create {}", path.display())]
+    Stats {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Starting a thread.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
@@ -247,7 +258,8 @@ pub struct Vm {
     exits_rx: Receiver<VmExit>,
     cmdline: String,
     counters: Vec<CounterSource>,
-    stats_path: Option<PathBuf>,
+    /// Opened when the VM is built (a jailed VMM can no longer create files when it ends).
+    stats_file: Option<(PathBuf, File)>,
     /// The VM fd must stay open while the guest runs: closing it makes KVM release every irqfd
     /// (`kvm_vm_release`), and device interrupts would silently stop.
     _vm: VmFd,
@@ -287,6 +299,16 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         cpus,
     };
     let entry = boot::load_linux(&mem, &boot)?;
+    let stats_file = match &config.stats {
+        Some(path) => Some((
+            path.clone(),
+            File::create(path).map_err(|source| BuildError::Stats {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
     let vcpus = create_vcpus(&machine, &kvm, cpus, entry, &stats)?;
     let event_manager = (machine.subscribers > 0).then_some(machine.event_manager);
     let cmdline = cmdline
@@ -302,7 +324,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         exits_rx,
         cmdline,
         counters: machine.counters,
-        stats_path: config.stats.clone(),
+        stats_file,
         _vm: machine.vm,
         _mem: mem,
     })
@@ -346,8 +368,10 @@ impl Vm {
     }
 
     fn write_stats(&self) {
-        let Some(path) = &self.stats_path else { return };
-        if let Err(e) = std::fs::write(path, self.stats_json()) {
+        let Some((path, mut file)) = self.stats_file.as_ref().map(|(p, f)| (p, f)) else {
+            return;
+        };
+        if let Err(e) = file.write_all(self.stats_json().as_bytes()) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the stats");
         }
     }

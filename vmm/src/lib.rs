@@ -15,6 +15,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod jailer;
 pub mod probe;
 pub mod stats;
 pub mod vstate;

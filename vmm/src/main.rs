@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use moat_vmm::builder::{self, BuildError};
 use moat_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
+use moat_vmm::jailer::{self, JailArgs, Plan};
 use moat_vmm::probe;
 use moat_vmm::vstate::vcpu::VmExit;
 
@@ -23,13 +24,32 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a microVM and run it until the guest resets or powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that KVM runs guest kernel code natively (exit 0) or explain why not (exit 1).
     Probe,
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("jail").required(true).args(["jail_id", "no_jail"])))]
 struct RunArgs {
+    /// Run jailed (docs/jailer.md) as this id: the jail root is <jail-base>/<ID>/root.
+    #[arg(long, value_name = "ID", requires_all = ["uid", "gid"])]
+    jail_id: Option<String>,
+    /// The unprivileged uid the jailed VMM runs as.
+    #[arg(long, requires = "jail_id")]
+    uid: Option<u32>,
+    /// The unprivileged gid the jailed VMM runs as.
+    #[arg(long, requires = "jail_id")]
+    gid: Option<u32>,
+    /// Parent of the jail directories (root-owned, mode 0700).
+    #[arg(long, value_name = "DIR", default_value = moat_jail::layout::DEFAULT_BASE)]
+    jail_base: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    #[arg(long, value_name = "DIR", default_value = moat_jail::cgroup::DEFAULT_ROOT)]
+    cgroup_root: PathBuf,
+    /// Debugging only: run without the jail (a warning is printed).
+    #[arg(long)]
+    no_jail: bool,
     /// ELF vmlinux.
     #[arg(long)]
     kernel: PathBuf,
@@ -66,6 +86,17 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// The jail flags, `None` with `--no-jail`.
+    fn jail(&self) -> Option<JailArgs> {
+        Some(JailArgs {
+            id: self.jail_id.clone()?,
+            uid: self.uid?,
+            gid: self.gid?,
+            base: self.jail_base.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+        })
+    }
+
     fn into_config(self) -> VmConfig {
         VmConfig {
             kernel: self.kernel,
@@ -117,12 +148,49 @@ fn fail(status: u8, message: &str) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let jail = args.jail();
     let config = args.into_config();
-    let vm = match builder::build(&config) {
+    match jail {
+        Some(jail) => run_jailed(&config, &jail),
+        None => {
+            eprintln!("moat-vmm: warning: --no-jail: the VMM runs as root on the host, unconfined (debugging only)");
+            run_vm(&config, None)
+        }
+    }
+}
+
+fn run_jailed(config: &VmConfig, jail: &JailArgs) -> ExitCode {
+    let jail_fail = |e: jailer::JailerError| {
+        let status = if e.is_bad_argument() { 2 } else { 1 };
+        fail(status, &one_line(&e))
+    };
+    let plan = match jailer::plan(config, jail) {
+        Ok(plan) => plan,
+        Err(e) => return jail_fail(e),
+    };
+    match jailer::ensure_pid1(&plan) {
+        Ok(Some(parent_status)) => return parent_status,
+        Ok(None) => {}
+        Err(e) => return jail_fail(e),
+    }
+    if let Err(e) = jailer::enter(&plan) {
+        return jail_fail(e);
+    }
+    run_vm(&plan.config, Some(&plan))
+}
+
+fn run_vm(config: &VmConfig, jail: Option<&Plan>) -> ExitCode {
+    let vm = match builder::build(config) {
         Ok(vm) => vm,
         Err(e @ BuildError::Config(_)) => return fail(2, &one_line(&e)),
         Err(e) => return fail(1, &one_line(&e)),
     };
+    if let Some(plan) = jail {
+        if let Err(e) = jailer::drop_privileges(plan) {
+            return fail(1, &one_line(&e));
+        }
+        tracing::debug!(ids = ?plan.ids(), "privileges dropped");
+    }
     tracing::debug!(cmdline = vm.cmdline(), "starting the vm");
     let exit = match vm.run() {
         Ok(exit) => exit,
@@ -150,6 +218,10 @@ fn run_probe() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing: nothing in this process owns an fd above stderr yet.
+    if let Err(e) = unsafe { moat_jail::privs::close_inherited_fds() } {
+        return fail(1, &one_line(&e));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -172,7 +244,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, &clap_one_line(&e.to_string())),
     };
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Probe => run_probe(),
     }
 }
@@ -194,6 +266,7 @@ mod tests {
         let cli = Cli::try_parse_from([
             "moat-vmm",
             "run",
+            "--no-jail",
             "--kernel",
             "k",
             "--initramfs",
@@ -220,5 +293,40 @@ mod tests {
         assert_eq!(config.vsock.unwrap().cid, 3);
         assert_eq!(config.console_log_max, DEFAULT_CONSOLE_LOG_MAX);
         assert!(Cli::try_parse_from(["moat-vmm", "run", "--cpus", "x"]).is_err());
+    }
+
+    fn parse(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "moat-vmm",
+            "run",
+            "--kernel",
+            "k",
+            "--initramfs",
+            "i",
+            "--memory-mib",
+            "128",
+            "--console-log",
+            "/console.log",
+        ];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
+            panic!("not run")
+        };
+        Ok(*args)
+    }
+
+    #[test]
+    fn the_jail_is_asked_for_or_explicitly_refused() {
+        assert!(parse(&[]).is_err(), "neither --jail-id nor --no-jail");
+        assert!(parse(&["--no-jail"]).unwrap().jail().is_none());
+        assert!(parse(&["--jail-id", "a"]).is_err(), "no --uid/--gid");
+        assert!(parse(&["--no-jail", "--jail-id", "a", "--uid", "1", "--gid", "1"]).is_err());
+        let jail = parse(&["--jail-id", "a", "--uid", "5", "--gid", "6"])
+            .unwrap()
+            .jail()
+            .unwrap();
+        assert_eq!((jail.id.as_str(), jail.uid, jail.gid), ("a", 5, 6));
+        assert_eq!(jail.base, PathBuf::from("/run/moat"));
+        assert_eq!(jail.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
     }
 }

@@ -110,7 +110,7 @@ impl Fixture {
 
     fn run_binary(&self, extra: &[&str]) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-            .arg("run")
+            .args(["run", "--no-jail"])
             .args(["--kernel", self.path("vmlinux").to_str().unwrap()])
             .args(["--initramfs", self.path("initramfs").to_str().unwrap()])
             .args(["--memory-mib", "64", "--console-log"])
@@ -120,7 +120,7 @@ impl Fixture {
             .unwrap();
         (
             out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            without_warning(&out.stderr),
         )
     }
 }
@@ -162,7 +162,7 @@ fn serial_interrupt_reaches_guest() {
     code.resize(SERIAL_IRQ.len() + IDT_SIZE, 0);
     let fx = Fixture::new("irq", &code);
     let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-        .arg("run")
+        .args(["run", "--no-jail"])
         .args(["--kernel", fx.path("vmlinux").to_str().unwrap()])
         .args(["--initramfs", fx.path("initramfs").to_str().unwrap()])
         .args(["--memory-mib", "64", "--console-log"])
@@ -230,12 +230,22 @@ fn binary_exit_statuses() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
+/// stderr without the one-line `--no-jail` warning.
+fn without_warning(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.starts_with("moat-vmm: warning: --no-jail"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 #[test]
 fn binary_setup_errors_are_one_line() {
     let fx = Fixture::new("bin-missing", HELLO_RESET);
     let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
         .args([
             "run",
+            "--no-jail",
             "--kernel",
             "/x/vmlinux",
             "--initramfs",
@@ -247,7 +257,7 @@ fn binary_setup_errors_are_one_line() {
         .arg(fx.path("console.log"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = without_warning(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     if have_kvm() {
         assert_eq!(stderr, "moat-vmm: kernel /x/vmlinux: not found\n");
@@ -255,6 +265,7 @@ fn binary_setup_errors_are_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
         .args([
             "run",
+            "--no-jail",
             "--kernel",
             "/x",
             "--initramfs",
@@ -266,6 +277,6 @@ fn binary_setup_errors_are_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = without_warning(&out.stderr);
     assert!(stderr.contains("exceeds the host"), "{stderr}");
 }
