@@ -73,6 +73,9 @@ struct RunArgs {
     /// Initramfs with the guest agent (overrides MOAT_INITRAMFS)
     #[arg(long, value_name = "PATH")]
     initramfs: Option<PathBuf>,
+    /// DEBUG ONLY: run moat-vmm without its seccomp filters
+    #[arg(long)]
+    no_seccomp: bool,
     /// Image to run (built-in: busybox)
     #[arg(value_name = "IMAGE")]
     image: Option<String>,
@@ -124,8 +127,13 @@ impl RunArgs {
 }
 
 fn run(args: RunArgs) -> Result<i32, RunError> {
+    let no_seccomp = args.no_seccomp;
     let config = args.into_config()?;
-    let options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
+    let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
+    if no_seccomp {
+        eprintln!("moat: warning: --no-seccomp: moat-vmm runs WITHOUT its seccomp filters (debugging only)");
+        options.seccomp = false;
+    }
     let env = |k: &str| std::env::var_os(k);
     let search = AssetSearch {
         overrides: &config.assets,

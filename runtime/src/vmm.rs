@@ -79,6 +79,11 @@ pub fn probe(vmm: &Path) -> Result<(), VmmError> {
     }
 }
 
+/// Whether the VMM was killed by its seccomp filter (the kernel's SIGSYS).
+pub fn killed_by_seccomp(status: ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGSYS)
+}
+
 /// `status N` or `killed by signal N`, for messages.
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -105,6 +110,8 @@ pub struct VmSpec {
     pub vsock_uds: PathBuf,
     /// Serial console log.
     pub console_log: PathBuf,
+    /// Run the VMM under its seccomp filters (`false`: `--no-seccomp`, for debugging only).
+    pub seccomp: bool,
 }
 
 impl VmSpec {
@@ -129,6 +136,9 @@ impl VmSpec {
         }
         push("--vsock-uds", self.vsock_uds.clone().into());
         push("--console-log", self.console_log.clone().into());
+        if !self.seccomp {
+            args.push("--no-seccomp".into());
+        }
         Ok(args)
     }
 }
@@ -265,6 +275,7 @@ mod tests {
             disks_ro: vec!["/a/images/busybox.ext4".into()],
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
+            seccomp: true,
         };
         let args: Vec<String> = spec
             .args()
@@ -278,6 +289,12 @@ mod tests {
              --disk /a/images/busybox.ext4,ro --vsock-uds /run/moat/x/vsock.sock \
              --console-log /run/moat/x/console.log"
         );
+        let unfiltered = VmSpec {
+            seccomp: false,
+            ..spec.clone()
+        };
+        let args = unfiltered.args().unwrap();
+        assert_eq!(args.last().unwrap(), "--no-seccomp");
         let bad = VmSpec {
             disks_ro: vec!["/a,b".into()],
             ..spec

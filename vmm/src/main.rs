@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use moat_vmm::builder::{self, BuildError};
 use moat_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
-use moat_vmm::probe;
+use moat_vmm::{error_line, probe};
+#[cfg(feature = "test-hooks")]
+use moat_vmm::seccomp::ThreadKind;
 use moat_vmm::vstate::vcpu::VmExit;
 
 #[derive(Parser, Debug)]
@@ -63,6 +65,14 @@ struct RunArgs {
     /// Write VM-exit counts as JSON to this file when the VM ends.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// DEBUG ONLY: run without the seccomp filters (prints a warning).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: the thread of this kind (main, event-loop, vcpu) makes a syscall outside its
+    /// filter once every filter is loaded, so the process is killed with SIGSYS.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true, value_name = "KIND")]
+    test_violate_seccomp: Option<ThreadKind>,
 }
 
 impl RunArgs {
@@ -81,23 +91,13 @@ impl RunArgs {
             console_log_max: self.console_log_max,
             cmdline_extra: self.cmdline_extra,
             stats: self.stats,
+            seccomp: !self.no_seccomp,
+            #[cfg(feature = "test-hooks")]
+            violate_seccomp_in: self.test_violate_seccomp,
+            #[cfg(not(feature = "test-hooks"))]
+            violate_seccomp_in: None,
         }
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 /// clap's message up to its usage section, on one line.
@@ -118,15 +118,18 @@ fn fail(status: u8, message: &str) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let config = args.into_config();
+    if !config.seccomp {
+        tracing::warn!("--no-seccomp: the seccomp filters are OFF; use this only to debug");
+    }
     let vm = match builder::build(&config) {
         Ok(vm) => vm,
-        Err(e @ BuildError::Config(_)) => return fail(2, &one_line(&e)),
-        Err(e) => return fail(1, &one_line(&e)),
+        Err(e @ BuildError::Config(_)) => return fail(2, &error_line(&e)),
+        Err(e) => return fail(1, &error_line(&e)),
     };
     tracing::debug!(cmdline = vm.cmdline(), "starting the vm");
     let exit = match vm.run() {
         Ok(exit) => exit,
-        Err(e) => return fail(1, &one_line(&e)),
+        Err(e) => return fail(1, &error_line(&e)),
     };
     match &exit {
         VmExit::VmmError(message) => return fail(1, message),
@@ -145,7 +148,7 @@ fn run_probe() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(result) => fail(1, &probe::emulated_message(&result)),
-        Err(e) => fail(1, &one_line(&e)),
+        Err(e) => fail(1, &error_line(&e)),
     }
 }
 
