@@ -225,6 +225,14 @@ mod tests {
     }
 
     #[test]
+    fn no_seccomp_is_off_unless_asked_for() {
+        assert!(!parse_run(&[]).unwrap().no_seccomp);
+        let args = parse_run(&["--no-seccomp", "alpine", "--", "--no-seccomp"]).unwrap();
+        assert!(args.no_seccomp);
+        assert_eq!(args.command, ["--no-seccomp"]);
+    }
+
+    #[test]
     fn defaults() {
         let c = config(&[]);
         assert_eq!(c.image, "busybox");

@@ -250,11 +250,10 @@ pub fn run(
     let (tx, events) = sync_channel(EVENT_QUEUE);
     // First, so that a Ctrl-C during the boot is ours and cleans up.
     let _signals = SignalForwarder::start(tx.clone()).map_err(RunError::Setup)?;
-    let (mut vm, stream) =
-        boot_vm(config, assets, options, &events).map_err(|e| match e {
-            RunError::Boot(BootError::SeccompKilled) => seccomp_killed(config, options),
-            e => e,
-        })?;
+    let (mut vm, stream) = boot_vm(config, assets, options, &events).map_err(|e| match e {
+        RunError::Boot(BootError::SeccompKilled) => seccomp_killed(config, options),
+        e => e,
+    })?;
     let raw = if config.tty && config.interactive {
         RawMode::enter().map_err(RunError::Setup)?
     } else {

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use moat_vmm::builder::{self, BuildError};
 use moat_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
-use moat_vmm::{error_line, probe};
 #[cfg(feature = "test-hooks")]
 use moat_vmm::seccomp::ThreadKind;
 use moat_vmm::vstate::vcpu::VmExit;
+use moat_vmm::{error_line, probe};
 
 #[derive(Parser, Debug)]
 #[command(name = "moat-vmm", version, about = "moat's KVM microVM monitor")]
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a microVM and run it until the guest resets or powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that KVM runs guest kernel code natively (exit 0) or explain why not (exit 1).
     Probe,
 }
@@ -175,7 +175,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, &clap_one_line(&e.to_string())),
     };
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Probe => run_probe(),
     }
 }

@@ -225,7 +225,8 @@ fn resolve_entry(entry: &Entry) -> Result<Vec<Rule>, SeccompError> {
         .ioctls
         .iter()
         .map(|name| {
-            let number = names::ioctl(name).ok_or_else(|| SeccompError::UnknownIoctl(name.clone()))?;
+            let number =
+                names::ioctl(name).ok_or_else(|| SeccompError::UnknownIoctl(name.clone()))?;
             // The kernel takes the request as an unsigned int: compare the low 32 bits.
             let request = ScmpArgCompare::new(
                 1,

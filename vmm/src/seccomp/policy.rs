@@ -142,7 +142,11 @@ impl ArgCondition {
             (CompareOp::Gt, None) => ScmpCompareOp::Greater,
             (CompareOp::Ge, None) => ScmpCompareOp::GreaterEqual,
         };
-        Ok(ScmpArgCompare::new(self.arg, op, self.value.resolve(syscall)?))
+        Ok(ScmpArgCompare::new(
+            self.arg,
+            op,
+            self.value.resolve(syscall)?,
+        ))
     }
 }
 

@@ -8,7 +8,12 @@ const CHILD_CASE: &str = "MOAT_SECCOMP_TEST_CHILD";
 fn run_child(case: &str) -> std::process::ExitStatus {
     let exe = std::env::current_exe().unwrap();
     std::process::Command::new(exe)
-        .args(["--exact", "seccomp::tests::child", "--test-threads=1", "--quiet"])
+        .args([
+            "--exact",
+            "seccomp::tests::child",
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env(CHILD_CASE, case)
         .stdout(std::process::Stdio::null())
         .status()
@@ -54,7 +59,8 @@ fn child() {
     let Ok(case) = std::env::var(CHILD_CASE) else {
         return;
     };
-    let ioctls = test_policy(r#", {"syscall": "ioctl", "why": "x", "ioctls": ["FIONBIO", "KVM_RUN"]}"#);
+    let ioctls =
+        test_policy(r#", {"syscall": "ioctl", "why": "x", "ioctls": ["FIONBIO", "KVM_RUN"]}"#);
     match case.as_str() {
         "allowed" => filtered(&test_policy(""), || {
             // SAFETY: getpid(2) has no arguments and cannot fail.
