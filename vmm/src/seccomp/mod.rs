@@ -145,6 +145,10 @@ impl Policy {
     /// Parses and resolves a filter file.
     pub fn parse(text: &str) -> Result<Self, SeccompError> {
         let file: PolicyFile = serde_json::from_str(text).map_err(SeccompError::Parse)?;
+        // Every group entry must be valid, included or not.
+        for entry in file.groups.values().flatten() {
+            resolve_entry(entry)?;
+        }
         let mut rules = BTreeMap::new();
         for (name, filter) in &file.filters {
             let kind: ThreadKind = name.parse()?;

@@ -143,6 +143,10 @@ fn bad_files_are_refused() {
             "has no `why`",
         ),
         (
+            with("").replacen('{', r#"{"groups": {"g": [{"syscall": "read", "why": ""}]}, "#, 1),
+            "has no `why`",
+        ),
+        (
             with("").replace(r#""vcpu": {}"#, r#""vcpu": {"allow": [{"syscall": "nosuchcall", "why": "x"}]}"#),
             "unknown syscall",
         ),
