@@ -153,6 +153,7 @@ fn run_probe() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    moat_vmm::seccomp::prepare_process();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

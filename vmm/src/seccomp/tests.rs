@@ -53,6 +53,21 @@ fn ioctl_fionbio_like(request: u64) -> i32 {
     0
 }
 
+/// Under the vCPU filter, makes this thread's heap grow by a few MiB and shrink again (what
+/// vsock's buffers do under load), then ends the process.
+fn filtered_arena_churn(policy: &Policy) -> ! {
+    if policy.install(ThreadKind::Vcpu).is_err() {
+        // SAFETY: ends the process at once.
+        unsafe { libc::_exit(10) };
+    }
+    for _ in 0..4 {
+        let blocks: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 << 10]).collect();
+        drop(std::hint::black_box(blocks));
+    }
+    // SAFETY: ends the process at once with exit_group, which the filter allows.
+    unsafe { libc::_exit(0) }
+}
+
 /// Not a test by itself: the body of the filtered children of the tests below.
 #[test]
 fn child() {
@@ -83,6 +98,14 @@ fn child() {
                 let _ = vcpu.run();
                 0
             })
+        }
+        "arena_shrink" => {
+            prepare_process();
+            let policy = Policy::embedded().unwrap();
+            let thread = std::thread::spawn(move || filtered_arena_churn(&policy));
+            let _ = thread.join();
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(13) }
         }
         other => panic!("unknown case {other}"),
     }
@@ -200,6 +223,14 @@ fn ioctl_rules_compare_the_request() {
     assert!(allowed.success(), "{allowed}");
     let denied = run_child("fioasync");
     assert!(killed_by_sigsys(denied), "{denied}");
+}
+
+/// A filtered thread whose heap shrinks is not killed (glibc would otherwise read
+/// /proc/sys/vm/overcommit_memory the first time).
+#[test]
+fn a_shrinking_heap_stays_inside_the_filter() {
+    let status = run_child("arena_shrink");
+    assert!(status.success(), "{status}");
 }
 
 /// The KVM_RUN number the filter file resolves is the one kvm-ioctls issues: a vCPU thread
