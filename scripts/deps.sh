@@ -24,6 +24,7 @@ packages=(
   qemu-system-x86
   runc
   shellcheck
+  strace
   xz-utils
 )
 

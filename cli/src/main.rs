@@ -76,6 +76,9 @@ struct RunArgs {
     /// Debugging only: run the VMM without its jail (as root, in the host's namespaces)
     #[arg(long)]
     no_jail: bool,
+    /// Debugging only: run the VMM without its seccomp filters
+    #[arg(long)]
+    no_seccomp: bool,
     /// Image to run (built-in: busybox)
     #[arg(value_name = "IMAGE")]
     image: Option<String>,
@@ -127,12 +130,16 @@ impl RunArgs {
 }
 
 fn run(args: RunArgs) -> Result<i32, RunError> {
-    let no_jail = args.no_jail;
+    let (no_jail, no_seccomp) = (args.no_jail, args.no_seccomp);
     let config = args.into_config()?;
     let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
     if no_jail {
         eprintln!("moat: warning: --no-jail: the VMM runs as root in the host's namespaces, unconfined (debugging only)");
         options.jail = false;
+    }
+    if no_seccomp {
+        eprintln!("moat: warning: --no-seccomp: moat-vmm runs WITHOUT its seccomp filters (debugging only)");
+        options.seccomp = false;
     }
     let env = |k: &str| std::env::var_os(k);
     let search = AssetSearch {
@@ -222,6 +229,14 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_seccomp_is_off_unless_asked_for() {
+        assert!(!parse_run(&[]).unwrap().no_seccomp);
+        let args = parse_run(&["--no-seccomp", "alpine", "--", "--no-seccomp"]).unwrap();
+        assert!(args.no_seccomp);
+        assert_eq!(args.command, ["--no-seccomp"]);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum BootError {
     /// Accepting the agent's connection failed.
     #[error("cannot accept the agent's connection")]
     Accept(#[source] io::Error),
+    /// The kernel killed the VMM for a syscall outside its seccomp filter.
+    #[error("moat-vmm was killed by its seccomp filter (SIGSYS)")]
+    SeccompKilled,
     /// The VMM exited before the agent connected.
     #[error("VM exited before the agent was ready ({status}){detail}")]
     VmmExited {
@@ -204,6 +207,9 @@ fn check_vmm_and_signals(
     events: &Receiver<Event>,
 ) -> Result<(), BootError> {
     if let Some(status) = vmm.exited()? {
+        if crate::vmm::killed_by_seccomp(status) {
+            return Err(BootError::SeccompKilled);
+        }
         let status = crate::vmm::describe(status);
         return Err(BootError::VmmExited {
             status,

@@ -57,6 +57,14 @@ pub enum RunError {
     /// The conversation with the agent failed.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The kernel killed the VMM for a syscall outside its seccomp filter.
+    #[error("VM {id}: moat-vmm was killed by its seccomp filter (SIGSYS); {hint}")]
+    SeccompKilled {
+        /// The VM (container) id.
+        id: String,
+        /// Where to look next.
+        hint: String,
+    },
     /// The VM ended while the container ran.
     #[error("VM ended before the container exited: {0}")]
     VmEnded(String),
@@ -134,6 +142,8 @@ pub struct RuntimeOptions {
     pub jail: bool,
     /// Where the cgroup hierarchies are mounted (the VM's cgroup is made under it).
     pub cgroup_root: PathBuf,
+    /// Run the VMM under its seccomp filters; `false` only with `moat run --no-seccomp`.
+    pub seccomp: bool,
 }
 
 impl RuntimeOptions {
@@ -158,6 +168,7 @@ impl RuntimeOptions {
                 .map(PathBuf::from),
             jail: true,
             cgroup_root: PathBuf::from(moat_jail::cgroup::DEFAULT_ROOT),
+            seccomp: true,
         })
     }
 }
@@ -294,6 +305,7 @@ fn boot_vm(
         vsock_uds,
         console_log,
         jail,
+        seccomp: options.seccomp,
     };
     let vm = Vm {
         vmm: VmmProcess::spawn(&assets.vmm, &spec.args()?, &log, options.jail)?,
@@ -327,7 +339,10 @@ pub fn run(
     let (tx, events) = sync_channel(EVENT_QUEUE);
     // First, so that a Ctrl-C during the boot is ours and cleans up.
     let _signals = SignalForwarder::start(tx.clone()).map_err(RunError::Setup)?;
-    let (mut vm, stream) = boot_vm(config, assets, options, &events)?;
+    let (mut vm, stream) = boot_vm(config, assets, options, &events).map_err(|e| match e {
+        RunError::Boot(BootError::SeccompKilled) => seccomp_killed(config, options),
+        e => e,
+    })?;
     let raw = if config.tty && config.interactive {
         RawMode::enter().map_err(RunError::Setup)?
     } else {
@@ -340,24 +355,57 @@ pub fn run(
     drop(raw);
     match outcome {
         Ok(Outcome::Exited(status)) => {
-            shut_down(&mut session, &mut vm.vmm);
+            let vmm_status = shut_down(&mut session, &mut vm.vmm);
+            check_seccomp(vmm_status, config, options)?;
             Ok(exit_code(status))
         }
         Ok(Outcome::Failed { kind, message }) => {
-            shut_down(&mut session, &mut vm.vmm);
+            let vmm_status = shut_down(&mut session, &mut vm.vmm);
+            check_seccomp(vmm_status, config, options)?;
             Err(RunError::Agent { kind, message })
         }
-        Err(SessionError::Ended(reason)) => Err(vm_ended(&mut vm, reason)),
+        Err(SessionError::Ended(reason)) => Err(vm_ended(&mut vm, reason, config, options)),
         Err(e) => Err(e.into()),
     }
 }
 
+/// The error for a VMM killed by its seccomp filter: one line with the VM id and where to look.
+fn seccomp_killed(config: &RunConfig, options: &RuntimeOptions) -> RunError {
+    let hint = match &options.log_dir {
+        Some(dir) => format!("see {}", dir.join("vmm.log").display()),
+        None => "the kernel log (dmesg, type=1326) names the syscall".to_owned(),
+    };
+    RunError::SeccompKilled {
+        id: config.id.clone(),
+        hint,
+    }
+}
+
+/// Fails with [`RunError::SeccompKilled`] if the VMM ended by SIGSYS.
+fn check_seccomp(
+    status: Option<std::process::ExitStatus>,
+    config: &RunConfig,
+    options: &RuntimeOptions,
+) -> Result<(), RunError> {
+    match status {
+        Some(status) if vmm::killed_by_seccomp(status) => Err(seccomp_killed(config, options)),
+        _ => Ok(()),
+    }
+}
+
 /// The error for a VM whose agent vanished while the container ran.
-fn vm_ended(vm: &mut Vm, reason: Option<String>) -> RunError {
+fn vm_ended(
+    vm: &mut Vm,
+    reason: Option<String>,
+    config: &RunConfig,
+    options: &RuntimeOptions,
+) -> RunError {
     // A panicking or rebooting guest ends the VMM by itself; give it a moment so its console
     // log is complete, then make sure it is gone.
     let _ = vm.vmm.wait_timeout(VM_END_GRACE);
-    vm.vmm.kill_and_reap();
+    if let Err(e) = check_seccomp(vm.vmm.kill_and_reap(), config, options) {
+        return e;
+    }
     let hint = crate::console::guest_hint(&vm.state.console_log())
         .or(reason.map(|r| crate::console::sanitize(&r)))
         .unwrap_or_else(|| "the guest gave no reason".to_owned());
@@ -365,21 +413,22 @@ fn vm_ended(vm: &mut Vm, reason: Option<String>) -> RunError {
 }
 
 /// Asks the agent to power the VM off and waits for the VMM, killing it after
-/// [`SHUTDOWN_TIMEOUT`].
-fn shut_down(session: &mut Session, vmm: &mut VmmProcess) {
+/// [`SHUTDOWN_TIMEOUT`]; returns how the VMM ended.
+fn shut_down(session: &mut Session, vmm: &mut VmmProcess) -> Option<std::process::ExitStatus> {
     if let Err(e) = session.shutdown() {
         tracing::debug!(error = %e, "cannot send shutdown");
     }
     match vmm.wait_timeout(SHUTDOWN_TIMEOUT) {
-        Ok(Some(status)) if status.success() => {}
+        Ok(Some(status)) if status.success() || vmm::killed_by_seccomp(status) => {}
         Ok(Some(status)) => {
             tracing::warn!(status = %vmm::describe(status), "moat-vmm failed at shutdown")
         }
         Ok(None) => tracing::warn!("the VM did not power off in time; killing it"),
         Err(e) => tracing::warn!(error = %e, "cannot wait for moat-vmm"),
     }
-    vmm.kill_and_reap();
+    let status = vmm.kill_and_reap();
     tracing::debug!("moat-vmm gone");
+    status
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ fn options_from_the_environment() {
     let opts = RuntimeOptions::from_env(|_| None).unwrap();
     assert_eq!(opts.boot_timeout, DEFAULT_BOOT_TIMEOUT);
     assert!(!opts.skip_probe);
+    assert!(opts.seccomp);
     assert_eq!(opts.state_root, PathBuf::from("/run/moat"));
     let env = |k: &str| match k {
         "MOAT_BOOT_TIMEOUT" => Some("2.5".to_owned()),
@@ -108,6 +109,7 @@ if [ "$1" = probe ]; then
   exit 0
 fi
 [ -e "$dir/fail" ] && { echo 'moat-vmm: kernel: not an ELF file' >&2; exit 1; }
+[ -e "$dir/sigsys" ] && kill -SYS $$
 while [ $# -gt 0 ]; do
   case "$1" in
     --console-log) vmdir=$(dirname "$2");;
@@ -157,6 +159,7 @@ fn setup(name: &str) -> Setup {
         jail: true,
         // No cgroup hierarchy here: the fake VMM makes none, and removing none is fine.
         cgroup_root: tmp.path().join("no-cgroup"),
+        seccomp: true,
     };
     Setup {
         tmp,
@@ -372,6 +375,25 @@ fn failures_before_the_agent_leave_nothing_behind() {
     s.assert_clean("f1");
 
     std::fs::remove_file(s.tmp.path().join("fail")).unwrap();
+    std::fs::write(s.tmp.path().join("sigsys"), b"").unwrap();
+    let err = run(&config("f1", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "VM f1: moat-vmm was killed by its seccomp filter (SIGSYS); the kernel log (dmesg, \
+         type=1326) names the syscall"
+    );
+    assert_eq!(err.exit_code(), 125);
+    s.assert_clean("f1");
+    let options = RuntimeOptions {
+        log_dir: Some(s.tmp.path().join("logs")),
+        ..s.options.clone()
+    };
+    std::fs::create_dir_all(s.tmp.path().join("logs")).unwrap();
+    let err = run(&config("f1", false), &s.assets, &options, stdio().0).unwrap_err();
+    assert!(err.to_string().ends_with("logs/vmm.log"), "{err}");
+    s.assert_clean("f1");
+
+    std::fs::remove_file(s.tmp.path().join("sigsys")).unwrap();
     let options = RuntimeOptions {
         boot_timeout: Duration::from_millis(300),
         ..s.options.clone()

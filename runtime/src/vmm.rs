@@ -91,6 +91,11 @@ pub fn probe(vmm: &Path) -> Result<(), VmmError> {
     }
 }
 
+/// Whether the VMM was killed by its seccomp filter (the kernel's SIGSYS).
+pub fn killed_by_seccomp(status: ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGSYS)
+}
+
 /// `status N` or `killed by signal N`, for messages.
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -134,6 +139,8 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// The jail; `None` runs the VMM unjailed (`--no-jail`, debugging only).
     pub jail: Option<JailSpec>,
+    /// Run the VMM under its seccomp filters (`false`: `--no-seccomp`, for debugging only).
+    pub seccomp: bool,
 }
 
 impl VmSpec {
@@ -167,6 +174,9 @@ impl VmSpec {
                 push("--cgroup-root", jail.cgroup_root.clone().into());
             }
             None => args.push("--no-jail".into()),
+        }
+        if !self.seccomp {
+            args.push("--no-seccomp".into());
         }
         Ok(args)
     }
@@ -307,6 +317,7 @@ mod tests {
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
             jail: None,
+            seccomp: true,
         };
         let args: Vec<String> = spec
             .args()
@@ -342,6 +353,12 @@ mod tests {
             "--vsock-uds /vsock.sock --console-log /console.log --jail-id x --uid 1000003 \
              --gid 1000003 --jail-base /run/moat --cgroup-root /sys/fs/cgroup"
         ));
+        let unfiltered = VmSpec {
+            seccomp: false,
+            ..spec.clone()
+        };
+        let args = unfiltered.args().unwrap();
+        assert_eq!(args.last().unwrap(), "--no-seccomp");
         let bad = VmSpec {
             disks_ro: vec!["/a,b".into()],
             ..spec

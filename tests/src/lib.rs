@@ -33,6 +33,14 @@ pub fn vmm_bin() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/release/moat-vmm"))
 }
 
+/// The `moat-vmm` built with the `test-hooks` feature (`target/hooks/release/moat-vmm`, built by
+/// scripts/test), or `$MOAT_HOOKED_VMM`.
+pub fn hooked_vmm_bin() -> PathBuf {
+    std::env::var_os("MOAT_HOOKED_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/hooks/release/moat-vmm"))
+}
+
 /// Whether microVMs can boot here. `None` means yes; `Some(reason)` means no.
 fn vm_unavailable() -> Option<String> {
     static REASON: OnceLock<Option<String>> = OnceLock::new();
@@ -149,9 +157,20 @@ pub fn moat(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
 
 /// [`moat`] with an explicit timeout.
 pub fn moat_with(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Outcome {
+    moat_with_env(args, stdin, timeout, &[])
+}
+
+/// [`moat_with`] with extra environment variables.
+pub fn moat_with_env(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Outcome {
     let log_dir = log_dir();
     let mut cmd = Command::new(moat_bin());
     cmd.args(args)
+        .envs(env.iter().copied())
         .env("MOAT_LOG_DIR", &log_dir)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -26,6 +26,8 @@ use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::devices::{Bus, BusError};
+use crate::seccomp::startup::Startup;
+use crate::seccomp::{Policy, SeccompError, ThreadKind};
 use crate::stats::{DeviceCounters, VmStats};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VmExit};
@@ -100,6 +102,9 @@ pub enum BuildError {
     /// Starting a thread.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// The seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A VM whose devices and memory are set up, before its kernel is loaded.
@@ -235,13 +240,24 @@ fn create_vcpus(
 fn start_event_loop(
     mut event_manager: EventManager<Subscriber>,
     exits: Sender<VmExit>,
+    startup: Arc<Startup>,
 ) -> Result<(), BuildError> {
     std::thread::Builder::new()
         .name("event-loop".into())
-        .spawn(move || loop {
-            if let Err(e) = event_manager.run() {
-                let _ = exits.send(VmExit::VmmError(format!("event loop failed: {e:?}")));
-                return;
+        .spawn(move || {
+            match startup.enter(ThreadKind::EventLoop) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = exits.send(VmExit::VmmError(crate::error_line(&e)));
+                    return;
+                }
+            }
+            loop {
+                if let Err(e) = event_manager.run() {
+                    let _ = exits.send(VmExit::VmmError(format!("event loop failed: {e:?}")));
+                    return;
+                }
             }
         })
         .map(drop)
@@ -260,6 +276,9 @@ pub struct Vm {
     counters: Vec<CounterSource>,
     /// Opened when the VM is built (a jailed VMM can no longer create files when it ends).
     stats_file: Option<(PathBuf, File)>,
+    /// The filters, unless `--no-seccomp`.
+    seccomp: Option<Arc<Policy>>,
+    violate_seccomp_in: Option<ThreadKind>,
     /// The VM fd must stay open while the guest runs: closing it makes KVM release every irqfd
     /// (`kvm_vm_release`), and device interrupts would silently stop.
     _vm: VmFd,
@@ -270,6 +289,12 @@ pub struct Vm {
 /// Builds the whole VM described by `config`.
 pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     config.validate()?;
+    // Parsed first: a bad filter file fails before anything is set up.
+    let seccomp = config
+        .seccomp
+        .then(Policy::embedded)
+        .transpose()?
+        .map(Arc::new);
     let cpus = config.cpus as u8;
     let kvm = vm::open_kvm()?;
     let mem = memory::create_guest_memory(config.memory_mib)?;
@@ -325,6 +350,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         cmdline,
         counters: machine.counters,
         stats_file,
+        seccomp,
+        violate_seccomp_in: config.violate_seccomp_in,
         _vm: machine.vm,
         _mem: mem,
     })
@@ -341,15 +368,24 @@ impl Vm {
         self.stats.clone()
     }
 
-    /// Starts the event loop and the vCPUs, waits for the VM to end, flushes the console log.
+    /// Starts the event loop and the vCPUs, loads the main thread's seccomp filter once they
+    /// are started, waits for the VM to end, flushes the console log.
+    ///
+    /// Every thread loads its own filter before any vCPU runs guest code; a filter that cannot
+    /// be loaded is an error before the guest runs.
     pub fn run(mut self) -> Result<VmExit, BuildError> {
+        let threads = 1 + self.vcpus.len() + usize::from(self.event_manager.is_some());
+        let startup = Startup::new(self.seccomp.take(), threads, self.violate_seccomp_in);
         if let Some(event_manager) = self.event_manager.take() {
-            start_event_loop(event_manager, self.exits_tx.clone())?;
+            start_event_loop(event_manager, self.exits_tx.clone(), startup.clone())?;
         }
         for vcpu in self.vcpus.drain(..) {
-            vcpu.start(self.exits_tx.clone())
+            vcpu.start(self.exits_tx.clone(), startup.clone())
                 .map_err(BuildError::Thread)?;
         }
+        // Ok(false): another thread failed and its error is waiting on the channel.
+        startup.enter(ThreadKind::Main)?;
+        drop(startup);
         let exit = self.exits_rx.recv().unwrap_or_else(|_| {
             VmExit::VmmError("every vcpu thread ended without a reason".into())
         });

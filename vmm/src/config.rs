@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::arch::x86_64::layout::{MAX_GSI, MAX_VCPUS, VIRTIO_FIRST_GSI};
+use crate::seccomp::ThreadKind;
 
 /// Default bound of the console log.
 pub const DEFAULT_CONSOLE_LOG_MAX: u64 = 1 << 20;
@@ -94,6 +95,11 @@ pub struct VmConfig {
     pub cmdline_extra: Option<String>,
     /// Where to write the exit counters as JSON when the VM ends.
     pub stats: Option<PathBuf>,
+    /// Run every thread under its seccomp filter (off only with `--no-seccomp`).
+    pub seccomp: bool,
+    /// Test hook (`--test-violate-seccomp`, cargo feature `test-hooks`): this thread kind
+    /// issues a syscall outside its filter once every filter is loaded.
+    pub violate_seccomp_in: Option<ThreadKind>,
 }
 
 impl VmConfig {
@@ -137,6 +143,8 @@ mod tests {
             console_log_max: DEFAULT_CONSOLE_LOG_MAX,
             cmdline_extra: None,
             stats: None,
+            seccomp: true,
+            violate_seccomp_in: None,
         }
     }
 

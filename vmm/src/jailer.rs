@@ -353,6 +353,8 @@ mod tests {
             console_log_max: DEFAULT_CONSOLE_LOG_MAX,
             cmdline_extra: None,
             stats: Some("stats.json".into()),
+            seccomp: true,
+            violate_seccomp_in: None,
         }
     }
 

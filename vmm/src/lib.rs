@@ -8,7 +8,9 @@
 //! irqchip and PIT ([`vstate`]); attach the serial console and i8042 on the port-I/O bus and each
 //! virtio device on the MMIO bus (irqfd + ioeventfds); load the ELF kernel, initramfs, command
 //! line, zero page, MP table and boot page tables ([`boot`], [`arch`]); create and set up the
-//! vCPUs; start the event loop and one thread per vCPU; wait for the first exit.
+//! vCPUs; start the event loop and one thread per vCPU, each of which loads its own
+//! [`seccomp`] filter, as the main thread does after them, before any vCPU runs guest code;
+//! wait for the first exit.
 
 pub mod arch;
 pub mod boot;
@@ -17,5 +19,21 @@ pub mod config;
 pub mod devices;
 pub mod jailer;
 pub mod probe;
+pub mod seccomp;
 pub mod stats;
 pub mod vstate;
+
+/// An error and its causes on one line.
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

@@ -11,8 +11,10 @@ use clap::{ArgGroup, Parser, Subcommand};
 use moat_vmm::builder::{self, BuildError};
 use moat_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX};
 use moat_vmm::jailer::{self, JailArgs, Plan};
-use moat_vmm::probe;
+#[cfg(feature = "test-hooks")]
+use moat_vmm::seccomp::ThreadKind;
 use moat_vmm::vstate::vcpu::VmExit;
+use moat_vmm::{error_line, probe};
 
 #[derive(Parser, Debug)]
 #[command(name = "moat-vmm", version, about = "moat's KVM microVM monitor")]
@@ -83,6 +85,14 @@ struct RunArgs {
     /// Write VM-exit counts as JSON to this file when the VM ends.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// DEBUG ONLY: run without the seccomp filters (prints a warning).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: the thread of this kind (main, event-loop, vcpu) makes a syscall outside its
+    /// filter once every filter is loaded, so the process is killed with SIGSYS.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true, value_name = "KIND")]
+    test_violate_seccomp: Option<ThreadKind>,
 }
 
 impl RunArgs {
@@ -112,23 +122,13 @@ impl RunArgs {
             console_log_max: self.console_log_max,
             cmdline_extra: self.cmdline_extra,
             stats: self.stats,
+            seccomp: !self.no_seccomp,
+            #[cfg(feature = "test-hooks")]
+            violate_seccomp_in: self.test_violate_seccomp,
+            #[cfg(not(feature = "test-hooks"))]
+            violate_seccomp_in: None,
         }
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 /// clap's message up to its usage section, on one line.
@@ -150,6 +150,9 @@ fn fail(status: u8, message: &str) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     let jail = args.jail();
     let config = args.into_config();
+    if !config.seccomp {
+        eprintln!("moat-vmm: warning: --no-seccomp: the seccomp filters are OFF (debugging only)");
+    }
     match jail {
         Some(jail) => run_jailed(&config, &jail),
         None => {
@@ -162,7 +165,7 @@ fn run(args: RunArgs) -> ExitCode {
 fn run_jailed(config: &VmConfig, jail: &JailArgs) -> ExitCode {
     let jail_fail = |e: jailer::JailerError| {
         let status = if e.is_bad_argument() { 2 } else { 1 };
-        fail(status, &one_line(&e))
+        fail(status, &error_line(&e))
     };
     let plan = match jailer::plan(config, jail) {
         Ok(plan) => plan,
@@ -182,19 +185,19 @@ fn run_jailed(config: &VmConfig, jail: &JailArgs) -> ExitCode {
 fn run_vm(config: &VmConfig, jail: Option<&Plan>) -> ExitCode {
     let vm = match builder::build(config) {
         Ok(vm) => vm,
-        Err(e @ BuildError::Config(_)) => return fail(2, &one_line(&e)),
-        Err(e) => return fail(1, &one_line(&e)),
+        Err(e @ BuildError::Config(_)) => return fail(2, &error_line(&e)),
+        Err(e) => return fail(1, &error_line(&e)),
     };
     if let Some(plan) = jail {
         if let Err(e) = jailer::drop_privileges(plan) {
-            return fail(1, &one_line(&e));
+            return fail(1, &error_line(&e));
         }
         tracing::debug!(ids = ?plan.ids(), "privileges dropped");
     }
     tracing::debug!(cmdline = vm.cmdline(), "starting the vm");
     let exit = match vm.run() {
         Ok(exit) => exit,
-        Err(e) => return fail(1, &one_line(&e)),
+        Err(e) => return fail(1, &error_line(&e)),
     };
     match &exit {
         VmExit::VmmError(message) => return fail(1, message),
@@ -213,15 +216,16 @@ fn run_probe() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(result) => fail(1, &probe::emulated_message(&result)),
-        Err(e) => fail(1, &one_line(&e)),
+        Err(e) => fail(1, &error_line(&e)),
     }
 }
 
 fn main() -> ExitCode {
     // SAFETY: first thing: nothing in this process owns an fd above stderr yet.
     if let Err(e) = unsafe { moat_jail::privs::close_inherited_fds() } {
-        return fail(1, &one_line(&e));
+        return fail(1, &error_line(&e));
     }
+    moat_vmm::seccomp::prepare_process();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

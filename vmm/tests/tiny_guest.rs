@@ -105,6 +105,10 @@ impl Fixture {
             console_log_max: DEFAULT_CONSOLE_LOG_MAX,
             cmdline_extra: None,
             stats: None,
+            // These tests run the VM in the test process: a filter would apply to the harness.
+            // The binary's runs below have their filters on.
+            seccomp: false,
+            violate_seccomp_in: None,
         }
     }
 

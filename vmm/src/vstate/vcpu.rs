@@ -8,6 +8,8 @@ use std::thread::JoinHandle;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::Bus;
+use crate::seccomp::startup::Startup;
+use crate::seccomp::ThreadKind;
 use crate::stats::VmStats;
 
 /// Why the VM ended; the process exit status follows from it.
@@ -60,12 +62,23 @@ impl Vcpu {
         }
     }
 
-    /// Starts the vCPU thread; the first exit that ends the VM is sent on `exits`.
-    pub fn start(mut self, exits: Sender<VmExit>) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU thread; the first exit that ends the VM is sent on `exits`. The thread
+    /// loads its seccomp filter and waits for the others' (`startup`) before its first
+    /// `KVM_RUN`.
+    pub fn start(
+        mut self,
+        exits: Sender<VmExit>,
+        startup: Arc<Startup>,
+    ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
-                let exit = self.run();
+                let exit = match startup.enter(ThreadKind::Vcpu) {
+                    Ok(true) => self.run(),
+                    // Another thread failed to load its filter and reports it.
+                    Ok(false) => return,
+                    Err(e) => VmExit::VmmError(crate::error_line(&e)),
+                };
                 tracing::debug!(vcpu = self.index, ?exit, "vcpu stopped");
                 // The main thread may already be gone after another vCPU's exit.
                 let _ = exits.send(exit);
