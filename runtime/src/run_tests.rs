@@ -376,7 +376,12 @@ fn failures_before_the_agent_leave_nothing_behind() {
 
     std::fs::remove_file(s.tmp.path().join("fail")).unwrap();
     std::fs::write(s.tmp.path().join("sigsys"), b"").unwrap();
-    let err = run(&config("f1", false), &s.assets, &s.options, stdio().0).unwrap_err();
+    // Unjailed: a jailed fake VMM is PID 1 of its namespace, which its own SIGSYS cannot kill.
+    let unjailed = RuntimeOptions {
+        jail: false,
+        ..s.options.clone()
+    };
+    let err = run(&config("f1", false), &s.assets, &unjailed, stdio().0).unwrap_err();
     assert_eq!(
         err.to_string(),
         "VM f1: moat-vmm was killed by its seccomp filter (SIGSYS); the kernel log (dmesg, \
@@ -386,7 +391,7 @@ fn failures_before_the_agent_leave_nothing_behind() {
     s.assert_clean("f1");
     let options = RuntimeOptions {
         log_dir: Some(s.tmp.path().join("logs")),
-        ..s.options.clone()
+        ..unjailed
     };
     std::fs::create_dir_all(s.tmp.path().join("logs")).unwrap();
     let err = run(&config("f1", false), &s.assets, &options, stdio().0).unwrap_err();
