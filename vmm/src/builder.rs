@@ -244,6 +244,7 @@ fn start_event_loop(
 ) -> Result<(), BuildError> {
     std::thread::Builder::new()
         .name("event-loop".into())
+        .stack_size(crate::THREAD_STACK_SIZE)
         .spawn(move || {
             match startup.enter(ThreadKind::EventLoop) {
                 Ok(true) => {}

@@ -72,6 +72,7 @@ impl Vcpu {
     ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
+            .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || {
                 let exit = match startup.enter(ThreadKind::Vcpu) {
                     Ok(true) => self.run(),
