@@ -24,5 +24,6 @@ pub mod uids;
 pub use id::{IdError, JailId};
 pub use layout::Layout;
 
-#[cfg(test)]
-mod testutil;
+/// A temporary directory for tests (of this crate and of the runtime).
+#[doc(hidden)]
+pub mod testutil;
