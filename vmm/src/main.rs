@@ -225,7 +225,6 @@ fn main() -> ExitCode {
     if let Err(e) = unsafe { moat_jail::privs::close_inherited_fds() } {
         return fail(1, &error_line(&e));
     }
-    moat_vmm::seccomp::prepare_process();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -233,6 +232,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // After the subscriber (its warning must be seen), before any other thread exists.
+    moat_vmm::seccomp::prepare_process();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -267,18 +268,8 @@ mod tests {
 
     #[test]
     fn run_arguments() {
-        let cli = Cli::try_parse_from([
-            "moat-vmm",
-            "run",
+        let args = parse(&[
             "--no-jail",
-            "--kernel",
-            "k",
-            "--initramfs",
-            "i",
-            "--memory-mib",
-            "128",
-            "--console-log",
-            "c",
             "--disk",
             "a.img,ro",
             "--disk",
@@ -287,9 +278,6 @@ mod tests {
             "v",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
         let config = args.into_config();
         assert_eq!(config.cpus, 1);
         assert_eq!(config.disks.len(), 2);
