@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use moat_jail::testutil::write_executable;
+
 fn moat(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
     cmd.args(args);
@@ -33,19 +35,7 @@ fn install(name: &str, body: &str) -> PathBuf {
     for f in ["vmlinux", "initramfs.cpio", "images/busybox.ext4"] {
         std::fs::write(dir.join(f), b"").unwrap();
     }
-    // Written by a child so that no write descriptor to the script lives in this process.
-    let script = format!("#!/bin/sh\n{body}");
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            "printf '%s\\n' \"$1\" > \"$2\" && chmod 755 \"$2\"",
-            "sh",
-        ])
-        .arg(script)
-        .arg(dir.join("moat-vmm"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    write_executable(&dir.join("moat-vmm"), &format!("#!/bin/sh\n{body}"));
     dir
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use moat_jail::testutil::write_executable;
 use moat_tests::{
     assert_nothing_left, hooked_vmm_bin, moat_bin, moat_with_env, unique_name, vmm_bin,
     vmm_processes_mentioning, wait_with_timeout,
@@ -142,27 +143,15 @@ fn a_host_vsock_client_does_not_trip_the_filter() {
     stop_moat(moat, &name);
 }
 
-/// Writes `dir/moat-vmm`: runs the hooked VMM, with `run` made to violate `kind`'s filter. A
-/// child writes the file, so no write descriptor to it leaks into a concurrently forked child
-/// (which would make the exec fail with ETXTBSY).
+/// Writes `dir/moat-vmm`: runs the hooked VMM, with `run` made to violate `kind`'s filter.
 fn hooked_wrapper(dir: &Path, kind: &str) -> PathBuf {
     let path = dir.join("moat-vmm");
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = run ]; then exec '{vmm}' \"$@\" --test-violate-seccomp {kind}; fi\n\
-         exec '{vmm}' \"$@\"\n",
+         exec '{vmm}' \"$@\"",
         vmm = hooked_vmm_bin().display()
     );
-    let status = Command::new("/bin/sh")
-        .args([
-            "-c",
-            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
-            "sh",
-        ])
-        .arg(script)
-        .arg(&path)
-        .status()
-        .expect("write the wrapper");
-    assert!(status.success());
+    write_executable(&path, &script);
     path
 }
 
