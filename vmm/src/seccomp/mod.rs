@@ -194,7 +194,8 @@ impl Policy {
     }
 
     /// Builds the filter of `kind` and loads it on the calling thread (and the threads it
-    /// starts later). Sets `no_new_privs` first, as the kernel requires without CAP_SYS_ADMIN.
+    /// starts later). libseccomp sets `no_new_privs` as it loads (its default filter
+    /// attribute), as the kernel requires without CAP_SYS_ADMIN.
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
         let filter = self.build(kind)?;
         filter.load().map_err(|source| SeccompError::Libseccomp {
