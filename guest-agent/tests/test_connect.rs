@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameKind,
-    HostMessage, ProcessSpec, RootfsSpec, RunRequest, MAX_PAYLOAD, PROTOCOL_VERSION,
+    HostMessage, RootfsSpec, RunRequest, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
+use oci_spec::runtime as oci;
 
 const SIGTERM: i32 = 15;
 
@@ -25,6 +26,55 @@ struct Output {
     stderr: Vec<u8>,
     status: Option<ExitStatus>,
     error: Option<(ErrorKind, String)>,
+}
+
+/// The process fields the tests vary, turned into an OCI spec by [`ProcessSpec::to_oci`].
+#[derive(Debug, Clone)]
+struct ProcessSpec {
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    additional_gids: Vec<u32>,
+    terminal: bool,
+    rows: u16,
+    cols: u16,
+}
+
+impl ProcessSpec {
+    fn to_oci(&self, hostname: Option<&str>, readonly: bool) -> oci::Spec {
+        let user = oci::UserBuilder::default()
+            .uid(self.uid)
+            .gid(self.gid)
+            .additional_gids(self.additional_gids.clone())
+            .build()
+            .unwrap();
+        let mut builder = oci::ProcessBuilder::default()
+            .args(self.args.clone())
+            .env(self.env.clone())
+            .cwd(self.cwd.clone())
+            .user(user)
+            .terminal(self.terminal);
+        if self.terminal {
+            let size = oci::BoxBuilder::default()
+                .height(u64::from(self.rows))
+                .width(u64::from(self.cols))
+                .build()
+                .unwrap();
+            builder = builder.console_size(size);
+        }
+        let root = oci::RootBuilder::default()
+            .path("rootfs")
+            .readonly(readonly)
+            .build()
+            .unwrap();
+        let mut spec = oci::Spec::default();
+        spec.set_process(Some(builder.build().unwrap()));
+        spec.set_hostname(hostname.map(str::to_owned));
+        spec.set_root(Some(root));
+        spec
+    }
 }
 
 fn spec(args: &[&str]) -> ProcessSpec {
@@ -97,10 +147,10 @@ impl Host {
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                readonly: false,
+                upper_mib: 64,
             },
-            process,
-            hostname: None,
+            volumes: vec![],
+            spec: process.to_oci(None, false),
         };
         self.run_request(req)
     }
@@ -330,10 +380,10 @@ fn isolated_request(
         rootfs: RootfsSpec {
             device: dev.0.clone(),
             fstype: "ext4".into(),
-            readonly,
+            upper_mib: 64,
         },
-        process,
-        hostname: Some("box".into()),
+        volumes: vec![],
+        spec: process.to_oci(Some("box"), readonly),
     };
     let started = host.run_request(req);
     (host, dev, started)

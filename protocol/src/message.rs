@@ -20,56 +20,51 @@ pub enum MessageError {
     Malformed(#[source] serde_json::Error),
 }
 
-/// The process to run inside the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
-    /// argv; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
-    pub args: Vec<String>,
-    /// Environment as `KEY=VALUE` strings.
-    pub env: Vec<String>,
-    /// Working directory inside the container's root.
-    pub cwd: String,
-    /// User id the process runs as.
-    pub uid: u32,
-    /// Group id the process runs as.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub additional_gids: Vec<u32>,
-    /// Run on a pseudo-terminal (stdout and stderr are merged into [`FrameKind::Stdout`](crate::FrameKind)).
-    pub terminal: bool,
-    /// Initial terminal size, when `terminal` is set.
-    pub rows: u16,
-    /// Initial terminal size, when `terminal` is set.
-    pub cols: u16,
-}
-
 /// Where the container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
-    /// Guest block device holding the image, e.g. `/dev/vda`. Always mounted read-only.
+    /// Guest block device holding the image, e.g. `/dev/vda`. Always mounted read-only; unless
+    /// the spec's `root.readonly` is set, writes go to an overlay upper layer on a tmpfs.
     pub device: String,
     /// Filesystem type of the image, e.g. `ext4`.
     pub fstype: String,
-    /// When false, writes go to a tmpfs-backed overlay upper layer; when true, the root is
-    /// read-only.
-    pub readonly: bool,
+    /// Size bound of the writable overlay upper layer, in MiB.
+    pub upper_mib: u64,
 }
 
-/// Everything the agent needs to create and start the container.
+/// A volume: a guest block device the agent mounts at `mountpoint` in the guest before the
+/// container starts, for the spec's bind mounts to take as their `source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// Guest block device, e.g. `/dev/vdb`.
+    pub device: String,
+    /// Filesystem type, e.g. `ext4`.
+    pub fstype: String,
+    /// Mounted read-only in the guest (whatever the bind mount says).
+    pub readonly: bool,
+    /// Absolute guest path under [`VOLUMES_DIR`] where the agent mounts it.
+    pub mountpoint: String,
+}
+
+/// Where the agent mounts volumes in the guest (outside any container's root).
+pub const VOLUMES_DIR: &str = "/run/moat-volumes";
+
+/// Everything the agent needs to create and start the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
     /// Container id, for logs and names.
     pub id: String,
-    /// The root filesystem.
+    /// The root filesystem's device (the spec's `root.path` is not used in the guest).
     pub rootfs: RootfsSpec,
-    /// The process.
-    pub process: ProcessSpec,
-    /// Hostname of the container, if any.
-    pub hostname: Option<String>,
+    /// Volumes to mount in the guest first.
+    pub volumes: Vec<VolumeSpec>,
+    /// The OCI runtime spec (`config.json`) of the container: process, mounts, namespaces,
+    /// resources, capabilities, seccomp and the rest, applied by the agent.
+    pub spec: oci_spec::runtime::Spec,
 }
 
 /// Messages from the host to the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
     /// Create and start the container.
@@ -148,6 +143,12 @@ pub enum AgentMessage {
         /// Pid of the container's process.
         pid: i32,
     },
+    /// The memory limit's OOM killer killed a process of the container (sent once per kill the
+    /// agent sees in the container cgroup's `memory.events`).
+    Oom {
+        /// The cgroup's `oom_kill` count so far.
+        count: u64,
+    },
     /// The process ended; no stdio frame follows.
     Exited {
         /// How it ended.
@@ -184,20 +185,15 @@ mod tests {
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                readonly: false,
+                upper_mib: 64,
             },
-            process: ProcessSpec {
-                args: vec!["echo".into(), "hi".into()],
-                env: vec!["PATH=/bin".into()],
-                cwd: "/".into(),
-                uid: 0,
-                gid: 0,
-                additional_gids: vec![],
-                terminal: false,
-                rows: 0,
-                cols: 0,
-            },
-            hostname: None,
+            volumes: vec![VolumeSpec {
+                device: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+                readonly: true,
+                mountpoint: format!("{VOLUMES_DIR}/0"),
+            }],
+            spec: oci_spec::runtime::Spec::default(),
         }));
         let bytes = encode(&msg);
         assert_eq!(decode::<HostMessage>(&bytes).unwrap(), msg);

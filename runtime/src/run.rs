@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
-use moat_protocol::{ErrorKind, ExitStatus, ProcessSpec, RootfsSpec, RunRequest};
+use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest};
+use oci_spec::runtime as oci;
 
 use crate::assets::{AssetError, Assets};
 use crate::boot::{self, BootError, Logs};
@@ -175,27 +176,54 @@ impl RuntimeOptions {
 
 /// The agent's request for `config`, with the terminal size when it runs on one.
 fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
-    let (rows, cols) = if config.tty { size } else { (0, 0) };
+    let mut spec = basic_spec(
+        &config.args,
+        &config.env,
+        &config.workdir,
+        (config.user.uid, config.user.gid),
+        config.tty.then_some(size),
+    );
+    spec.set_hostname(Some(config.hostname.clone()));
     RunRequest {
         id: config.id.clone(),
         rootfs: RootfsSpec {
             device: ROOT_DEVICE.into(),
             fstype: "ext4".into(),
-            readonly: false,
+            upper_mib: 64,
         },
-        process: ProcessSpec {
-            args: config.args.clone(),
-            env: config.env.clone(),
-            cwd: config.workdir.clone(),
-            uid: config.user.uid,
-            gid: config.user.gid,
-            additional_gids: vec![],
-            terminal: config.tty,
-            rows,
-            cols,
-        },
-        hostname: Some(config.hostname.clone()),
+        volumes: vec![],
+        spec,
     }
+}
+
+/// An OCI spec with only the process set: `args`, `env`, `cwd`, (uid, gid), and a terminal of
+/// (rows, cols) when `terminal` is given.
+pub fn basic_spec(
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    (uid, gid): (u32, u32),
+    terminal: Option<(u16, u16)>,
+) -> oci::Spec {
+    let mut process = oci::Process::default();
+    process.set_args(Some(args.to_vec()));
+    process.set_env(Some(env.to_vec()));
+    process.set_cwd(cwd.into());
+    process.set_terminal(Some(terminal.is_some()));
+    if let Some((rows, cols)) = terminal {
+        let console = oci::BoxBuilder::default()
+            .height(u64::from(rows))
+            .width(u64::from(cols))
+            .build();
+        process.set_console_size(console.ok());
+    }
+    let mut user = oci::User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    process.set_user(user);
+    let mut spec = oci::Spec::default();
+    spec.set_process(Some(process));
+    spec
 }
 
 /// Where the uid slots live under the state root (`.uids` cannot be a container id).

@@ -84,18 +84,20 @@ fn request_carries_the_config() {
     let req = run_request(&config("c1", false), (50, 120));
     assert_eq!(req.id, "c1");
     assert_eq!(req.rootfs.device, "/dev/vda");
-    assert!(!req.rootfs.readonly);
-    assert_eq!(req.process.args, ["echo", "hi"]);
-    assert_eq!((req.process.uid, req.process.gid), (1000, 100));
+    let p = req.spec.process().clone().unwrap();
     assert_eq!(
-        (req.process.rows, req.process.cols, req.process.terminal),
-        (0, 0, false)
+        p.args().as_deref(),
+        Some(&["echo".to_string(), "hi".into()][..])
     );
-    assert_eq!(req.hostname.as_deref(), Some("box"));
+    assert_eq!((p.user().uid(), p.user().gid()), (1000, 100));
+    assert_eq!((p.terminal(), p.console_size()), (Some(false), None));
+    assert_eq!(req.spec.hostname().as_deref(), Some("box"));
     let req = run_request(&config("c1", true), (50, 120));
+    let p = req.spec.process().clone().unwrap();
+    let size = p.console_size().unwrap();
     assert_eq!(
-        (req.process.rows, req.process.cols, req.process.terminal),
-        (50, 120, true)
+        (size.height(), size.width(), p.terminal()),
+        (50, 120, Some(true))
     );
 }
 
@@ -270,7 +272,16 @@ fn a_whole_run_returns_the_status_and_cleans_up() {
         let HostMessage::Run(req) = recv(stream) else {
             panic!("expected run")
         };
-        assert_eq!(req.process.args, ["echo", "hi"]);
+        assert_eq!(
+            req.spec
+                .process()
+                .as_ref()
+                .unwrap()
+                .args()
+                .as_deref()
+                .unwrap(),
+            ["echo", "hi"]
+        );
         send(stream, &AgentMessage::Started { pid: 7 });
         assert_eq!(recv(stream), HostMessage::StdinEof);
         write_frame(stream, FrameKind::Stdout, b"hi\n").unwrap();

@@ -197,7 +197,7 @@ impl Session {
 
     /// Runs the container: sends `request`, then serves `events` until the agent reports the
     /// process's end or its failure to start it. `tx` is the sender of `events`, used by the
-    /// threads this starts. With `request.process.terminal`, `SIGWINCH` becomes `Resize`.
+    /// threads this starts. With the spec's `process.terminal`, `SIGWINCH` becomes `Resize`.
     pub fn run(
         &mut self,
         request: RunRequest,
@@ -205,7 +205,12 @@ impl Session {
         events: &Receiver<Event>,
         tx: &SyncSender<Event>,
     ) -> Result<Outcome, SessionError> {
-        let terminal = request.process.terminal;
+        let terminal = request
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         self.send(&HostMessage::Run(Box::new(request)))?;
         let reader = self.stream.try_clone().map_err(SessionError::Thread)?;
         let agent_tx = tx.clone();

@@ -5,7 +5,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use moat_protocol::{ProcessSpec, RootfsSpec};
+use moat_protocol::RootfsSpec;
 
 use super::*;
 
@@ -35,20 +35,16 @@ fn request(terminal: bool) -> RunRequest {
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            readonly: false,
+            upper_mib: 64,
         },
-        process: ProcessSpec {
-            args: vec!["sh".into()],
-            env: vec![],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            terminal,
-            rows: 24,
-            cols: 80,
-        },
-        hostname: None,
+        volumes: vec![],
+        spec: crate::run::basic_spec(
+            &["sh".into()],
+            &[],
+            "/",
+            (0, 0),
+            terminal.then_some((24, 80)),
+        ),
     }
 }
 
@@ -93,7 +89,9 @@ fn output_is_kept_apart_and_binary_safe() {
     let all_bytes: Vec<u8> = (0..=255).collect();
     let expected = all_bytes.clone();
     let (host, agent) = spawn_agent(move |mut a| {
-        assert!(matches!(a.recv_msg(), HostMessage::Run(r) if r.process.args == ["sh"]));
+        assert!(
+            matches!(a.recv_msg(), HostMessage::Run(r) if r.spec.process().as_ref().unwrap().args().as_deref() == Some(&["sh".to_string()][..]))
+        );
         a.send(&AgentMessage::Started { pid: 2 });
         assert_eq!(a.recv_msg(), HostMessage::StdinEof);
         a.data(FrameKind::Stdout, &all_bytes);

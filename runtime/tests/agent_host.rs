@@ -17,8 +17,9 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moat_protocol::{ErrorKind, ExitStatus, ProcessSpec, RootfsSpec, RunRequest};
+use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest};
 use moat_runtime::boot::{self, Logs};
+use moat_runtime::run::basic_spec;
 use moat_runtime::session::{Event, Outcome, Session, Stdio, EVENT_QUEUE};
 use moat_runtime::vmm::VmmProcess;
 
@@ -46,25 +47,21 @@ impl Shared {
 }
 
 fn request(args: &[&str]) -> RunRequest {
+    request_on(args, None)
+}
+
+fn request_on(args: &[&str], terminal: Option<(u16, u16)>) -> RunRequest {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
     RunRequest {
         id: "host-test".into(),
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            readonly: false,
+            upper_mib: 64,
         },
-        process: ProcessSpec {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            terminal: false,
-            rows: 0,
-            cols: 0,
-        },
-        hostname: None,
+        volumes: vec![],
+        spec: basic_spec(&args, &env, "/", (0, 0), terminal),
     }
 }
 
@@ -235,9 +232,7 @@ fn signals_reach_the_process() {
 #[test]
 fn terminal_mode_gets_its_size() {
     let agent = agent_or_skip!();
-    let mut req = request(&["sh", "-c", "stty size; echo err >&2"]);
-    req.process.terminal = true;
-    (req.process.rows, req.process.cols) = (30, 100);
+    let req = request_on(&["sh", "-c", "stty size; echo err >&2"], Some((30, 100)));
     let r = run_in_agent(&agent, req, None, None);
     assert_eq!(r.outcome, Outcome::Exited(ExitStatus::Code { code: 0 }));
     // One terminal: both streams arrive on stdout, with the terminal's line endings.

@@ -358,8 +358,8 @@ fn exec(sys: &dyn Syscall, plan: &ExecPlan) -> Failure {
 mod tests {
     use super::*;
     use crate::container::plan;
+    use crate::container::plan::ProcessSpec;
     use crate::syscall::mock::Recorder;
-    use moat_protocol::ProcessSpec;
 
     fn plan(args: &[&str], cwd: &str, hostname: Option<&str>) -> ExecPlan {
         let spec = ProcessSpec {

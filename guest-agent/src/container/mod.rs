@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use moat_protocol::{ErrorKind, FrameKind, RunRequest};
 
 use self::child::{ChildStdio, Exit, Failure, Stage, FAILURE_LEN};
-use self::plan::{ExecPlan, PlanError};
+use self::plan::{ExecPlan, PlanError, ProcessSpec};
 use self::rootfs::RootfsError;
 use crate::reaper::Reaper;
 use crate::syscall::{Linux, Syscall};
@@ -121,7 +121,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Names the command in a child failure.
-fn with_program(p: &moat_protocol::ProcessSpec) -> impl Fn(ContainerError) -> ContainerError + '_ {
+fn with_program(p: &ProcessSpec) -> impl Fn(ContainerError) -> ContainerError + '_ {
     move |e| match e {
         ContainerError::Child { failure, .. } => ContainerError::Child {
             program: p.args[0].clone(),
@@ -137,16 +137,23 @@ pub fn start(
     isolation: Isolation,
     reaper: &Reaper,
 ) -> Result<Process, ContainerError> {
-    if isolation == Isolation::None && req.hostname.is_some() {
+    let hostname = req.spec.hostname().as_deref();
+    if isolation == Isolation::None && hostname.is_some() {
         return Err(ContainerError::Unsupported(
             "a hostname needs the guest mode",
         ));
     }
-    let plan = plan::build(&req.process, req.hostname.as_deref())?;
+    let process = ProcessSpec::from_oci(&req.spec)?;
+    let plan = plan::build(&process, hostname)?;
     if isolation == Isolation::Container {
-        rootfs::prepare(&Linux, &req.rootfs)?;
+        let readonly = req
+            .spec
+            .root()
+            .as_ref()
+            .is_some_and(|r| r.readonly() == Some(true));
+        rootfs::prepare(&Linux, &req.rootfs, readonly)?;
     }
-    let p = &req.process;
+    let p = &process;
     if p.terminal {
         let pty = pty::open(p.rows, p.cols).map_err(spawn_err("opening a pty"))?;
         pty::give_to(&pty.slave, p.uid, p.gid).map_err(spawn_err("giving the pty to the user"))?;

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use moat_protocol::ProcessSpec;
+use oci_spec::runtime::Spec;
 
 use crate::syscall::CStrArray;
 
@@ -37,6 +37,49 @@ pub enum PlanError {
     /// Too many arguments and environment entries.
     #[error("more than {MAX_STRINGS} arguments and environment entries")]
     TooMany,
+}
+
+/// The process fields of the spec the agent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment as `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    /// Working directory inside the container's root.
+    pub cwd: String,
+    /// User id the process runs as.
+    pub uid: u32,
+    /// Group id the process runs as.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Run on a pseudo-terminal.
+    pub terminal: bool,
+    /// Initial terminal size, when `terminal` is set.
+    pub rows: u16,
+    /// Initial terminal size, when `terminal` is set.
+    pub cols: u16,
+}
+
+impl ProcessSpec {
+    /// The process of an OCI spec.
+    pub fn from_oci(spec: &Spec) -> Result<Self, PlanError> {
+        let p = spec.process().as_ref().ok_or(PlanError::NoCommand)?;
+        let size = p.console_size();
+        let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+        Ok(Self {
+            args: p.args().clone().unwrap_or_default(),
+            env: p.env().clone().unwrap_or_default(),
+            cwd: p.cwd().to_string_lossy().into_owned(),
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+            terminal: p.terminal().unwrap_or(false),
+            rows: size.map(|b| clamp(b.height())).unwrap_or(0),
+            cols: size.map(|b| clamp(b.width())).unwrap_or(0),
+        })
+    }
 }
 
 /// Everything the forked child needs, prepared by the parent.

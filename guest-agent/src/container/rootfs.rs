@@ -74,7 +74,7 @@ fn validate(spec: &RootfsSpec) -> Result<(CString, CString), RootfsError> {
 }
 
 /// Mounts the root described by `spec` at [`ROOT`].
-pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec) -> Result<(), RootfsError> {
+pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec, readonly: bool) -> Result<(), RootfsError> {
     let (device, fstype) = validate(spec)?;
     for dir in [BASE, LOWER, SKEL, ROOT] {
         mkdir_p(sys, dir, 0o755).map_err(step("creating /run/moat"))?;
@@ -88,7 +88,7 @@ pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec) -> Result<(), RootfsError> 
         sys.mkdir(dir, 0o755)
             .map_err(step("creating mount points"))?;
     }
-    if spec.readonly {
+    if readonly {
         let opts = c"lowerdir=/run/moat/lower:/run/moat/skel";
         sys.mount(
             Some(c"overlay"),
@@ -101,14 +101,10 @@ pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec) -> Result<(), RootfsError> 
         return Ok(());
     }
     mkdir_p(sys, RW, 0o755).map_err(step("creating /run/moat"))?;
-    sys.mount(
-        Some(c"tmpfs"),
-        RW,
-        Some(c"tmpfs"),
-        0,
-        Some(c"mode=0755,size=50%"),
-    )
-    .map_err(step("mounting the writable layer"))?;
+    let upper_opts = CString::new(format!("mode=0755,size={}m", spec.upper_mib.max(1)))
+        .map_err(|_| RootfsError::BadDevice(spec.device.clone()))?;
+    sys.mount(Some(c"tmpfs"), RW, Some(c"tmpfs"), 0, Some(&upper_opts))
+        .map_err(step("mounting the writable layer"))?;
     for dir in [UPPER, WORK] {
         sys.mkdir(dir, 0o755)
             .map_err(step("creating the writable layer"))?;
@@ -124,18 +120,18 @@ mod tests {
     use super::*;
     use crate::syscall::mock::Recorder;
 
-    fn spec(readonly: bool) -> RootfsSpec {
+    fn spec() -> RootfsSpec {
         RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            readonly,
+            upper_mib: 64,
         }
     }
 
     #[test]
     fn writable_root_sequence() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(false)).unwrap();
+        prepare(&sys, &spec(), false).unwrap();
         let mounts: Vec<String> = sys
             .lines()
             .into_iter()
@@ -146,7 +142,7 @@ mod tests {
             [
                 "mount /dev/vda /run/moat/lower ext4 ro -",
                 "mount tmpfs /run/moat/skel tmpfs - mode=0755,size=64k,nr_inodes=16",
-                "mount tmpfs /run/moat/rw tmpfs - mode=0755,size=50%",
+                "mount tmpfs /run/moat/rw tmpfs - mode=0755,size=64m",
                 "mount overlay /run/moat/root overlay - lowerdir=/run/moat/lower:/run/moat/skel,\
              upperdir=/run/moat/rw/upper,workdir=/run/moat/rw/work",
             ]
@@ -159,7 +155,7 @@ mod tests {
     #[test]
     fn readonly_root_has_no_upper_layer() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(true)).unwrap();
+        prepare(&sys, &spec(), true).unwrap();
         let last = sys.lines().pop().unwrap();
         assert_eq!(
             last,
@@ -171,9 +167,9 @@ mod tests {
     #[test]
     fn existing_directories_are_fine_but_mount_errors_stop() {
         let sys = Recorder::failing("mkdir /run/moat ", libc::EEXIST);
-        prepare(&sys, &spec(false)).unwrap();
+        prepare(&sys, &spec(), false).unwrap();
         let sys = Recorder::failing("mount /dev/vda", libc::ENXIO);
-        let err = prepare(&sys, &spec(false)).unwrap_err();
+        let err = prepare(&sys, &spec(), false).unwrap_err();
         assert!(matches!(
             err,
             RootfsError::Step {
@@ -186,21 +182,21 @@ mod tests {
 
     #[test]
     fn bad_specs() {
-        let mut s = spec(false);
+        let mut s = spec();
         s.device = "vda".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s),
+            prepare(&Recorder::default(), &s, false),
             Err(RootfsError::BadDevice(_))
         ));
         s.device = "/dev/../etc/x".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s),
+            prepare(&Recorder::default(), &s, false),
             Err(RootfsError::BadDevice(_))
         ));
-        let mut s = spec(false);
+        let mut s = spec();
         s.fstype = "ext4,upperdir=/".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s),
+            prepare(&Recorder::default(), &s, false),
             Err(RootfsError::BadFstype(_))
         ));
     }

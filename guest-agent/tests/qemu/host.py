@@ -50,11 +50,13 @@ def main():
         conn.sendall(struct.pack("<IB", len(payload), CONTROL) + payload)
 
     print("host: agent says", recv()[1].decode(), flush=True)
-    control({"type": "run", "id": "smoke", "hostname": "smoke",
-             "rootfs": {"device": "/dev/vda", "fstype": "ext4", "readonly": False},
-             "process": {"args": sys.argv[3:], "cwd": "/", "uid": 0, "gid": 0,
-                         "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
-                         "additional_gids": [], "terminal": False, "rows": 0, "cols": 0}})
+    control({"type": "run", "id": "smoke", "volumes": [],
+             "rootfs": {"device": "/dev/vda", "fstype": "ext4", "upper_mib": 64},
+             "spec": {"ociVersion": "1.2.0", "hostname": "smoke",
+                      "root": {"path": "rootfs", "readonly": False},
+                      "process": {"args": sys.argv[3:], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                                  "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+                                  "terminal": False}}})
     control({"type": "stdin_eof"})
     code = None
     while code is None:
