@@ -223,7 +223,7 @@ impl Setup {
                 std::thread::sleep(Duration::from_millis(5));
             };
             let ready = AgentMessage::Ready {
-                protocol_version: 1,
+                protocol_version: moat_protocol::PROTOCOL_VERSION,
                 agent_version: "fake".into(),
             };
             write_frame(&mut stream, FrameKind::Control, &encode(&ready)).unwrap();
