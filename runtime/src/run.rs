@@ -223,6 +223,13 @@ pub fn basic_spec(
     process.set_user(user);
     let mut spec = oci::Spec::default();
     spec.set_process(Some(process));
+    spec.set_root(
+        oci::RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .ok(),
+    );
     spec
 }
 
