@@ -310,3 +310,35 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
+
+/// The static `moat-probe` (tests/probe, built by scripts/build), or `$MOAT_PROBE`.
+pub fn probe_bin() -> PathBuf {
+    std::env::var_os("MOAT_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/x86_64-unknown-linux-gnu/release/moat-probe"))
+}
+
+/// A directory holding only `moat-probe`, for `-v DIR:/probe:ro`; removed when dropped.
+pub struct ProbeVolume(moat_jail::testutil::TempDir);
+
+impl ProbeVolume {
+    /// Copies the probe into a fresh directory.
+    pub fn new() -> Self {
+        let dir = moat_jail::testutil::TempDir::new("moat-probe");
+        let probe = probe_bin();
+        std::fs::copy(&probe, dir.path().join("moat-probe"))
+            .unwrap_or_else(|e| panic!("copy {} ({e}): run scripts/build", probe.display()));
+        Self(dir)
+    }
+
+    /// The `-v` argument that mounts it at /probe, read-only.
+    pub fn volume_arg(&self) -> String {
+        format!("{}:/probe:ro", self.0.path().display())
+    }
+}
+
+impl Default for ProbeVolume {
+    fn default() -> Self {
+        Self::new()
+    }
+}

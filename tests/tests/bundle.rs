@@ -1,0 +1,98 @@
+//! `moat run --bundle DIR`: an OCI bundle (config.json + its root directory) runs as is, and a
+//! bundle whose root the agent must refuse is refused with the reason. Each test boots a VM.
+
+use std::path::Path;
+
+use moat_jail::testutil::TempDir;
+use moat_tests::{assert_nothing_left, moat, unique_name, vm_available};
+use serde_json::json;
+
+/// A root with the host's static busybox and a few applet links.
+fn make_rootfs(root: &Path) {
+    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for applet in ["sh", "cat", "echo", "hostname", "id", "grep", "touch", "wc"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+}
+
+fn write_config(bundle: &Path, script: &str) {
+    let config = json!({
+        "ociVersion": "1.2.0",
+        "root": { "path": "rootfs", "readonly": true },
+        "hostname": "bundled",
+        "process": {
+            "args": ["sh", "-c", script],
+            "cwd": "/",
+            "env": ["PATH=/bin"],
+            "user": { "uid": 0, "gid": 0 },
+            "noNewPrivileges": true,
+            "capabilities": {
+                "bounding": ["CAP_KILL"],
+                "effective": ["CAP_KILL"],
+                "permitted": ["CAP_KILL"]
+            }
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "mode=755", "size=1m"] }
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" }
+            ],
+            "maskedPaths": ["/proc/timer_list"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    });
+    let text = serde_json::to_string_pretty(&config).unwrap();
+    std::fs::write(bundle.join("config.json"), text).unwrap();
+}
+
+#[test]
+fn a_bundle_runs_as_is() {
+    if !vm_available("a_bundle_runs_as_is") {
+        return;
+    }
+    let bundle = TempDir::new("bundle");
+    make_rootfs(&bundle.path().join("rootfs"));
+    write_config(
+        bundle.path(),
+        "echo from-bundle; hostname; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
+         cat /proc/timer_list | wc -c; touch /x 2>&1",
+    );
+    let dir = bundle.path().to_str().unwrap();
+    let o = moat(&["run", "--bundle", dir], None);
+    o.expect_code(1);
+    assert_eq!(
+        o.out(),
+        "from-bundle\nbundled\nCapEff:\t0000000000000020\nNoNewPrivs:\t1\n0\n\
+         touch: /x: Read-only file system\n",
+        "{}",
+        o.diagnostics()
+    );
+}
+
+#[test]
+fn a_bundle_whose_proc_is_a_symlink_is_refused() {
+    if !vm_available("a_bundle_whose_proc_is_a_symlink_is_refused") {
+        return;
+    }
+    let bundle = TempDir::new("bundle-bad");
+    let rootfs = bundle.path().join("rootfs");
+    make_rootfs(&rootfs);
+    std::fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/tmp", rootfs.join("proc")).unwrap();
+    write_config(bundle.path(), "echo should-not-run");
+    let name = unique_name("bundle-bad");
+    let dir = bundle.path().to_str().unwrap();
+    let o = moat(&["run", "--name", &name, "--bundle", dir], None);
+    o.expect_code(125);
+    assert!(o.out().is_empty(), "{}", o.diagnostics());
+    assert!(o.err().contains("/proc"), "{}", o.diagnostics());
+    assert!(o.err().contains("symlink"), "{}", o.diagnostics());
+    assert_nothing_left(&name);
+}
