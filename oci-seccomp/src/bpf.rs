@@ -69,7 +69,12 @@ pub(crate) enum Target {
 #[derive(Debug)]
 enum Item {
     Plain(SockFilter),
-    Cond { code: u16, k: u32, jt: Target, jf: Target },
+    Cond {
+        code: u16,
+        k: u32,
+        jt: Target,
+        jf: Target,
+    },
     Ja(Label),
 }
 
@@ -120,14 +125,20 @@ impl Asm {
     }
 
     fn plain(&mut self, code: u16, k: u32) {
-        self.items.push(Item::Plain(SockFilter { code, jt: 0, jf: 0, k }));
+        self.items.push(Item::Plain(SockFilter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }));
     }
 
     /// Resolves the labels.
     pub(crate) fn finish(self) -> Result<Vec<SockFilter>, AsmError> {
         let offset = |at: usize, label: Label| -> Result<u32, AsmError> {
             let to = self.labels[label.0].ok_or(AsmError::UnboundLabel { at })?;
-            let distance = i64::try_from(to).unwrap_or(i64::MAX) - i64::try_from(at + 1).unwrap_or(0);
+            let distance =
+                i64::try_from(to).unwrap_or(i64::MAX) - i64::try_from(at + 1).unwrap_or(0);
             u32::try_from(distance).map_err(|_| AsmError::OutOfRange { at, distance })
         };
         let short = |at: usize, target: Target| -> Result<u8, AsmError> {
@@ -136,14 +147,27 @@ impl Asm {
                 Target::Skip(n) => return Ok(n),
                 Target::To(label) => offset(at, label)?,
             };
-            u8::try_from(distance).map_err(|_| AsmError::OutOfRange { at, distance: distance.into() })
+            u8::try_from(distance).map_err(|_| AsmError::OutOfRange {
+                at,
+                distance: distance.into(),
+            })
         };
         let mut out = Vec::with_capacity(self.items.len());
         for (at, item) in self.items.iter().enumerate() {
             out.push(match *item {
                 Item::Plain(insn) => insn,
-                Item::Cond { code, k, jt, jf } => SockFilter { code, jt: short(at, jt)?, jf: short(at, jf)?, k },
-                Item::Ja(label) => SockFilter { code: JMP_JA, jt: 0, jf: 0, k: offset(at, label)? },
+                Item::Cond { code, k, jt, jf } => SockFilter {
+                    code,
+                    jt: short(at, jt)?,
+                    jf: short(at, jf)?,
+                    k,
+                },
+                Item::Ja(label) => SockFilter {
+                    code: JMP_JA,
+                    jt: 0,
+                    jf: 0,
+                    k: offset(at, label)?,
+                },
             });
         }
         Ok(out)
@@ -178,7 +202,13 @@ mod tests {
         }
         asm.bind(end);
         asm.ret(1);
-        assert_eq!(asm.finish(), Err(AsmError::OutOfRange { at: 0, distance: 256 }));
+        assert_eq!(
+            asm.finish(),
+            Err(AsmError::OutOfRange {
+                at: 0,
+                distance: 256
+            })
+        );
     }
 
     #[test]
@@ -188,7 +218,13 @@ mod tests {
         asm.bind(back);
         asm.ret(0);
         asm.ja(back);
-        assert_eq!(asm.finish(), Err(AsmError::OutOfRange { at: 1, distance: -2 }));
+        assert_eq!(
+            asm.finish(),
+            Err(AsmError::OutOfRange {
+                at: 1,
+                distance: -2
+            })
+        );
         let mut asm = Asm::default();
         let never = asm.label();
         asm.ja(never);

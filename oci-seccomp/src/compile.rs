@@ -49,10 +49,16 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, CompileError> {
     }
     let len = asm.len();
     if len > BPF_MAXINSNS {
-        return Err(CompileError::TooLong { len, max: BPF_MAXINSNS });
+        return Err(CompileError::TooLong {
+            len,
+            max: BPF_MAXINSNS,
+        });
     }
     let filter_insns = asm.finish().map_err(CompileError::Assemble)?;
-    Ok(Program { filter: filter_insns, flags: filter.flags })
+    Ok(Program {
+        filter: filter_insns,
+        flags: filter.flags,
+    })
 }
 
 fn prologue(asm: &mut Asm, default_ret: u32) {
@@ -64,13 +70,20 @@ fn prologue(asm: &mut Asm, default_ret: u32) {
     asm.ret(default_ret);
 }
 
+/// A syscall number and its rules.
+type Entry<'f> = (u32, &'f [Rule]);
+
 /// Emits the search over `filter`'s syscall numbers (the accumulator holds `nr`); returns the
 /// bodies still to emit.
 fn search_tree<'f>(asm: &mut Asm, filter: &'f Filter) -> Vec<(Label, &'f [Rule])> {
-    let entries: Vec<(u32, &[Rule])> = filter.syscalls.iter().map(|(nr, rules)| (*nr, rules.as_slice())).collect();
+    let entries: Vec<Entry<'f>> = filter
+        .syscalls
+        .iter()
+        .map(|(nr, rules)| (*nr, rules.as_slice()))
+        .collect();
     let mut bodies = Vec::new();
     // Explicit stack instead of recursion: (slice of entries, label to bind first).
-    let mut pending: Vec<(&[(u32, &[Rule])], Option<Label>)> = vec![(&entries, None)];
+    let mut pending: Vec<(&[Entry<'f>], Option<Label>)> = vec![(&entries, None)];
     while let Some((slice, start)) = pending.pop() {
         if let Some(label) = start {
             asm.bind(label);
@@ -90,7 +103,12 @@ fn search_tree<'f>(asm: &mut Asm, filter: &'f Filter) -> Vec<(Label, &'f [Rule])
     bodies
 }
 
-fn leaf<'f>(asm: &mut Asm, slice: &[(u32, &'f [Rule])], default_ret: u32, bodies: &mut Vec<(Label, &'f [Rule])>) {
+fn leaf<'f>(
+    asm: &mut Asm,
+    slice: &[Entry<'f>],
+    default_ret: u32,
+    bodies: &mut Vec<(Label, &'f [Rule])>,
+) {
     for &(nr, rules) in slice {
         asm.jump(JMP_JEQ_K, nr, Target::Next, Target::Skip(1));
         match rules {
@@ -155,7 +173,11 @@ fn condition(asm: &mut Asm, c: &Cond, fail: Label) {
             asm.jump(JMP_JGT_K, hi, pass_to, next);
             asm.jump(JMP_JEQ_K, hi, next, fail);
             asm.load(lo_off);
-            let code = if c.op == LinuxSeccompOperator::ScmpCmpGt { JMP_JGT_K } else { JMP_JGE_K };
+            let code = if c.op == LinuxSeccompOperator::ScmpCmpGt {
+                JMP_JGT_K
+            } else {
+                JMP_JGE_K
+            };
             asm.jump(code, lo, next, fail);
         }
         // Less (or equal) is "not greater or equal" (or "not greater").
@@ -163,7 +185,11 @@ fn condition(asm: &mut Asm, c: &Cond, fail: Label) {
             asm.jump(JMP_JGT_K, hi, fail, next);
             asm.jump(JMP_JEQ_K, hi, next, pass_to);
             asm.load(lo_off);
-            let code = if c.op == LinuxSeccompOperator::ScmpCmpLt { JMP_JGE_K } else { JMP_JGT_K };
+            let code = if c.op == LinuxSeccompOperator::ScmpCmpLt {
+                JMP_JGE_K
+            } else {
+                JMP_JGT_K
+            };
             asm.jump(code, lo, fail, next);
         }
     }
@@ -173,7 +199,10 @@ fn condition(asm: &mut Asm, c: &Cond, fail: Label) {
 /// `(high, low)` 32-bit halves of `v`.
 fn halves(v: u64) -> (u32, u32) {
     let [a, b, c, d, e, f, g, h] = v.to_le_bytes();
-    (u32::from_le_bytes([e, f, g, h]), u32::from_le_bytes([a, b, c, d]))
+    (
+        u32::from_le_bytes([e, f, g, h]),
+        u32::from_le_bytes([a, b, c, d]),
+    )
 }
 
 #[cfg(test)]

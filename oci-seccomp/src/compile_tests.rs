@@ -24,7 +24,9 @@ fn data(nr: u32, args: [u64; 6]) -> Vec<u8> {
 fn run(prog: &[SockFilter], data: &[u8]) -> u32 {
     let (mut pc, mut acc) = (0usize, 0u32);
     loop {
-        let insn = prog.get(pc).unwrap_or_else(|| panic!("pc {pc} ran off a program of {}", prog.len()));
+        let insn = prog
+            .get(pc)
+            .unwrap_or_else(|| panic!("pc {pc} ran off a program of {}", prog.len()));
         pc += 1;
         let skip = |cond: bool| usize::from(if cond { insn.jt } else { insn.jf });
         match insn.code {
@@ -53,7 +55,10 @@ fn assert_well_formed(prog: &[SockFilter]) {
             JMP_JEQ_K | JMP_JGT_K | JMP_JGE_K => usize::from(insn.jt.max(insn.jf)),
             _ => 0,
         };
-        assert!(pc + 1 + reach < prog.len() || insn.code == RET_K, "insn {pc} jumps past the end");
+        assert!(
+            pc + 1 + reach < prog.len() || insn.code == RET_K,
+            "insn {pc} jumps past the end"
+        );
     }
     assert_eq!(prog.last().unwrap().code, RET_K);
 }
@@ -71,10 +76,22 @@ fn nr(name: &str) -> u32 {
 fn docker_default_program_shape() {
     let prog = docker(&[]);
     assert_well_formed(&prog.filter);
-    println!("docker default profile (no caps): {} BPF instructions", prog.filter.len());
-    let all = docker(&["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_BPF"]);
+    println!(
+        "docker default profile (no caps): {} BPF instructions",
+        prog.filter.len()
+    );
+    let all = docker(&[
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_TIME",
+        "CAP_BPF",
+    ]);
     assert_well_formed(&all.filter);
-    println!("docker default profile (many caps): {} BPF instructions", all.filter.len());
+    println!(
+        "docker default profile (many caps): {} BPF instructions",
+        all.filter.len()
+    );
     assert_eq!(prog.flags, 0);
 }
 
@@ -93,14 +110,34 @@ fn docker_default_answers() {
     assert_eq!(ask("clone3", [0; 6]), ERRNO | 38);
     assert_eq!(ask("socket", [1, 1, 0, 0, 0, 0]), ALLOW);
     assert_eq!(ask("socket", [40, 1, 0, 0, 0, 0]), eperm);
-    assert_eq!(ask("socket", [40 | 1 << 32, 1, 0, 0, 0, 0]), ALLOW, "NE compares all 64 bits");
+    assert_eq!(
+        ask("socket", [40 | 1 << 32, 1, 0, 0, 0, 0]),
+        ALLOW,
+        "NE compares all 64 bits"
+    );
     assert_eq!(ask("personality", [0xffff_ffff, 0, 0, 0, 0, 0]), ALLOW);
     assert_eq!(ask("personality", [8, 0, 0, 0, 0, 0]), ALLOW);
     assert_eq!(ask("personality", [0x0040000, 0, 0, 0, 0, 0]), eperm);
-    assert_eq!(ask("clone", [0x0001_1200, 0, 0, 0, 0, 0]), ALLOW, "fork-like clone");
-    assert_eq!(ask("clone", [0x1000_0000, 0, 0, 0, 0, 0]), eperm, "CLONE_NEWUSER");
-    assert_eq!(ask("clone", [0x0002_0000, 0, 0, 0, 0, 0]), eperm, "CLONE_NEWNS");
-    assert_eq!(ask("clone", [1 << 40, 0, 0, 0, 0, 0]), ALLOW, "mask has no high bits");
+    assert_eq!(
+        ask("clone", [0x0001_1200, 0, 0, 0, 0, 0]),
+        ALLOW,
+        "fork-like clone"
+    );
+    assert_eq!(
+        ask("clone", [0x1000_0000, 0, 0, 0, 0, 0]),
+        eperm,
+        "CLONE_NEWUSER"
+    );
+    assert_eq!(
+        ask("clone", [0x0002_0000, 0, 0, 0, 0, 0]),
+        eperm,
+        "CLONE_NEWNS"
+    );
+    assert_eq!(
+        ask("clone", [1 << 40, 0, 0, 0, 0, 0]),
+        ALLOW,
+        "mask has no high bits"
+    );
     assert_eq!(ask("ptrace", [0; 6]), ALLOW, "minKernel 4.8 <= 6.12");
     assert_eq!(ask("arch_prctl", [0; 6]), ALLOW, "includes arches amd64");
 }
@@ -138,7 +175,16 @@ fn one_arg(op: &str, value: u64, value_two: u64) -> Program {
 
 #[test]
 fn comparisons_are_64_bit() {
-    let samples = [0, 1, 5, 0xffff_ffff, 1 << 32, (1 << 32) + 5, (5 << 32) + 1, u64::MAX];
+    let samples = [
+        0,
+        1,
+        5,
+        0xffff_ffff,
+        1 << 32,
+        (1 << 32) + 5,
+        (5 << 32) + 1,
+        u64::MAX,
+    ];
     let pivots = [0, 5, 1 << 32, (1 << 32) + 5, u64::MAX];
     type Check = fn(u64, u64) -> bool;
     let ops: [(&str, Check); 6] = [
@@ -155,14 +201,27 @@ fn comparisons_are_64_bit() {
             assert_well_formed(&prog.filter);
             for a in samples {
                 let want = if holds(a, v) { ERRNO | 9 } else { ALLOW };
-                assert_eq!(run(&prog.filter, &data(0, [a, 0, 0, 0, 0, 0])), want, "{op} {a:#x} vs {v:#x}");
+                assert_eq!(
+                    run(&prog.filter, &data(0, [a, 0, 0, 0, 0, 0])),
+                    want,
+                    "{op} {a:#x} vs {v:#x}"
+                );
             }
         }
     }
     let prog = one_arg("SCMP_CMP_MASKED_EQ", 0xff00_0000_00ff, 0x1200_0000_0034);
-    for (a, hit) in [(0x1200_0000_0034, true), (0x12ab_cdef_9934, true), (0x1300_0000_0034, false), (0x34, false)] {
+    for (a, hit) in [
+        (0x1200_0000_0034, true),
+        (0x12ab_cdef_9934, true),
+        (0x1300_0000_0034, false),
+        (0x34, false),
+    ] {
         let want = if hit { ERRNO | 9 } else { ALLOW };
-        assert_eq!(run(&prog.filter, &data(0, [a, 0, 0, 0, 0, 0])), want, "masked {a:#x}");
+        assert_eq!(
+            run(&prog.filter, &data(0, [a, 0, 0, 0, 0, 0])),
+            want,
+            "masked {a:#x}"
+        );
     }
 }
 
@@ -189,13 +248,26 @@ fn every_syscall_number_is_found() {
     let names: Vec<u32> = (0..=462).filter(|n| !(336..424).contains(n)).collect();
     let rules: Vec<String> = names
         .iter()
-        .map(|n| format!(r#"{{"names":["{}"],"action":"SCMP_ACT_ERRNO","errnoRet":{}}}"#, name_of(*n), n + 1))
+        .map(|n| {
+            format!(
+                r#"{{"names":["{}"],"action":"SCMP_ACT_ERRNO","errnoRet":{}}}"#,
+                name_of(*n),
+                n + 1
+            )
+        })
         .collect();
-    let json = format!(r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{}]}}"#, rules.join(","));
+    let json = format!(
+        r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{}]}}"#,
+        rules.join(",")
+    );
     let prog = compile(&serde_json::from_str(&json).unwrap()).unwrap();
     assert_well_formed(&prog.filter);
     for n in names {
-        assert_eq!(run(&prog.filter, &data(n, [0; 6])), ERRNO | (n + 1), "syscall {n}");
+        assert_eq!(
+            run(&prog.filter, &data(n, [0; 6])),
+            ERRNO | (n + 1),
+            "syscall {n}"
+        );
     }
     assert_eq!(run(&prog.filter, &data(400, [0; 6])), ALLOW);
 }
@@ -207,6 +279,8 @@ fn name_of(nr: u32) -> &'static str {
 #[test]
 fn notify_is_refused() {
     let json = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_NOTIFY"}]}"#;
-    let err = compile(&serde_json::from_str(json).unwrap()).unwrap_err().to_string();
+    let err = compile(&serde_json::from_str(json).unwrap())
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "linux.seccomp.syscalls[0].action: SCMP_ACT_NOTIFY is not supported (moat has no seccomp notify agent)");
 }

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompFilterFlag, LinuxSeccompOperator,
-    LinuxSyscall,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator, LinuxSyscall,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,19 +25,80 @@ const GUEST_KERNEL: (u32, u32) = (6, 12);
 const OUR_ARCHES: &[&str] = &["amd64", "x86_64"];
 /// Architecture names a rule's `arches` condition may use.
 const KNOWN_ARCHES: &[&str] = &[
-    "amd64", "x86_64", "386", "x86", "x32", "arm", "arm64", "aarch64", "mips", "mipsle", "mipsel", "mips64",
-    "mips64le", "mipsel64", "mips64n32", "mipsel64n32", "mips64len32", "ppc", "ppc64", "ppc64le", "s390", "s390x",
-    "riscv64", "loong64", "loongarch64", "parisc", "parisc64", "m68k", "sh", "sheb",
+    "amd64",
+    "x86_64",
+    "386",
+    "x86",
+    "x32",
+    "arm",
+    "arm64",
+    "aarch64",
+    "mips",
+    "mipsle",
+    "mipsel",
+    "mips64",
+    "mips64le",
+    "mipsel64",
+    "mips64n32",
+    "mipsel64n32",
+    "mips64len32",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "s390",
+    "s390x",
+    "riscv64",
+    "loong64",
+    "loongarch64",
+    "parisc",
+    "parisc64",
+    "m68k",
+    "sh",
+    "sheb",
 ];
 /// Capability names (`capability.h`, Linux 6.12).
 const KNOWN_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// Errors of reading a Docker profile and resolving it; each names the offending field.
@@ -53,7 +114,11 @@ pub enum ProfileError {
     },
     /// A string field whose value is not one of the known names.
     #[error("{field}: unknown {what} \"{value}\"")]
-    Unknown { field: String, what: &'static str, value: String },
+    Unknown {
+        field: String,
+        what: &'static str,
+        value: String,
+    },
     /// A rule with neither `names` nor `name`.
     #[error("{field}: neither names nor name")]
     NoNames { field: String },
@@ -186,9 +251,17 @@ impl DockerProfile {
             parse::<Arch>(arch, &format!("architectures[{i}]"), "architecture")?;
         }
         for (i, entry) in self.arch_map.iter().flatten().enumerate() {
-            parse::<Arch>(&entry.architecture, &format!("archMap[{i}].architecture"), "architecture")?;
+            parse::<Arch>(
+                &entry.architecture,
+                &format!("archMap[{i}].architecture"),
+                "architecture",
+            )?;
             for (j, sub) in entry.sub_architectures.iter().flatten().enumerate() {
-                parse::<Arch>(sub, &format!("archMap[{i}].subArchitectures[{j}]"), "architecture")?;
+                parse::<Arch>(
+                    sub,
+                    &format!("archMap[{i}].subArchitectures[{j}]"),
+                    "architecture",
+                )?;
             }
         }
         for (i, rule) in self.syscalls.iter().flatten().enumerate() {
@@ -203,13 +276,25 @@ impl DockerProfile {
     /// `architectures`, or the x86_64 entry of `archMap` with its sub-architectures.
     fn architectures(&self) -> Result<Option<Vec<Arch>>, ProfileError> {
         let Some(map) = &self.arch_map else {
-            return self.architectures.as_ref().map(|list| parse_all(list, "architectures", "architecture")).transpose();
+            return self
+                .architectures
+                .as_ref()
+                .map(|list| parse_all(list, "architectures", "architecture"))
+                .transpose();
         };
         for (i, entry) in map.iter().enumerate() {
             let field = format!("archMap[{i}]");
-            let arch: Arch = parse(&entry.architecture, &format!("{field}.architecture"), "architecture")?;
+            let arch: Arch = parse(
+                &entry.architecture,
+                &format!("{field}.architecture"),
+                "architecture",
+            )?;
             if arch == Arch::ScmpArchX86_64 {
-                let subs = parse_all(entry.sub_architectures.as_deref().unwrap_or_default(), &format!("{field}.subArchitectures"), "architecture")?;
+                let subs = parse_all(
+                    entry.sub_architectures.as_deref().unwrap_or_default(),
+                    &format!("{field}.subArchitectures"),
+                    "architecture",
+                )?;
                 return Ok(Some([arch].into_iter().chain(subs).collect()));
             }
         }
@@ -217,36 +302,62 @@ impl DockerProfile {
     }
 
     fn flags(&self) -> Result<Option<Vec<LinuxSeccompFilterFlag>>, ProfileError> {
-        self.flags.as_ref().map(|list| parse_all(list, "flags", "flag")).transpose()
+        self.flags
+            .as_ref()
+            .map(|list| parse_all(list, "flags", "flag"))
+            .transpose()
     }
 }
 
 /// The OCI rule for a Docker rule, keeping only x86_64 names (`None` if none is left).
 fn oci_rule(rule: &Syscall, field: &str) -> Result<Option<LinuxSyscall>, ProfileError> {
     let mut names = Vec::new();
-    let listed = rule.names.iter().flatten().map(|n| (n, "names")).chain(rule.name.iter().map(|n| (n, "name")));
+    let listed = rule
+        .names
+        .iter()
+        .flatten()
+        .map(|n| (n, "names"))
+        .chain(rule.name.iter().map(|n| (n, "name")));
     let mut any = false;
     for (j, (name, key)) in listed.enumerate() {
         any = true;
         if syscall_number(name).is_some() {
             names.push(name.clone());
         } else if !is_foreign_syscall(name) {
-            let field = if key == "name" { format!("{field}.name") } else { format!("{field}.names[{j}]") };
-            return Err(ProfileError::Unknown { field, what: "syscall", value: name.clone() });
+            let field = if key == "name" {
+                format!("{field}.name")
+            } else {
+                format!("{field}.names[{j}]")
+            };
+            return Err(ProfileError::Unknown {
+                field,
+                what: "syscall",
+                value: name.clone(),
+            });
         }
     }
     if !any {
-        return Err(ProfileError::NoNames { field: field.into() });
+        return Err(ProfileError::NoNames {
+            field: field.into(),
+        });
     }
     let mut args = Vec::new();
     for (k, arg) in rule.args.iter().flatten().enumerate() {
-        let op: LinuxSeccompOperator = parse(&arg.op, &format!("{field}.args[{k}].op"), "operator")?;
-        let mut builder = LinuxSeccompArgBuilder::default().index(arg.index).value(arg.value).op(op);
+        let op: LinuxSeccompOperator =
+            parse(&arg.op, &format!("{field}.args[{k}].op"), "operator")?;
+        let mut builder = LinuxSeccompArgBuilder::default()
+            .index(arg.index)
+            .value(arg.value)
+            .op(op);
         if let Some(two) = arg.value_two {
             builder = builder.value_two(two);
         }
         // Every field is set, so the builder has nothing to refuse.
-        args.push(builder.build().expect("all fields of LinuxSeccompArg are set"));
+        args.push(
+            builder
+                .build()
+                .expect("all fields of LinuxSeccompArg are set"),
+        );
     }
     let mut out = LinuxSyscall::default();
     out.set_action(parse(&rule.action, &format!("{field}.action"), "action")?);
@@ -260,12 +371,20 @@ fn check_condition(cond: Option<&Condition>, field: &str) -> Result<(), ProfileE
     let Some(cond) = cond else { return Ok(()) };
     for (k, cap) in cond.caps.iter().flatten().enumerate() {
         if !KNOWN_CAPS.contains(&cap.as_str()) {
-            return Err(ProfileError::Unknown { field: format!("{field}.caps[{k}]"), what: "capability", value: cap.clone() });
+            return Err(ProfileError::Unknown {
+                field: format!("{field}.caps[{k}]"),
+                what: "capability",
+                value: cap.clone(),
+            });
         }
     }
     for (k, arch) in cond.arches.iter().flatten().enumerate() {
         if !KNOWN_ARCHES.contains(&arch.as_str()) {
-            return Err(ProfileError::Unknown { field: format!("{field}.arches[{k}]"), what: "architecture", value: arch.clone() });
+            return Err(ProfileError::Unknown {
+                field: format!("{field}.arches[{k}]"),
+                what: "architecture",
+                value: arch.clone(),
+            });
         }
     }
     if let Some(v) = &cond.min_kernel {
@@ -303,7 +422,10 @@ fn applies(rule: &Syscall, caps: &[String]) -> bool {
 
 /// `MAJOR.MINOR[.PATCH]` as `(major, minor)`.
 fn kernel_version(v: &str, field: &str) -> Result<(u32, u32), ProfileError> {
-    let bad = || ProfileError::KernelVersion { field: field.into(), value: v.into() };
+    let bad = || ProfileError::KernelVersion {
+        field: field.into(),
+        value: v.into(),
+    };
     let mut parts = v.split('.').map(|p| p.parse::<u32>().map_err(|_| bad()));
     let major = parts.next().ok_or_else(bad)??;
     let minor = parts.next().ok_or_else(bad)??;
@@ -314,13 +436,29 @@ fn kernel_version(v: &str, field: &str) -> Result<(u32, u32), ProfileError> {
 }
 
 /// Parses an OCI enum from its JSON string (`SCMP_ACT_ERRNO`, `SCMP_ARCH_X86_64`, ...).
-fn parse<T: DeserializeOwned>(value: &str, field: &str, what: &'static str) -> Result<T, ProfileError> {
-    serde_json::from_value(serde_json::Value::String(value.into()))
-        .map_err(|_| ProfileError::Unknown { field: field.into(), what, value: value.into() })
+fn parse<T: DeserializeOwned>(
+    value: &str,
+    field: &str,
+    what: &'static str,
+) -> Result<T, ProfileError> {
+    serde_json::from_value(serde_json::Value::String(value.into())).map_err(|_| {
+        ProfileError::Unknown {
+            field: field.into(),
+            what,
+            value: value.into(),
+        }
+    })
 }
 
-fn parse_all<T: DeserializeOwned>(list: &[String], field: &str, what: &'static str) -> Result<Vec<T>, ProfileError> {
-    list.iter().enumerate().map(|(i, v)| parse(v, &format!("{field}[{i}]"), what)).collect()
+fn parse_all<T: DeserializeOwned>(
+    list: &[String],
+    field: &str,
+    what: &'static str,
+) -> Result<Vec<T>, ProfileError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| parse(v, &format!("{field}[{i}]"), what))
+        .collect()
 }
 
 #[cfg(test)]

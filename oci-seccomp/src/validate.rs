@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator,
-    LinuxSyscall,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator, LinuxSyscall,
 };
 use thiserror::Error;
 
@@ -109,29 +109,52 @@ pub fn validate(s: &LinuxSeccomp) -> Result<(), CompileError> {
 pub(crate) fn lower(s: &LinuxSeccomp) -> Result<Filter, CompileError> {
     const FIELD: &str = "linux.seccomp";
     if s.listener_path().is_some() {
-        return Err(CompileError::Listener { field: format!("{FIELD}.listenerPath") });
+        return Err(CompileError::Listener {
+            field: format!("{FIELD}.listenerPath"),
+        });
     }
     if s.listener_metadata().is_some() {
-        return Err(CompileError::Listener { field: format!("{FIELD}.listenerMetadata") });
+        return Err(CompileError::Listener {
+            field: format!("{FIELD}.listenerMetadata"),
+        });
     }
     check_arches(s.architectures().as_deref())?;
-    let default_ret = action_ret(s.default_action(), s.default_errno_ret(), None, &format!("{FIELD}.defaultAction"))?;
+    let default_ret = action_ret(
+        s.default_action(),
+        s.default_errno_ret(),
+        None,
+        &format!("{FIELD}.defaultAction"),
+    )?;
     let flags = flags(s.flags().as_deref())?;
     let mut syscalls: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
     for (i, rule) in s.syscalls().iter().flatten().enumerate() {
         let field = format!("{FIELD}.syscalls[{i}]");
         let lowered = lower_rule(rule, s.default_errno_ret(), &field)?;
         for nr in numbers(rule.names(), &field)? {
-            syscalls.entry(nr).or_default().extend(lowered.iter().cloned());
+            syscalls
+                .entry(nr)
+                .or_default()
+                .extend(lowered.iter().cloned());
         }
     }
-    Ok(Filter { default_ret, flags, syscalls })
+    Ok(Filter {
+        default_ret,
+        flags,
+        syscalls,
+    })
 }
 
 fn check_arches(arches: Option<&[Arch]>) -> Result<(), CompileError> {
     match arches {
-        Some(list) if !list.is_empty() && !list.iter().any(|a| matches!(a, Arch::ScmpArchX86_64 | Arch::ScmpArchNative)) => {
-            Err(CompileError::NoX86_64 { field: "linux.seccomp.architectures".into() })
+        Some(list)
+            if !list.is_empty()
+                && !list
+                    .iter()
+                    .any(|a| matches!(a, Arch::ScmpArchX86_64 | Arch::ScmpArchNative)) =>
+        {
+            Err(CompileError::NoX86_64 {
+                field: "linux.seccomp.architectures".into(),
+            })
         }
         _ => Ok(()),
     }
@@ -158,7 +181,9 @@ fn flags(flags: Option<&[LinuxSeccompFilterFlag]>) -> Result<u32, CompileError> 
 /// The x86_64 numbers of `names`, skipping names that only other architectures have.
 fn numbers(names: &[String], field: &str) -> Result<Vec<u32>, CompileError> {
     if names.is_empty() {
-        return Err(CompileError::NoNames { field: format!("{field}.names") });
+        return Err(CompileError::NoNames {
+            field: format!("{field}.names"),
+        });
     }
     let mut out = Vec::new();
     for (j, name) in names.iter().enumerate() {
@@ -166,7 +191,10 @@ fn numbers(names: &[String], field: &str) -> Result<Vec<u32>, CompileError> {
             Some(nr) => out.push(nr),
             None if is_foreign_syscall(name) => {}
             None => {
-                return Err(CompileError::UnknownSyscall { field: format!("{field}.names[{j}]"), name: name.clone() })
+                return Err(CompileError::UnknownSyscall {
+                    field: format!("{field}.names[{j}]"),
+                    name: name.clone(),
+                })
             }
         }
     }
@@ -175,16 +203,34 @@ fn numbers(names: &[String], field: &str) -> Result<Vec<u32>, CompileError> {
 
 /// One OCI rule as compiler rules: conditions on distinct arguments are ANDed into one rule;
 /// when an argument repeats, each condition becomes a rule of its own (ORed), as runc does.
-fn lower_rule(rule: &LinuxSyscall, default_errno: Option<u32>, field: &str) -> Result<Vec<Rule>, CompileError> {
-    let ret = action_ret(rule.action(), rule.errno_ret(), default_errno, &format!("{field}.action"))?;
+fn lower_rule(
+    rule: &LinuxSyscall,
+    default_errno: Option<u32>,
+    field: &str,
+) -> Result<Vec<Rule>, CompileError> {
+    let ret = action_ret(
+        rule.action(),
+        rule.errno_ret(),
+        default_errno,
+        &format!("{field}.action"),
+    )?;
     let args = rule.args().as_deref().unwrap_or_default();
     let mut conds = Vec::with_capacity(args.len());
     for (k, arg) in args.iter().enumerate() {
         conds.push(cond(arg, &format!("{field}.args[{k}]"))?);
     }
-    let repeated = conds.iter().enumerate().any(|(k, c)| conds[..k].iter().any(|d| d.index == c.index));
+    let repeated = conds
+        .iter()
+        .enumerate()
+        .any(|(k, c)| conds[..k].iter().any(|d| d.index == c.index));
     if repeated {
-        return Ok(conds.into_iter().map(|c| Rule { conds: vec![c], ret }).collect());
+        return Ok(conds
+            .into_iter()
+            .map(|c| Rule {
+                conds: vec![c],
+                ret,
+            })
+            .collect());
     }
     Ok(vec![Rule { conds, ret }])
 }
@@ -192,15 +238,25 @@ fn lower_rule(rule: &LinuxSyscall, default_errno: Option<u32>, field: &str) -> R
 fn cond(arg: &LinuxSeccompArg, field: &str) -> Result<Cond, CompileError> {
     let index = arg.index();
     if index >= MAX_ARGS {
-        return Err(CompileError::ArgIndex { field: format!("{field}.index"), index });
+        return Err(CompileError::ArgIndex {
+            field: format!("{field}.index"),
+            index,
+        });
     }
     let masked = arg.op() == LinuxSeccompOperator::ScmpCmpMaskedEq;
     let value_two = arg.value_two().unwrap_or(0);
     if !masked && value_two != 0 {
-        return Err(CompileError::ValueTwo { field: format!("{field}.valueTwo") });
+        return Err(CompileError::ValueTwo {
+            field: format!("{field}.valueTwo"),
+        });
     }
     let index = u32::try_from(index).unwrap_or(u32::MAX);
-    Ok(Cond { index, op: arg.op(), value: arg.value(), value_two })
+    Ok(Cond {
+        index,
+        op: arg.op(),
+        value: arg.value(),
+        value_two,
+    })
 }
 
 /// The filter's return value for `action`; `errno` is the rule's `errnoRet`, `fallback` the
@@ -211,23 +267,37 @@ fn action_ret(
     fallback: Option<u32>,
     field: &str,
 ) -> Result<u32, CompileError> {
-    let errno_field = || field.replace(".action", ".errnoRet").replace(".defaultAction", ".defaultErrnoRet");
+    let errno_field = || {
+        field
+            .replace(".action", ".errnoRet")
+            .replace(".defaultAction", ".defaultErrnoRet")
+    };
     let ret = match action {
         LinuxSeccompAction::ScmpActErrno => {
             let value = errno.or(fallback).unwrap_or(EPERM);
             if value > MAX_ERRNO {
-                return Err(CompileError::ErrnoRange { field: errno_field(), value });
+                return Err(CompileError::ErrnoRange {
+                    field: errno_field(),
+                    value,
+                });
             }
             return Ok(RET_ERRNO | value);
         }
         LinuxSeccompAction::ScmpActTrace => {
             let value = errno.unwrap_or(0);
             if value > RET_DATA {
-                return Err(CompileError::ErrnoRange { field: errno_field(), value });
+                return Err(CompileError::ErrnoRange {
+                    field: errno_field(),
+                    value,
+                });
             }
             return Ok(RET_TRACE | value);
         }
-        LinuxSeccompAction::ScmpActNotify => return Err(CompileError::Notify { field: field.into() }),
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(CompileError::Notify {
+                field: field.into(),
+            })
+        }
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => RET_KILL_THREAD,
         LinuxSeccompAction::ScmpActKillProcess => RET_KILL_PROCESS,
         LinuxSeccompAction::ScmpActTrap => RET_TRAP,
@@ -235,7 +305,10 @@ fn action_ret(
         LinuxSeccompAction::ScmpActAllow => RET_ALLOW,
     };
     match errno {
-        Some(_) => Err(CompileError::ErrnoRetUnused { field: errno_field(), action: action.to_string() }),
+        Some(_) => Err(CompileError::ErrnoRetUnused {
+            field: errno_field(),
+            action: action.to_string(),
+        }),
         None => Ok(ret),
     }
 }
@@ -257,7 +330,10 @@ mod tests {
         let json = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
             {"names":["read"],"action":"SCMP_ACT_ALLOW"},{"names":["read"],"action":"SCMP_ACT_ALLOW"},
             {"names":["read"],"action":"SCMP_ACT_ALLOW"},{"names":["write","fooo"],"action":"SCMP_ACT_LOG"}]}"#;
-        assert_eq!(err(json), r#"linux.seccomp.syscalls[3].names[1]: unknown syscall "fooo""#);
+        assert_eq!(
+            err(json),
+            r#"linux.seccomp.syscalls[3].names[1]: unknown syscall "fooo""#
+        );
     }
 
     #[test]
@@ -270,16 +346,46 @@ mod tests {
     #[test]
     fn refusals_name_their_field() {
         let cases = [
-            (r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#, "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x"}"#, "linux.seccomp.listenerPath: not"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}"#, "linux.seccomp.flags[1]"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#, "linux.seccomp.architectures"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","defaultErrnoRet":5}"#, "linux.seccomp.defaultErrnoRet: errnoRet only"),
-            (r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":5000}"#, "linux.seccomp.defaultErrnoRet: 5000"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":[],"action":"SCMP_ACT_KILL"}]}"#, "linux.seccomp.syscalls[0].names: no"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_KILL","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#, "linux.seccomp.syscalls[0].args[0].index"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_KILL","args":[{"index":0,"value":1,"valueTwo":2,"op":"SCMP_CMP_EQ"}]}]}"#, "linux.seccomp.syscalls[0].args[0].valueTwo"),
-            (r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","errnoRet":3}]}"#, "linux.seccomp.syscalls[0].errnoRet"),
+            (
+                r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#,
+                "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x"}"#,
+                "linux.seccomp.listenerPath: not",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG","SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}"#,
+                "linux.seccomp.flags[1]",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#,
+                "linux.seccomp.architectures",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","defaultErrnoRet":5}"#,
+                "linux.seccomp.defaultErrnoRet: errnoRet only",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":5000}"#,
+                "linux.seccomp.defaultErrnoRet: 5000",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":[],"action":"SCMP_ACT_KILL"}]}"#,
+                "linux.seccomp.syscalls[0].names: no",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_KILL","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+                "linux.seccomp.syscalls[0].args[0].index",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_KILL","args":[{"index":0,"value":1,"valueTwo":2,"op":"SCMP_CMP_EQ"}]}]}"#,
+                "linux.seccomp.syscalls[0].args[0].valueTwo",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","errnoRet":3}]}"#,
+                "linux.seccomp.syscalls[0].errnoRet",
+            ),
         ];
         for (json, want) in cases {
             let got = err(json);
@@ -294,9 +400,20 @@ mod tests {
             {"names":["open"],"action":"SCMP_ACT_TRACE","errnoRet":7},{"names":["close"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#;
         let f = lower(&spec(json)).unwrap();
         assert_eq!(f.default_ret, RET_ERRNO | 38);
-        assert_eq!(f.flags, SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_SPEC_ALLOW);
+        assert_eq!(
+            f.flags,
+            SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_SPEC_ALLOW
+        );
         let ret = |nr: u32| f.syscalls[&nr][0].ret;
-        assert_eq!((ret(0), ret(1), ret(2), ret(3)), (RET_ERRNO | 38, RET_ERRNO | 42, RET_TRACE | 7, RET_KILL_PROCESS));
+        assert_eq!(
+            (ret(0), ret(1), ret(2), ret(3)),
+            (
+                RET_ERRNO | 38,
+                RET_ERRNO | 42,
+                RET_TRACE | 7,
+                RET_KILL_PROCESS
+            )
+        );
     }
 
     #[test]
