@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::syscalls::{is_foreign_syscall, syscall_number};
-use crate::validate::{validate, CompileError};
+use crate::validate::{lower_rule, validate, CompileError};
 
 /// Docker's default profile (moby's `profiles/seccomp/default.json`, written for moat).
 const DOCKER_DEFAULT: &str = include_str!("../profiles/docker-default.json");
@@ -128,9 +128,9 @@ pub enum ProfileError {
     /// `archMap` has no entry for x86_64.
     #[error("archMap: no entry for SCMP_ARCH_X86_64")]
     NoX86_64ArchMap,
-    /// The resolved section does not validate.
-    #[error("the resolved seccomp section is invalid")]
-    Invalid(#[source] CompileError),
+    /// A rule, or the resolved section, does not validate (the cause names the field).
+    #[error(transparent)]
+    Invalid(CompileError),
 }
 
 /// A seccomp profile in Docker's JSON format.
@@ -266,7 +266,10 @@ impl DockerProfile {
         }
         for (i, rule) in self.syscalls.iter().flatten().enumerate() {
             let field = format!("syscalls[{i}]");
-            oci_rule(rule, &field)?;
+            // Checks the action, errnoRet and args here, so that errors carry the profile's index.
+            if let Some(oci) = oci_rule(rule, &field)? {
+                lower_rule(&oci, self.default_errno_ret, &field).map_err(ProfileError::Invalid)?;
+            }
             check_condition(rule.includes.as_ref(), &format!("{field}.includes"))?;
             check_condition(rule.excludes.as_ref(), &format!("{field}.excludes"))?;
         }

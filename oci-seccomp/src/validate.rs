@@ -203,7 +203,7 @@ fn numbers(names: &[String], field: &str) -> Result<Vec<u32>, CompileError> {
 
 /// One OCI rule as compiler rules: conditions on distinct arguments are ANDed into one rule;
 /// when an argument repeats, each condition becomes a rule of its own (ORed), as runc does.
-fn lower_rule(
+pub(crate) fn lower_rule(
     rule: &LinuxSyscall,
     default_errno: Option<u32>,
     field: &str,
