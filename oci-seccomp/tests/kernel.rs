@@ -152,6 +152,18 @@ fn docker_probes() -> Vec<Probe> {
             call: fork_and_wait,
             want: Want::Ok,
         },
+        // x32 getpid: the default action (without the filter: ENOSYS, or success with x32).
+        Probe {
+            name: "x32 getpid",
+            call: || sys(0x4000_0000 | libc::SYS_getpid, [0; 5]),
+            want: Want::Errno(libc::EPERM),
+        },
+        // setxattrat (463, Linux 6.13): unknown to the profile, so the default action.
+        Probe {
+            name: "syscall 463",
+            call: || sys(463, [0; 5]),
+            want: Want::Errno(libc::EPERM),
+        },
         Probe {
             name: "socket(AF_UNIX)",
             call: || socket(libc::AF_UNIX),
@@ -175,11 +187,7 @@ fn docker_probes() -> Vec<Probe> {
 /// Forks a child that installs `prog` and runs `probes`; returns `(return, errno)` per probe.
 fn run_filtered(prog: &Program, probes: &[Probe]) -> Vec<(i64, i64)> {
     assert!(probes.len() <= MAX_PROBES);
-    let len = u16::try_from(prog.filter.len()).unwrap();
-    let fprog = libc::sock_fprog {
-        len,
-        filter: prog.filter.as_ptr().cast_mut().cast::<libc::sock_filter>(),
-    };
+    let fprog = fprog(prog);
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints.
     let piped = unsafe { libc::pipe(fds.as_mut_ptr()) };
@@ -220,22 +228,35 @@ fn run_filtered(prog: &Program, probes: &[Probe]) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// `PR_SET_NO_NEW_PRIVS`, then `seccomp(SECCOMP_SET_MODE_FILTER, flags, fprog)`.
+fn install(fprog: &libc::sock_fprog, flags: u32) -> bool {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes no pointers.
+    let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    let mode = libc::SECCOMP_SET_MODE_FILTER;
+    // SAFETY: `fprog` points at a live filter of `len` instructions (copied by the kernel).
+    nnp == 0
+        && unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                mode,
+                flags,
+                fprog as *const libc::sock_fprog,
+            )
+        } == 0
+}
+
+fn fprog(prog: &Program) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: u16::try_from(prog.filter.len()).unwrap(),
+        filter: prog.filter.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+    }
+}
+
 /// The forked child: install the filter, run the probes, report, `_exit`.
 fn child(fd: libc::c_int, fprog: &libc::sock_fprog, flags: u32, probes: &[Probe]) -> ! {
     let mut out = [[0i64; 2]; MAX_PROBES];
     let errno = || i64::from(Error::last_os_error().raw_os_error().unwrap_or(0));
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes no pointers.
-    let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    // SAFETY: `fprog` points at a live filter of `len` instructions (copied by the kernel).
-    let installed = nnp == 0
-        && unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                flags,
-                fprog as *const libc::sock_fprog,
-            )
-        } == 0;
+    let installed = install(fprog, flags);
     if installed {
         for (slot, probe) in out.iter_mut().zip(probes) {
             let ret = (probe.call)();
@@ -305,4 +326,27 @@ fn custom_profile_in_the_kernel() {
         },
     ];
     check(&probes, &run_filtered(&prog, &probes));
+}
+
+#[test]
+fn kill_process_in_the_kernel() {
+    let json = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getppid"],"action":"SCMP_ACT_KILL_PROCESS"}]}"#;
+    let prog = compile(&DockerProfile::from_json(json).unwrap().to_oci(&[]).unwrap()).unwrap();
+    let fprog = fprog(&prog);
+    // SAFETY: the child makes only raw syscalls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", Error::last_os_error());
+    if pid == 0 {
+        let code = if install(&fprog, prog.flags) { 0 } else { 3 };
+        sys(libc::SYS_getppid, [0; 5]);
+        // SAFETY: leaving the forked child without running any destructor.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "child status {status:#x}, want killed by SIGSYS"
+    );
 }
