@@ -8,12 +8,13 @@
 //! with the command's status. Root in the container can then only halt or reboot its own PID
 //! namespace (reboot(2) kills the init), never the guest.
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::RawFd;
 
+use super::mounts::{build_root, finish_root};
 use super::plan::ExecPlan;
-use super::rootfs::ROOT;
+use super::security::{apply_limits, drop_privileges, load_seccomp_last, Ids};
+use super::spec::ContainerPlan;
 use super::supervisor::{supervise, INIT_SIGNALS};
 use crate::syscall::Syscall;
 
@@ -41,11 +42,32 @@ pub enum Stage {
     Cwd = 9,
     /// execve.
     Exec = 10,
+    /// Waiting for the agent (id maps, cgroup), joining the cgroup and network setup.
+    Namespaces = 11,
+    /// Creating the devices of /dev.
+    Devices = 12,
+    /// Writing the sysctls.
+    Sysctl = 13,
+    /// Masking paths and making paths read-only.
+    Paths = 14,
+    /// rlimits, oom_score_adj.
+    Limits = 15,
+    /// no_new_privs, capabilities.
+    Privileges = 16,
+    /// Loading the seccomp filter.
+    Seccomp = 17,
 }
 
 impl Stage {
     fn from_u8(v: u8) -> Option<Self> {
-        const ALL: [Stage; 10] = [
+        const ALL: [Stage; 17] = [
+            Stage::Namespaces,
+            Stage::Devices,
+            Stage::Sysctl,
+            Stage::Paths,
+            Stage::Limits,
+            Stage::Privileges,
+            Stage::Seccomp,
             Stage::Signals,
             Stage::Session,
             Stage::Stdio,
@@ -68,11 +90,18 @@ impl Stage {
             Self::Stdio => "setting up stdio",
             Self::Init => "starting the container's init",
             Self::Root => "entering the container root",
-            Self::Mounts => "mounting /proc, /sys and /dev",
+            Self::Mounts => "mounting the spec's mounts",
             Self::Hostname => "setting the hostname",
             Self::Ids => "setting user and group ids",
             Self::Cwd => "changing to the working directory",
             Self::Exec => "executing the command",
+            Self::Namespaces => "setting up the namespaces",
+            Self::Devices => "creating the devices",
+            Self::Sysctl => "writing the sysctls",
+            Self::Paths => "masking paths and making paths read-only",
+            Self::Limits => "setting rlimits and oom_score_adj",
+            Self::Privileges => "dropping privileges",
+            Self::Seccomp => "loading the seccomp filter",
         }
     }
 }
@@ -90,7 +119,7 @@ pub struct Failure {
 pub const FAILURE_LEN: usize = 8;
 
 impl Failure {
-    fn at(stage: Stage) -> impl Fn(io::Error) -> Failure {
+    pub(crate) fn at(stage: Stage) -> impl Fn(io::Error) -> Failure {
         move |e| Failure {
             stage,
             errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -144,16 +173,6 @@ pub enum Exit {
     Code(i32),
 }
 
-/// The flags to clone the container's init with: new PID and mount namespaces, and a UTS
-/// namespace for a hostname; `SIGCHLD` when it ends, like fork.
-pub fn clone_flags(plan: &ExecPlan) -> libc::c_ulong {
-    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
-    if plan.hostname.is_some() {
-        flags |= libc::CLONE_NEWUTS;
-    }
-    (flags | libc::SIGCHLD) as libc::c_ulong
-}
-
 /// The host mode's child, in the agent's root: sets the process up and execs; returns only on
 /// failure. The container's init runs the same for its command.
 pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Failure {
@@ -163,10 +182,17 @@ pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Failure {
     }
 }
 
-/// The guest mode's child, cloned with [`clone_flags`] (so PID 1 of its PID namespace): builds
-/// the container's root, forks the command as PID 2 and supervises it.
-pub fn run_init(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Exit {
-    if let Err(failure) = setup_container(sys, plan) {
+/// The guest mode's child, cloned with [`ContainerPlan::clone_flags`] (so PID 1 of its PID
+/// namespace), released by the agent once the id maps are written and the cgroup joined:
+/// builds the container's root, forks the command as PID 2, drops to the command's privileges
+/// and supervises it.
+pub fn run_init(
+    sys: &dyn Syscall,
+    plan: &ExecPlan,
+    container: &ContainerPlan,
+    stdio: ChildStdio,
+) -> Exit {
+    if let Err(failure) = setup_container(sys, plan, container) {
         return Exit::Failed(failure);
     }
     let fork = libc::SIGCHLD as libc::c_ulong;
@@ -176,6 +202,19 @@ pub fn run_init(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Exit {
         Err(e) => Exit::Failed(Failure::at(Stage::Init)(e)),
         Ok(0) => Exit::Failed(run(sys, plan, stdio)),
         Ok(command) => {
+            // Nothing in the container keeps more privilege than the command: the init only
+            // waits, forwards signals and reaps.
+            let ids = Ids {
+                uid: plan.uid,
+                gid: plan.gid,
+                groups: &plan.groups,
+            };
+            let dropped = drop_privileges(sys, &plan.security, &ids)
+                .and_then(|()| load_seccomp_last(sys, &plan.security));
+            if let Err(failure) = dropped {
+                let _ = sys.kill(command, libc::SIGKILL);
+                return Exit::Failed(failure);
+            }
             // The copies of the agent's descriptors (the stdin pipe's write end, the error
             // pipe, the connection) must not outlive the command's exec.
             sys.close_from(0);
@@ -184,20 +223,25 @@ pub fn run_init(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Exit {
     }
 }
 
-/// The init's part of the setup, as root: a session of its own, the root with its mounts, the
-/// hostname, the working directory, and the signals it catches.
-fn setup_container(sys: &dyn Syscall, plan: &ExecPlan) -> Result<(), Failure> {
+/// The init's part of the setup: a session of its own, root in its user namespace, its cgroup
+/// namespace, the loopback interface, the root with its mounts, sysctls, names and protected
+/// paths, the working directory, and the signals it catches.
+fn setup_container(sys: &dyn Syscall, plan: &ExecPlan, c: &ContainerPlan) -> Result<(), Failure> {
     sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
     sys.setsid().map_err(Failure::at(Stage::Session))?;
-    enter_root(sys).map_err(Failure::at(Stage::Root))?;
-    sys.umask(0);
-    let mounted = mount_pseudo_fs(sys);
-    sys.umask(0o022);
-    mounted.map_err(Failure::at(Stage::Mounts))?;
-    if let Some(name) = &plan.hostname {
-        sys.sethostname(name)
-            .map_err(Failure::at(Stage::Hostname))?;
+    let at = Failure::at(Stage::Namespaces);
+    if c.userns.is_some() {
+        sys.setgid(0).map_err(&at)?;
+        sys.setuid(0).map_err(&at)?;
     }
+    if c.cgroupns {
+        sys.unshare(libc::CLONE_NEWCGROUP).map_err(&at)?;
+    }
+    if c.clone_flags & libc::CLONE_NEWNET as libc::c_ulong != 0 {
+        sys.loopback_up().map_err(&at)?;
+    }
+    build_root(sys, c)?;
+    finish_root(sys, c)?;
     create_cwd(sys, plan);
     // Caught and blocked before the command exists, so that none sent to it is lost.
     sys.catch_signals(&INIT_SIGNALS)
@@ -205,16 +249,20 @@ fn setup_container(sys: &dyn Syscall, plan: &ExecPlan) -> Result<(), Failure> {
 }
 
 /// The command's part: default signals, its own session (with the pty as controlling terminal),
-/// stdio, ids and working directory.
+/// stdio, limits, privileges and ids, working directory, and the seccomp filter last.
 fn setup_process(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Result<(), Failure> {
     sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
     sys.setsid().map_err(Failure::at(Stage::Session))?;
     install_stdio(sys, stdio)?;
-    sys.setgroups(&plan.groups)
-        .map_err(Failure::at(Stage::Ids))?;
-    sys.setgid(plan.gid).map_err(Failure::at(Stage::Ids))?;
-    sys.setuid(plan.uid).map_err(Failure::at(Stage::Ids))?;
-    sys.chdir(&plan.cwd).map_err(Failure::at(Stage::Cwd))
+    apply_limits(sys, &plan.security)?;
+    let ids = Ids {
+        uid: plan.uid,
+        gid: plan.gid,
+        groups: &plan.groups,
+    };
+    drop_privileges(sys, &plan.security, &ids)?;
+    sys.chdir(&plan.cwd).map_err(Failure::at(Stage::Cwd))?;
+    load_seccomp_last(sys, &plan.security)
 }
 
 fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {
@@ -235,82 +283,6 @@ fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {
                 sys.dup2(slave, target).map_err(Failure::at(Stage::Stdio))?;
             }
         }
-    }
-    Ok(())
-}
-
-/// Makes every mount private, mounts the container's /dev (a tmpfs with the guest's devpts bound
-/// in: the guest runs this one container, and a pty the agent allocates must be found under the
-/// container's /dev/pts), pivots into [`ROOT`] and detaches the old root.
-fn enter_root(sys: &dyn Syscall) -> io::Result<()> {
-    sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
-    let dev_opts = c"mode=0755,size=64k,nr_inodes=64";
-    let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
-    sys.mount(
-        Some(c"tmpfs"),
-        ROOT_DEV,
-        Some(c"tmpfs"),
-        dev_flags,
-        Some(dev_opts),
-    )?;
-    sys.mkdir(ROOT_DEV_PTS, 0o755)?;
-    sys.mount(Some(c"/dev/pts"), ROOT_DEV_PTS, None, libc::MS_BIND, None)?;
-    sys.chdir(ROOT)?;
-    sys.pivot_root(c".", c".")?;
-    sys.umount_detach(c".")?;
-    sys.chdir(c"/")
-}
-
-/// The container's /dev and /dev/pts before the pivot.
-const ROOT_DEV: &CStr = c"/run/moat/root/dev";
-const ROOT_DEV_PTS: &CStr = c"/run/moat/root/dev/pts";
-
-const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-
-/// The character devices of the container's /dev: (path, major, minor).
-const DEVICES: [(&CStr, u32, u32); 6] = [
-    (c"/dev/null", 1, 3),
-    (c"/dev/zero", 1, 5),
-    (c"/dev/full", 1, 7),
-    (c"/dev/random", 1, 8),
-    (c"/dev/urandom", 1, 9),
-    (c"/dev/tty", 5, 0),
-];
-
-/// The symlinks of the container's /dev: (target, link).
-const LINKS: [(&CStr, &CStr); 5] = [
-    (c"pts/ptmx", c"/dev/ptmx"),
-    (c"/proc/self/fd", c"/dev/fd"),
-    (c"/proc/self/fd/0", c"/dev/stdin"),
-    (c"/proc/self/fd/1", c"/dev/stdout"),
-    (c"/proc/self/fd/2", c"/dev/stderr"),
-];
-
-/// Mounts /proc and a read-only /sys and fills /dev; expects a umask of 0.
-fn mount_pseudo_fs(sys: &dyn Syscall) -> io::Result<()> {
-    sys.mount(
-        Some(c"proc"),
-        c"/proc",
-        Some(c"proc"),
-        NOSUID_NODEV_NOEXEC,
-        None,
-    )?;
-    let ro = NOSUID_NODEV_NOEXEC | libc::MS_RDONLY;
-    sys.mount(Some(c"sysfs"), c"/sys", Some(c"sysfs"), ro, None)?;
-    for (path, major, minor) in DEVICES {
-        sys.mknod_char(path, 0o666, major, minor)?;
-    }
-    sys.mkdir(c"/dev/shm", 0o1777)?;
-    let shm_opts = c"mode=1777,size=65536k";
-    sys.mount(
-        Some(c"shm"),
-        c"/dev/shm",
-        Some(c"tmpfs"),
-        NOSUID_NODEV_NOEXEC,
-        Some(shm_opts),
-    )?;
-    for (target, link) in LINKS {
-        sys.symlink(target, link)?;
     }
     Ok(())
 }
@@ -357,11 +329,13 @@ fn exec(sys: &dyn Syscall, plan: &ExecPlan) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::plan;
     use crate::container::plan::ProcessSpec;
+    use crate::container::security::{SeccompProgram, Security};
+    use crate::container::{plan, spec};
     use crate::syscall::mock::Recorder;
+    use oci_spec::runtime::Spec;
 
-    fn plan(args: &[&str], cwd: &str, hostname: Option<&str>) -> ExecPlan {
+    fn plan(args: &[&str], cwd: &str) -> ExecPlan {
         let spec = ProcessSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/usr/bin:/bin".into()],
@@ -373,7 +347,16 @@ mod tests {
             rows: 0,
             cols: 0,
         };
-        plan::build(&spec, hostname).unwrap()
+        let security = Security::from_oci(&Spec::default()).unwrap();
+        plan::build(&spec, security).unwrap()
+    }
+
+    /// oci-spec's default spec (Docker-like: namespaces, mounts, masked and read-only paths)
+    /// with a hostname.
+    fn container() -> ContainerPlan {
+        let mut s = Spec::default();
+        s.set_hostname(Some("box".into()));
+        spec::build(&s, &|_| false).unwrap()
     }
 
     const PIPES: ChildStdio = ChildStdio::Pipes {
@@ -382,15 +365,24 @@ mod tests {
         stderr: 12,
     };
 
+    fn pos(lines: &[String], needle: &str) -> usize {
+        lines
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {lines:#?}"))
+    }
+
     #[test]
     fn isolated_sequence() {
         let sys = Recorder::default();
         sys.executable
             .borrow_mut()
             .push(("/bin/echo".into(), libc::E2BIG));
+        sys.dirs.borrow_mut().push("/proc/acpi".into());
         let exit = run_init(
             &sys,
-            &plan(&["echo", "hi"], "/work/dir", Some("box")),
+            &plan(&["echo", "hi"], "/work/dir"),
+            &container(),
             PIPES,
         );
         assert_eq!(
@@ -401,68 +393,200 @@ mod tests {
             })
         );
         let lines = sys.lines();
-        let pos = |needle: &str| {
-            lines
-                .iter()
-                .position(|l| l.starts_with(needle))
-                .unwrap_or_else(|| panic!("{needle}"))
-        };
-        assert_eq!(&lines[..2], ["reset_signals", "setsid"]);
+        let pos = |needle: &str| pos(&lines, needle);
         assert_eq!(
-            &lines[2..10],
+            &lines[..6],
             [
+                "reset_signals",
+                "setsid",
+                &format!("unshare {:#x}", libc::CLONE_NEWCGROUP),
+                "loopback_up",
                 "mount - / - rec,private -",
-                "mount tmpfs /run/moat/root/dev tmpfs nosuid,noexec mode=0755,size=64k,nr_inodes=64",
-                "mkdir /run/moat/root/dev/pts 755",
-                "mount /dev/pts /run/moat/root/dev/pts - bind -",
-                "chdir /run/moat/root",
-                "pivot_root . .",
-                "umount .",
-                "chdir /"
+                &format!(
+                    "open /run/moat/root {:#o}",
+                    libc::O_PATH | libc::O_DIRECTORY
+                ),
             ]
         );
-        assert!(pos("umount .") < pos("mount proc /proc proc nosuid,nodev,noexec -"));
-        assert!(lines.contains(&"mount sysfs /sys sysfs ro,nosuid,nodev,noexec -".into()));
-        assert!(pos("mknod /dev/null 666 1:3") < pos("mount shm /dev/shm tmpfs"));
-        assert!(pos("symlink pts/ptmx /dev/ptmx") < pos("symlink /proc/self/fd/2 /dev/stderr"));
+        // Each mount point is resolved in the root and mounted on through its descriptor.
+        let proc = pos("open_in_root 100 /proc ");
+        assert!(lines[proc + 1].starts_with("close"));
+        assert!(lines[proc + 2].starts_with("open_in_root 100 /proc "));
+        assert!(lines[proc + 3].starts_with("mount proc /proc/self/fd/"));
+        // oci-spec's default proc mount has no options.
+        assert!(
+            lines[proc + 3].ends_with(" proc - -"),
+            "{}",
+            lines[proc + 3]
+        );
+        assert!(pos("mount tmpfs /proc/self/fd/") < pos("mknod /run/moat/root/dev/null 20666 1:3"));
+        assert!(
+            pos("mknod /run/moat/root/dev/tty") < pos("symlink pts/ptmx /run/moat/root/dev/ptmx")
+        );
         assert!(pos("umask 0") < pos("mknod") && pos("symlink /proc/self/fd/2") < pos("umask 22"));
-        assert!(pos("sethostname box") < pos("mkdir /work 755"));
+        assert!(pos("symlink /proc/self/fd/2") < pos("mount /dev/pts /proc/self/fd/"));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("mount sysfs /proc/self/fd/")
+                && l.ends_with("sysfs ro,nosuid,nodev,noexec -")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("mount cgroup2 /proc/self/fd/")));
+        assert!(pos("mount cgroup2") < pos("chdir /run/moat/root"));
+        let pivot = pos("pivot_root . .");
+        assert_eq!(lines[pivot - 1], "chdir /run/moat/root");
+        assert_eq!(lines[pivot + 1..pivot + 3], ["umount .", "chdir /"]);
+        assert!(pivot < pos("sethostname box"));
+        // Masked: a directory gets an empty read-only tmpfs, a file /dev/null; read-only paths
+        // are bound onto themselves and remounted read-only, keeping their flags.
+        let acpi = lines
+            .iter()
+            .position(|l| l.starts_with("open_in_root") && l.contains(" /proc/acpi "))
+            .unwrap();
+        assert!(pos("sethostname box") < acpi);
+        let acpi = acpi + 1;
+        assert!(
+            lines[acpi].starts_with("mount tmpfs /proc/self/fd/"),
+            "{}",
+            lines[acpi]
+        );
+        assert!(lines[acpi].ends_with("ro,nosuid,nodev,noexec size=0,nr_inodes=1"));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("mount /dev/null /proc/self/fd/")));
+        assert!(lines.iter().any(|l| l.starts_with("mount - /proc/self/fd/")
+            && l.contains(" - ro,nosuid,bind,remount -")));
         assert!(pos("mkdir /work/dir 755") < pos("catch_signals"));
         // The init catches its signals before the command exists; the command (the clone's
         // child here) starts from default signals in a session of its own.
         let clone = pos("clone");
         assert_eq!(lines[clone], format!("clone {:#x}", libc::SIGCHLD));
         assert_eq!(clone, pos("catch_signals") + 1);
+        let command = &lines[clone + 1..];
+        let pos = |needle: &str| self::pos(command, needle);
         assert_eq!(
-            &lines[clone + 1..lines.len() - 2],
+            command[..5],
             [
                 "reset_signals",
                 "setsid",
                 "dup2 10 0",
                 "dup2 11 1",
-                "dup2 12 2",
-                "setgroups [5]",
-                "setgid 1000",
-                "setuid 1000",
-                "chdir /work/dir"
+                "dup2 12 2"
             ]
         );
-        assert!(lines[lines.len() - 2].starts_with("execve /usr/bin/echo [\"echo\", \"hi\"]"));
-        assert!(lines[lines.len() - 1].starts_with("execve /bin/echo"));
+        assert_eq!(
+            command[5],
+            format!("setrlimit {} 1024 1024", libc::RLIMIT_NOFILE)
+        );
+        assert_eq!(
+            command[6],
+            format!("prctl {} 1 0", libc::PR_SET_NO_NEW_PRIVS)
+        );
+        assert_eq!(command[7], format!("prctl {} 1 0", libc::PR_SET_KEEPCAPS));
+        // The default bounding set is AUDIT_WRITE, KILL and NET_BIND_SERVICE.
+        let drop = format!("prctl {} ", libc::PR_CAPBSET_DROP);
+        let dropped = command.iter().filter(|l| l.starts_with(&drop)).count();
+        assert_eq!(dropped, 41 - 3);
+        assert!(pos(&drop) < pos("setgroups [5]"));
+        assert!(pos("setgroups [5]") < pos("setgid 1000") && pos("setgid") < pos("setuid 1000"));
+        let caps = (1u64 << 5) | (1 << 10) | (1 << 29);
+        assert_eq!(
+            command[pos("setuid") + 1],
+            format!("capset {caps:#x} {caps:#x} {caps:#x}")
+        );
+        let ambient = format!(
+            "prctl {} {} ",
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE
+        );
+        assert_eq!(
+            command.iter().filter(|l| l.starts_with(&ambient)).count(),
+            3
+        );
+        assert!(pos("capset") < pos("chdir /work/dir"));
+        assert!(command[command.len() - 2].starts_with("execve /usr/bin/echo [\"echo\", \"hi\"]"));
+        assert!(command[command.len() - 1].starts_with("execve /bin/echo"));
     }
 
     #[test]
-    fn init_closes_descriptors_then_supervises() {
+    fn seccomp_is_last_with_no_new_privs_else_before_the_id_change() {
+        let filter = vec![libc::sock_filter {
+            code: 6,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        }];
+        for nnp in [true, false] {
+            let sys = Recorder::default();
+            let mut plan = plan(&["/bin/true"], "/");
+            plan.security.no_new_privs = nnp;
+            plan.security.seccomp = Some(SeccompProgram {
+                filter: filter.clone(),
+                flags: 0,
+            });
+            run(&sys, &plan, PIPES);
+            let lines = sys.lines();
+            let seccomp = pos(&lines, "seccomp 0 1");
+            if nnp {
+                assert_eq!(seccomp + 1, pos(&lines, "execve"));
+                assert!(pos(&lines, "chdir /") < seccomp);
+            } else {
+                assert!(seccomp < pos(&lines, "setuid"));
+                assert!(!lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("prctl {} ", libc::PR_SET_NO_NEW_PRIVS))));
+            }
+        }
+    }
+
+    #[test]
+    fn user_namespace_init_becomes_root_and_binds_devices() {
+        let mut s = Spec::default();
+        let linux = s.linux_mut().as_mut().unwrap();
+        let mut ns = linux.namespaces().clone().unwrap();
+        ns.push(
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                .build()
+                .unwrap(),
+        );
+        linux.set_namespaces(Some(ns));
+        let map = oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(100000u32)
+            .size(65536u32)
+            .build()
+            .unwrap();
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+        let c = spec::build(&s, &|_| false).unwrap();
+        assert_ne!(c.clone_flags & libc::CLONE_NEWUSER as libc::c_ulong, 0);
+        let sys = Recorder::default();
+        run_init(&sys, &plan(&["true"], "/"), &c, PIPES);
+        let lines = sys.lines();
+        assert_eq!(lines[2..4], ["setgid 0", "setuid 0"]);
+        let null = pos(&lines, "mknod /run/moat/root/dev/null 100644 0:0");
+        assert_eq!(
+            lines[null + 1],
+            "mount /dev/null /run/moat/root/dev/null - bind -"
+        );
+    }
+
+    #[test]
+    fn init_drops_privileges_closes_descriptors_then_supervises() {
         let sys = Recorder::default();
         sys.clone_pid.set(2);
         sys.signals.borrow_mut().push_back(libc::SIGCHLD);
         sys.children.borrow_mut().push_back((2, 3 << 8));
-        let exit = run_init(&sys, &plan(&["false"], "/", None), PIPES);
+        let exit = run_init(&sys, &plan(&["false"], "/"), &container(), PIPES);
         assert_eq!(exit, Exit::Code(3));
         let lines = sys.lines();
-        let clone = lines.iter().position(|l| l.starts_with("clone")).unwrap();
+        let clone = pos(&lines, "clone");
+        let after = &lines[clone + 1..];
+        assert_eq!(after[0], format!("prctl {} 1 0", libc::PR_SET_NO_NEW_PRIVS));
+        assert!(pos(after, "setuid 1000") < pos(after, "capset"));
         assert_eq!(
-            &lines[clone + 1..],
+            after[after.len() - 4..],
             [
                 "close_from 0",
                 "wait_signal 17",
@@ -473,20 +597,11 @@ mod tests {
     }
 
     #[test]
-    fn clone_flags_for_the_init() {
-        let base = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
-        let flags = clone_flags(&plan(&["true"], "/", None));
-        assert_eq!(flags, base as libc::c_ulong);
-        let flags = clone_flags(&plan(&["true"], "/", Some("box")));
-        assert_eq!(flags, (base | libc::CLONE_NEWUTS) as libc::c_ulong);
-    }
-
-    #[test]
     fn host_mode_skips_namespaces_and_mounts() {
         let sys = Recorder::default();
         run(
             &sys,
-            &plan(&["/bin/true"], "/", None),
+            &plan(&["/bin/true"], "/"),
             ChildStdio::Pty { slave: 9 },
         );
         assert_eq!(
@@ -510,7 +625,7 @@ mod tests {
     fn path_lookup_semantics() {
         // Nothing found anywhere: ENOENT.
         let sys = Recorder::default();
-        let f = run(&sys, &plan(&["nope"], "/", None), PIPES);
+        let f = run(&sys, &plan(&["nope"], "/"), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -530,7 +645,7 @@ mod tests {
         sys.executable
             .borrow_mut()
             .push(("/usr/bin/x".into(), libc::EACCES));
-        let f = run(&sys, &plan(&["x"], "/", None), PIPES);
+        let f = run(&sys, &plan(&["x"], "/"), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -543,7 +658,7 @@ mod tests {
         sys.executable
             .borrow_mut()
             .push(("/usr/bin/x".into(), libc::ENOEXEC));
-        let f = run(&sys, &plan(&["x"], "/", None), PIPES);
+        let f = run(&sys, &plan(&["x"], "/"), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -563,7 +678,7 @@ mod tests {
     #[test]
     fn failures_stop_at_their_stage() {
         let sys = Recorder::failing("pivot_root", libc::EINVAL);
-        let exit = run_init(&sys, &plan(&["true"], "/", None), PIPES);
+        let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES);
         let failure = |stage, errno| Exit::Failed(Failure { stage, errno });
         assert_eq!(exit, failure(Stage::Root, libc::EINVAL));
         assert!(!sys
@@ -572,12 +687,12 @@ mod tests {
             .any(|l| l.starts_with("execve") || l.starts_with("clone")));
         for call in ["catch_signals", "clone"] {
             let sys = Recorder::failing(call, libc::EAGAIN);
-            let exit = run_init(&sys, &plan(&["true"], "/", None), PIPES);
+            let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES);
             assert_eq!(exit, failure(Stage::Init, libc::EAGAIN));
             assert!(!sys.lines().iter().any(|l| l.starts_with("execve")));
         }
         let sys = Recorder::failing("setuid", libc::EPERM);
-        let f = run(&sys, &plan(&["true"], "/", None), PIPES);
+        let f = run(&sys, &plan(&["true"], "/"), PIPES);
         assert_eq!(
             f,
             Failure {
@@ -586,7 +701,7 @@ mod tests {
             }
         );
         let sys = Recorder::failing("chdir /nowhere", libc::ENOENT);
-        let f = run(&sys, &plan(&["true"], "/nowhere", None), PIPES);
+        let f = run(&sys, &plan(&["true"], "/nowhere"), PIPES);
         assert_eq!(
             f,
             Failure {
