@@ -395,13 +395,14 @@ mod tests {
         let lines = sys.lines();
         let pos = |needle: &str| pos(&lines, needle);
         assert_eq!(
-            &lines[..6],
+            &lines[..7],
             [
                 "reset_signals",
                 "setsid",
                 &format!("unshare {:#x}", libc::CLONE_NEWCGROUP),
                 "loopback_up",
                 "mount - / - rec,private -",
+                "mount /run/moat/root /run/moat/root - bind,rec -",
                 &format!(
                     "open /run/moat/root {:#o}",
                     libc::O_PATH | libc::O_DIRECTORY

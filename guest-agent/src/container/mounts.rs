@@ -182,6 +182,10 @@ pub fn build_root(sys: &dyn Syscall, c: &ContainerPlan) -> Result<(), Failure> {
     let at = Failure::at(Stage::Root);
     sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(&at)?;
+    // A mount made in this namespace: in a user namespace the copies of the agent's mounts
+    // are locked, and pivot_root refuses a locked new root.
+    sys.mount(Some(ROOT), ROOT, None, libc::MS_BIND | libc::MS_REC, None)
+        .map_err(&at)?;
     let root = sys
         .open(ROOT, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(&at)?;
