@@ -642,7 +642,7 @@ fn full_spec(script: &str) -> oci::Spec {
             "nosuid".into(),
             "nodev".into(),
             "size=1m".into(),
-            "mode=1777".into(),
+            "mode=750".into(),
         ])
         .build()
         .unwrap();
