@@ -295,3 +295,163 @@ pub fn load_seccomp_last(sys: &dyn Syscall, sec: &Security) -> Result<(), Failur
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::Linux;
+    use oci_spec::runtime::{LinuxCapabilitiesBuilder, LinuxSeccomp, Process};
+
+    fn spec_with(f: impl FnOnce(&mut Process)) -> Spec {
+        let mut s = Spec::default();
+        f(s.process_mut().as_mut().unwrap());
+        s
+    }
+
+    fn refused(s: &Spec) -> String {
+        Security::from_oci(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn default_process() {
+        let sec = Security::from_oci(&Spec::default()).unwrap();
+        let three = (1 << 5) | (1 << 10) | (1 << 29);
+        let all = CapSets {
+            bounding: three,
+            effective: three,
+            permitted: three,
+            inheritable: three,
+            ambient: three,
+        };
+        assert_eq!(sec.caps, all);
+        assert!(sec.no_new_privs);
+        assert_eq!(
+            sec.rlimits,
+            [(libc::RLIMIT_NOFILE as libc::c_int, 1024, 1024)]
+        );
+        assert_eq!((sec.umask, sec.oom_score_adj), (None, None));
+        let s = spec_with(|p| {
+            p.set_capabilities(None);
+        });
+        assert_eq!(Security::from_oci(&s).unwrap().caps, CapSets::default());
+        let s = spec_with(|p| {
+            let c = LinuxCapabilitiesBuilder::default()
+                .bounding(
+                    [Capability::CheckpointRestore, Capability::Chown]
+                        .into_iter()
+                        .collect::<Capabilities>(),
+                )
+                .build()
+                .unwrap();
+            p.set_capabilities(Some(c));
+            p.set_oom_score_adj(Some(-17));
+        });
+        let sec = Security::from_oci(&s).unwrap();
+        assert_eq!(sec.caps.bounding, (1 << 40) | 1);
+        assert_eq!(sec.oom_score_adj.as_deref(), Some(&b"-17"[..]));
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(refused(&spec_with(|p| {
+            p.set_apparmor_profile(Some("x".into()));
+        }))
+        .starts_with("process.apparmorProfile"));
+        assert!(refused(&spec_with(|p| {
+            p.set_selinux_label(Some("x".into()));
+        }))
+        .starts_with("process.selinuxLabel"));
+        assert!(refused(&spec_with(|p| {
+            p.set_oom_score_adj(Some(1001));
+        }))
+        .starts_with("process.oomScoreAdj"));
+        assert!(refused(&spec_with(|p| {
+            p.user_mut().set_umask(Some(0o1000));
+        }))
+        .starts_with("process.user.umask"));
+        let s = spec_with(|p| {
+            let r = oci_spec::runtime::PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitCore)
+                .soft(2u64)
+                .hard(1u64)
+                .build()
+                .unwrap();
+            p.set_rlimits(Some(vec![r]));
+        });
+        assert!(refused(&s).contains("soft limit above the hard limit"));
+        let mut s = Spec::default();
+        s.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_seccomp(Some(LinuxSeccomp::default()));
+        assert_eq!(refused(&s), "linux.seccomp: not wired yet");
+    }
+
+    /// A hand-written filter: uname(2) fails with EPERM, everything else is allowed.
+    fn deny_uname() -> Vec<libc::sock_filter> {
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let nr_offset = 0; // offsetof(struct seccomp_data, nr)
+        vec![
+            stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, nr_offset),
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_uname as u32,
+            },
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ]
+    }
+
+    #[test]
+    fn installs_a_real_filter_in_a_child() {
+        let sec = Security {
+            no_new_privs: true,
+            seccomp: Some(SeccompProgram {
+                filter: deny_uname(),
+                flags: 0,
+            }),
+            ..Security::default()
+        };
+        // SAFETY: the child only makes system calls (prctl, seccomp, uname) and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = (|| {
+                Linux.prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).ok()?;
+                load_seccomp_last(&Linux, &sec).ok()?;
+                // SAFETY: `buf` is a local utsname the kernel would fill.
+                let ret = unsafe {
+                    let mut buf: libc::utsname = std::mem::zeroed();
+                    libc::uname(&mut buf)
+                };
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                // getpid still works.
+                // SAFETY: no arguments.
+                let alive = unsafe { libc::getpid() } > 0;
+                Some(if ret == -1 && errno == Some(libc::EPERM) && alive {
+                    0
+                } else {
+                    2
+                })
+            })()
+            .unwrap_or(3);
+            // SAFETY: ends the forked child without running the test harness's handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child into a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
+}
