@@ -130,6 +130,9 @@ fn refuse_unsupported(p: &Process) -> Result<(), PlanError> {
     if p.command_line().is_some() {
         return Err(refuse("process.commandLine", "a Windows field"));
     }
+    if p.user().username().is_some() {
+        return Err(refuse("process.user.username", "a Windows field"));
+    }
     Ok(())
 }
 
