@@ -633,6 +633,18 @@ fn full_spec(script: &str) -> oci::Spec {
     let linux = s.linux_mut().as_mut().unwrap();
     let sysctl = [("net.ipv4.ip_forward".to_string(), "1".to_string())];
     linux.set_sysctl(Some(sysctl.into_iter().collect()));
+    let tun = oci::LinuxDeviceBuilder::default()
+        .path("/dev/net/tun")
+        .typ(oci::LinuxDeviceType::C)
+        .major(10)
+        .minor(200)
+        .file_mode(0o620u32)
+        .uid(1000u32)
+        .gid(5u32)
+        .build()
+        .unwrap();
+    linux.set_devices(Some(vec![tun]));
+    linux.set_rootfs_propagation(Some("rshared".into()));
     let mut mounts = s.mounts().clone().unwrap();
     // Docker's proc options, which the read-only /proc/sys keeps.
     let hardened = ["nosuid", "noexec", "nodev"].map(String::from).to_vec();
@@ -666,7 +678,8 @@ const FULL_SCRIPT: &str = "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/statu
     cat /proc/sys/net/ipv4/ip_forward; wc -c < /proc/keys; \
     echo 1 > /proc/sys/kernel/shmmni 2>/dev/null || echo sys-ro; \
     grep -E ' /(tmp/small|data|proc/sys|sys/fs/cgroup) ' /proc/self/mounts; \
-    touch /data/x 2>/dev/null || echo data-ro; cat /sys/class/net/lo/flags; true";
+    touch /data/x 2>/dev/null || echo data-ro; cat /sys/class/net/lo/flags; \
+    stat -c '%t:%T %a %u:%g' /dev/net/tun; awk '$5 == \"/\" {print substr($7, 1, 7)}' /proc/self/mountinfo";
 
 #[test]
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
@@ -717,7 +730,7 @@ fn isolated_full_spec() {
         ],
         "{text}{err}"
     );
-    let mounts = &lines[15..lines.len() - 2];
+    let mounts = &lines[15..lines.len() - 4];
     let has = |dest: &str, want: &[&str]| {
         let line = mounts
             .iter()
@@ -734,7 +747,11 @@ fn isolated_full_spec() {
     has("/data", &["ro,"]);
     has("/proc/sys", &["ro,nosuid,nodev,noexec"]);
     has("/sys/fs/cgroup", &["cgroup2", "ro,"]);
-    assert_eq!(lines[lines.len() - 2..], ["data-ro", "0x9"], "{text}");
+    assert_eq!(
+        lines[lines.len() - 4..],
+        ["data-ro", "0x9", "a:c8 620 1000:5", "shared:"],
+        "{text}"
+    );
 }
 
 #[test]

@@ -175,12 +175,17 @@ fn fill_dev(sys: &dyn Syscall, c: &ContainerPlan) -> io::Result<()> {
     made
 }
 
-/// Makes the mounts private, mounts the spec's mounts in order under [`ROOT`] (filling a /dev
-/// tmpfs right after it is mounted), pivots into the root and detaches the old one, then sets
-/// the root's propagation.
+/// Makes the mounts private (slaves for `rslave`), mounts the spec's mounts in order under
+/// [`ROOT`] (filling a /dev tmpfs right after it is mounted), pivots into the root and
+/// detaches the old one, then makes the root shared or unbindable if asked.
 pub fn build_root(sys: &dyn Syscall, c: &ContainerPlan) -> Result<(), Failure> {
     let at = Failure::at(Stage::Root);
-    sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+    // rslave keeps receiving the guest's mount events; everything else starts private.
+    let first = match c.propagation & libc::MS_SLAVE {
+        0 => libc::MS_PRIVATE,
+        _ => libc::MS_SLAVE,
+    };
+    sys.mount(None, c"/", None, libc::MS_REC | first, None)
         .map_err(&at)?;
     // A mount made in this namespace: in a user namespace the copies of the agent's mounts
     // are locked, and pivot_root refuses a locked new root.
@@ -198,7 +203,8 @@ pub fn build_root(sys: &dyn Syscall, c: &ContainerPlan) -> Result<(), Failure> {
     }
     drop(root);
     pivot(sys).map_err(&at)?;
-    if c.propagation != 0 {
+    // Shared or unbindable once pivoted (pivot_root refuses a shared parent of the new root).
+    if c.propagation & (libc::MS_SHARED | libc::MS_UNBINDABLE) != 0 {
         sys.mount(None, c"/", None, c.propagation, None)
             .map_err(&at)?;
     }
