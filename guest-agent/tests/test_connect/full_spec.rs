@@ -199,30 +199,10 @@ fn isolated_full_spec() {
 #[test]
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
 fn isolated_user_namespace() {
-    let mut s = spec(&[
-        "sh",
-        "-c",
-        "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u %g' / /dev/null; \
+    let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u %g' / /dev/null; \
          echo x > /dev/null && touch /owned && echo root-owns-root; \
-         cat /proc/self/status | grep CapEff",
-    ])
-    .to_oci(Some("box"), false);
-    let linux = s.linux_mut().as_mut().unwrap();
-    let mut ns = linux.namespaces().clone().unwrap();
-    let user = oci::LinuxNamespaceBuilder::default()
-        .typ(oci::LinuxNamespaceType::User)
-        .build()
-        .unwrap();
-    ns.push(user);
-    linux.set_namespaces(Some(ns));
-    let map = oci::LinuxIdMappingBuilder::default()
-        .container_id(0u32)
-        .host_id(100_000u32)
-        .size(65_536u32)
-        .build()
-        .unwrap();
-    linux.set_uid_mappings(Some(vec![map]));
-    linux.set_gid_mappings(Some(vec![map]));
+         cat /proc/self/status | grep CapEff";
+    let s = in_user_namespace(spec(&["sh", "-c", script]));
     let out = run_spec(s, vec![]);
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -287,4 +267,40 @@ fn isolated_refusals() {
     ns.retain(|n| n.typ() != oci::LinuxNamespaceType::Pid);
     linux.set_namespaces(Some(ns));
     refused(s, "a pid namespace is required");
+}
+
+/// `process` in the default spec with a user namespace mapping container ids 0..65536 to
+/// 100000..165536.
+fn in_user_namespace(process: ProcessSpec) -> oci::Spec {
+    let mut s = process.to_oci(Some("box"), false);
+    let linux = s.linux_mut().as_mut().unwrap();
+    let mut ns = linux.namespaces().clone().unwrap();
+    let user = oci::LinuxNamespaceBuilder::default()
+        .typ(oci::LinuxNamespaceType::User)
+        .build()
+        .unwrap();
+    ns.push(user);
+    linux.set_namespaces(Some(ns));
+    let map = oci::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(100_000u32)
+        .size(65_536u32)
+        .build()
+        .unwrap();
+    linux.set_uid_mappings(Some(vec![map]));
+    linux.set_gid_mappings(Some(vec![map]));
+    s
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_user_namespace_terminal() {
+    // The pty is given to the guest ids the user maps to, so the user owns it inside.
+    let mut process = spec(&["sh", "-c", "stat -c '%u' $(tty); id -u"]);
+    process.terminal = true;
+    process.uid = 1000;
+    let out = run_spec(in_user_namespace(process), vec![]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "1000\r\n1000\r\n");
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 0 }), "{text}");
 }
