@@ -102,8 +102,8 @@ fn isolated_sequence() {
             && l.ends_with("sysfs ro,nosuid,nodev,noexec -")));
     assert!(lines
         .iter()
-        .any(|l| l.starts_with("mount cgroup2 /proc/self/fd/")));
-    assert!(pos("mount cgroup2") < pos("chdir /run/moat/root"));
+        .any(|l| l.starts_with("mount cgroup /proc/self/fd/") && l.contains(" cgroup2 ")));
+    assert!(pos("mount cgroup ") < pos("chdir /run/moat/root"));
     let pivot = pos("pivot_root . .");
     assert_eq!(lines[pivot - 1], "chdir /run/moat/root");
     assert_eq!(lines[pivot + 1..pivot + 3], ["umount .", "chdir /"]);

@@ -486,27 +486,42 @@ fn mount_step(
         data,
         fills_dev: false,
     };
-    let fs = |name: &str| MountKind::Fs {
-        source: CString::new(name).unwrap_or_default(),
-        fstype: CString::new(name).unwrap_or_default(),
+    // A pseudo filesystem's source is only a name, shown in the mount table.
+    let name = source.clone().filter(|s| !s.is_empty());
+    let fs = |fstype: &str| -> Result<MountKind, PlanError> {
+        Ok(MountKind::Fs {
+            source: cstring(name.as_deref().unwrap_or(fstype), field)?,
+            fstype: cstring(fstype, field)?,
+        })
     };
     let typ = typ.unwrap_or(if opts.bind { "bind" } else { "" });
+    let no_data = |what: &str| match opts.data.first() {
+        Some(o) => Err(refuse(
+            field,
+            format!("option {o:?} does not apply to {what}"),
+        )),
+        None => Ok(()),
+    };
     step.kind = match typ {
-        _ if opts.bind => bind_source(field, source, opts.recursive, is_file, &mut step)?,
+        _ if opts.bind => {
+            no_data("a bind mount")?;
+            bind_source(field, source, opts.recursive, is_file, &mut step)?
+        }
         "bind" => return Err(refuse(field, "type bind needs the bind or rbind option")),
-        "proc" | "mqueue" | "tmpfs" => fs(typ),
+        "proc" | "mqueue" | "tmpfs" => fs(typ)?,
         "sysfs" => {
             if !opts.rw {
                 step.flags |= libc::MS_RDONLY;
             }
-            fs("sysfs")
+            fs("sysfs")?
         }
         "cgroup" | "cgroup2" => {
-            step.data = None;
-            fs("cgroup2")
+            no_data("cgroup2 (v1 controllers are not supported)")?;
+            fs("cgroup2")?
         }
         // The guest's devpts instance, where the agent allocates the terminal: one container
-        // per VM, so the container's /dev/pts is the guest's.
+        // per VM, so the container's /dev/pts is the guest's, and the options of a new
+        // instance (newinstance, ptmxmode, mode, gid) do not apply.
         "devpts" => {
             step.data = None;
             MountKind::Bind {

@@ -164,6 +164,23 @@ fn mount_refusals_and_binds() {
         .build()
         .unwrap();
     assert!(refused(&with_mount(nfs)).contains("type \"nfs\" is not supported"));
+    let with_opts = |typ: &str, opts: &[&str]| {
+        let m = MountBuilder::default()
+            .destination("/m")
+            .typ(typ)
+            .source("/run/moat-volumes/0")
+            .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap();
+        with_mount(m)
+    };
+    let s = with_opts("bind", &["rbind", "z"]);
+    assert!(refused(&s).contains("option \"z\" does not apply to a bind mount"));
+    let s = with_opts("cgroup", &["cpu,cpuacct"]);
+    assert!(refused(&s).contains("v1 controllers are not supported"));
+    let p = build(&with_opts("tmpfs", &["size=1m"]), &|_| false).unwrap();
+    assert!(matches!(&p.mounts[7].kind,
+        MountKind::Fs { source, fstype } if source.as_c_str() == c"/run/moat-volumes/0" && fstype.as_c_str() == c"tmpfs"));
 }
 
 #[test]
