@@ -3,8 +3,8 @@
 //! As PID 1 (whatever its arguments: the kernel passes unknown command-line words to init) it
 //! runs [`init::main`]. For testing on a host it can instead serve one connection to a Unix
 //! socket with `--test-connect unix:PATH`: no init mounts and no container isolation (the
-//! process runs in the agent's own root; the request's rootfs is not used and a hostname is
-//! refused). With `--isolated` added (root only), the agent first moves into a private mount
+//! process runs in the agent's own root; the request's rootfs is not used and the spec's
+//! container fields (linux, mounts, hostname, volumes) are refused). With `--isolated` added (root only), the agent first moves into a private mount
 //! namespace with its own tmpfs on /run, then builds containers exactly as in the guest, from the
 //! request's rootfs device (e.g. a loop device).
 

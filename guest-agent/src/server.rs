@@ -203,7 +203,9 @@ impl Server {
         if self.session.is_some() {
             return self.error(ErrorKind::InvalidRequest, "a process was already started");
         }
-        let process = match container::start(req, self.config.isolation, &self.reaper) {
+        // The cgroup placement of the container's init goes in this hook (the cgroup part).
+        let placed = |_pid| Ok(());
+        let process = match container::start(req, self.config.isolation, &self.reaper, placed) {
             Ok(process) => process,
             Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameKind,
-    HostMessage, RootfsSpec, RunRequest, MAX_PAYLOAD, PROTOCOL_VERSION,
+    HostMessage, RootfsSpec, RunRequest, VolumeSpec, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 use oci_spec::runtime as oci;
 
@@ -69,10 +69,16 @@ impl ProcessSpec {
             .readonly(readonly)
             .build()
             .unwrap();
+        // oci-spec's default is Docker-like: namespaces, mounts, masked and read-only paths.
         let mut spec = oci::Spec::default();
         spec.set_process(Some(builder.build().unwrap()));
         spec.set_hostname(hostname.map(str::to_owned));
         spec.set_root(Some(root));
+        if hostname.is_none() {
+            // The host mode has no container.
+            spec.set_linux(None);
+            spec.set_mounts(None);
+        }
         spec
     }
 }
@@ -389,6 +395,42 @@ fn isolated_request(
     (host, dev, started)
 }
 
+/// Sends `spec` (with `volumes`) to an isolated agent.
+fn isolated_spec_request(
+    spec: oci::Spec,
+    volumes: Vec<VolumeSpec>,
+) -> (Host, Loop, Result<i32, (ErrorKind, String)>) {
+    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
+    let dev = Loop::attach(&image);
+    let mut host = Host::start_with(&["--isolated"]);
+    let req = RunRequest {
+        id: "iso".into(),
+        rootfs: RootfsSpec {
+            device: dev.0.clone(),
+            fstype: "ext4".into(),
+            upper_mib: 64,
+        },
+        volumes,
+        spec,
+    };
+    let started = host.run_request(req);
+    (host, dev, started)
+}
+
+/// Runs `spec` to its end.
+fn run_spec(spec: oci::Spec, volumes: Vec<VolumeSpec>) -> Output {
+    let (mut host, _dev, started) = isolated_spec_request(spec, volumes);
+    started.unwrap();
+    host.send(&HostMessage::StdinEof);
+    let out = host.collect();
+    host.shutdown();
+    out
+}
+
+fn caps(list: &[oci::Capability]) -> oci::Capabilities {
+    list.iter().copied().collect()
+}
+
 const ISOLATED_SCRIPT: &str = "hostname; id -u; id -G; pwd; ls /dev | tr '\\n' ' '; echo; \
     readlink /dev/ptmx; echo data > /tmp/f && cat /tmp/f; wc -l < /proc/self/mountinfo; \
     awk '$5 ~ /moat/' /proc/self/mountinfo | wc -l; touch /sys/x 2>/dev/null || echo sys-ro; \
@@ -419,12 +461,10 @@ fn isolated_container_from_an_image() {
             "no /dev/{dev}: {text}"
         );
     }
-    // /, /proc, /sys, /dev, /dev/pts, /dev/shm and nothing of the agent's.
-    assert_eq!(
-        lines[5..],
-        ["pts/ptmx", "data", "6", "0", "sys-ro", "moat"],
-        "{text}"
-    );
+    // The default spec's 7 mounts, 9 of its masked and read-only paths that exist on this
+    // kernel (the count differs on another kernel), and nothing of the agent's.
+    assert_eq!(lines[5..7], ["pts/ptmx", "data"], "{text}");
+    assert_eq!(lines[8..], ["0", "sys-ro", "moat"], "{text}");
 }
 
 #[test]
@@ -492,14 +532,35 @@ fn isolated_signals_reach_the_command() {
 #[test]
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
 fn isolated_poweroff_ends_only_the_container() {
-    // reboot(2) in a PID namespace kills its init with SIGINT (power off, halt) or SIGHUP
-    // (restart). The guard keeps this from halting the machine if the namespace were missing.
+    // Without CAP_SYS_BOOT (the default capabilities) reboot(2) is refused.
+    let script = "[ $$ = 2 ] && poweroff -f; echo refused";
+    let mut s = spec(&["sh", "-c", script]).to_oci(Some("box"), false);
+    let out = run_spec(s.clone(), vec![]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "refused\n", "{out:?}");
+    // With it, reboot(2) in a PID namespace kills its init with SIGINT (power off, halt) or
+    // SIGHUP (restart). The guard keeps this from halting the machine if the namespace were
+    // missing.
+    let caps = oci::LinuxCapabilitiesBuilder::default()
+        .bounding(caps(&[oci::Capability::SysBoot]))
+        .permitted(caps(&[oci::Capability::SysBoot]))
+        .effective(caps(&[oci::Capability::SysBoot]))
+        .inheritable(caps(&[]))
+        .ambient(caps(&[]))
+        .build()
+        .unwrap();
     for (command, signo) in [("poweroff", 2), ("reboot", 1)] {
         let script = format!("[ $$ = 2 ] && {command} -f; echo no-namespace");
-        let (mut host, _dev) = isolated_start(false, spec(&["sh", "-c", &script]));
+        let process = s.process_mut().as_mut().unwrap();
+        process.set_args(Some(vec!["sh".into(), "-c".into(), script]));
+        process.set_capabilities(Some(caps.clone()));
+        let (mut host, _dev, started) = isolated_spec_request(s.clone(), vec![]);
+        started.unwrap();
         host.send(&HostMessage::StdinEof);
         let out = host.collect();
         assert_eq!(out.status, Some(ExitStatus::Signaled { signo }), "{out:?}");
         host.shutdown();
     }
 }
+
+#[path = "test_connect/full_spec.rs"]
+mod full_spec;

@@ -3,12 +3,17 @@
 //! ([`supervisor`]) and the stdio the process gets (pipes or a [`pty`]).
 
 pub mod child;
+pub mod mountopts;
+pub mod mounts;
 pub mod plan;
 pub mod pty;
 pub mod rootfs;
+pub mod security;
+pub mod spec;
 pub mod supervisor;
+pub mod volumes;
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use moat_protocol::{ErrorKind, FrameKind, RunRequest};
@@ -16,6 +21,9 @@ use moat_protocol::{ErrorKind, FrameKind, RunRequest};
 use self::child::{ChildStdio, Exit, Failure, Stage, FAILURE_LEN};
 use self::plan::{ExecPlan, PlanError, ProcessSpec};
 use self::rootfs::RootfsError;
+use self::security::Security;
+use self::spec::{ContainerPlan, IdMaps};
+use self::volumes::VolumeError;
 use crate::reaper::Reaper;
 use crate::syscall::{Linux, Syscall};
 
@@ -31,6 +39,9 @@ pub enum ContainerError {
     /// The root could not be prepared.
     #[error("cannot prepare the container root")]
     Rootfs(#[from] RootfsError),
+    /// A volume could not be mounted.
+    #[error("cannot mount the volumes")]
+    Volume(#[from] VolumeError),
     /// Pipes, pty or fork failed.
     #[error("{what} failed")]
     Spawn {
@@ -55,9 +66,11 @@ impl ContainerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Plan(_) | Self::Unsupported(_) => ErrorKind::InvalidRequest,
-            Self::Rootfs(RootfsError::BadDevice(_) | RootfsError::BadFstype(_)) => {
-                ErrorKind::InvalidRequest
-            }
+            Self::Rootfs(
+                RootfsError::BadDevice(_) | RootfsError::BadFstype(_) | RootfsError::Symlink(_),
+            ) => ErrorKind::InvalidRequest,
+            Self::Volume(VolumeError::Mount { .. }) => ErrorKind::Internal,
+            Self::Volume(_) => ErrorKind::InvalidRequest,
             Self::Rootfs(_) | Self::Spawn { .. } => ErrorKind::Internal,
             Self::Child { failure, .. } => exec_error_kind(*failure),
         }
@@ -86,8 +99,7 @@ pub fn exec_error_kind(failure: Failure) -> ErrorKind {
 /// How the process is confined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
-    /// Its own PID, mount (and UTS) namespaces, pivoted into the image's root, under a minimal
-    /// init: the guest mode.
+    /// The namespaces, mounts and root of the spec, under a minimal init: the guest mode.
     Container,
     /// None: the process runs in the agent's root (the host test mode).
     None,
@@ -131,36 +143,76 @@ fn with_program(p: &ProcessSpec) -> impl Fn(ContainerError) -> ContainerError + 
     }
 }
 
-/// Prepares the root (in [`Isolation::Container`]), then starts the process of `req`.
+/// Refuses the container fields of a spec in the host mode, which has no container.
+fn refuse_in_host_mode(req: &RunRequest) -> Result<(), ContainerError> {
+    let spec = &req.spec;
+    let container = spec.hostname().is_some()
+        || spec.domainname().is_some()
+        || spec.linux().is_some()
+        || spec.mounts().as_ref().is_some_and(|m| !m.is_empty())
+        || !req.volumes.is_empty();
+    match container {
+        true => Err(ContainerError::Unsupported(
+            "linux, mounts, hostname, domainname and volumes need the guest mode",
+        )),
+        false => Ok(()),
+    }
+}
+
+/// Whether a bind source is a file (its mount point is then a file).
+fn is_file(path: &str) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
+}
+
+/// Validates the spec, mounts the volumes and the root (in [`Isolation::Container`]), then
+/// starts the process of `req`. `placed` is called with the pid of the container's init (of
+/// the process in the host mode) after the user namespace's id maps are written and before it
+/// goes on: the caller moves it into its cgroup there.
 pub fn start(
     req: &RunRequest,
     isolation: Isolation,
     reaper: &Reaper,
+    placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
 ) -> Result<Process, ContainerError> {
-    let hostname = req.spec.hostname().as_deref();
-    if isolation == Isolation::None && hostname.is_some() {
-        return Err(ContainerError::Unsupported(
-            "a hostname needs the guest mode",
-        ));
-    }
     let process = ProcessSpec::from_oci(&req.spec)?;
-    let plan = plan::build(&process, hostname)?;
-    if isolation == Isolation::Container {
-        let readonly = req
-            .spec
-            .root()
-            .as_ref()
-            .is_some_and(|r| r.readonly() == Some(true));
-        rootfs::prepare(&Linux, &req.rootfs, readonly)?;
-    }
+    let plan = plan::build(&process, Security::from_oci(&req.spec)?)?;
+    let container = match isolation {
+        Isolation::None => {
+            refuse_in_host_mode(req)?;
+            None
+        }
+        Isolation::Container => {
+            // Everything is checked before anything is mounted.
+            spec::build(&req.spec, &|_| false)?;
+            volumes::check(&req.volumes)?;
+            volumes::mount_all(&Linux, &req.volumes)?;
+            let container = spec::build(&req.spec, &is_file)?;
+            let readonly = req
+                .spec
+                .root()
+                .as_ref()
+                .is_some_and(|r| r.readonly() == Some(true));
+            let owner = container.userns.as_ref().map(|m| m.root);
+            rootfs::prepare(&Linux, &req.rootfs, readonly, owner)?;
+            rootfs::check_pseudo_dirs()?;
+            Some(container)
+        }
+    };
+    let launch = Launch {
+        plan: &plan,
+        container: container.as_ref(),
+        reaper,
+    };
     let p = &process;
     if p.terminal {
         let pty = pty::open(p.rows, p.cols).map_err(spawn_err("opening a pty"))?;
-        pty::give_to(&pty.slave, p.uid, p.gid).map_err(spawn_err("giving the pty to the user"))?;
+        let owner = container_ids(container.as_ref(), p.uid, p.gid);
+        pty::give_to(&pty.slave, owner.0, owner.1)
+            .map_err(spawn_err("giving the pty to the user"))?;
         let stdio = ChildStdio::Pty {
             slave: pty.slave.as_raw_fd(),
         };
-        let pid = fork_exec(&plan, stdio, isolation, reaper).map_err(with_program(p))?;
+        let pid = launch.fork_exec(stdio, placed).map_err(with_program(p))?;
         drop(pty.slave);
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(spawn_err("duplicating the pty"));
         return Ok(Process {
@@ -178,7 +230,7 @@ pub fn start(
         stdout: stdout_w.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
     };
-    let pid = fork_exec(&plan, stdio, isolation, reaper).map_err(with_program(p))?;
+    let pid = launch.fork_exec(stdio, placed).map_err(with_program(p))?;
     Ok(Process {
         pid,
         stdin: stdin_w,
@@ -187,58 +239,139 @@ pub fn start(
     })
 }
 
-/// Forks (in the host mode) or clones the container's init (in the guest mode); the child runs
-/// [`child::run`] or [`child::run_init`], and a failure is reported on a close-on-exec pipe, so
-/// an end of file there means the exec succeeded.
-fn fork_exec(
-    plan: &ExecPlan,
-    stdio: ChildStdio,
-    isolation: Isolation,
-    reaper: &Reaper,
-) -> Result<libc::pid_t, ContainerError> {
-    let (err_r, err_w) = pipe().map_err(spawn_err("creating the error pipe"))?;
-    let isolate = isolation == Isolation::Container;
-    let flags = match isolate {
-        true => child::clone_flags(plan),
-        false => libc::SIGCHLD as libc::c_ulong,
-    };
-    let pid = reaper
-        .spawn_registered(|| {
-            // SAFETY: the child only makes system calls on data prepared before the clone
-            // (`plan`, `stdio`, `err_w`) and ends with execve or _exit; it never returns here.
-            match unsafe { Linux.clone_process(flags)? } {
-                0 => {
-                    let exit = match isolate {
-                        true => child::run_init(&Linux, plan, stdio),
-                        false => Exit::Failed(child::run(&Linux, plan, stdio)),
-                    };
-                    end_child(err_w.as_raw_fd(), exit)
+/// The guest ids of container ids `uid`/`gid` (through the user namespace's maps, if any).
+fn container_ids(container: Option<&ContainerPlan>, uid: u32, gid: u32) -> (u32, u32) {
+    match container.and_then(|c| c.userns.as_ref()) {
+        Some(maps) => (
+            map_id(&maps.uid_map, uid).unwrap_or(uid),
+            map_id(&maps.gid_map, gid).unwrap_or(gid),
+        ),
+        None => (uid, gid),
+    }
+}
+
+/// Looks `id` up in an id map's text ("inside outside count" lines).
+fn map_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut f = line.split(' ').map(|v| v.parse::<u32>().ok());
+        let (inside, outside, count) = (f.next()??, f.next()??, f.next()??);
+        (id >= inside && id - inside < count).then(|| outside + (id - inside))
+    })
+}
+
+/// Writes the id maps of the user namespace of `pid`.
+fn write_id_maps(pid: libc::pid_t, maps: &IdMaps) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/uid_map"), &maps.uid_map)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &maps.gid_map)
+}
+
+/// What [`Launch::fork_exec`] starts.
+struct Launch<'a> {
+    plan: &'a ExecPlan,
+    container: Option<&'a ContainerPlan>,
+    reaper: &'a Reaper,
+}
+
+impl Launch<'_> {
+    /// Forks (in the host mode) or clones the container's init (in the guest mode), which
+    /// waits on the sync pipe until the agent has written the id maps and called `placed`;
+    /// the child then runs [`child::run`] or [`child::run_init`], and a failure is reported on
+    /// a close-on-exec pipe, so an end of file there means the exec succeeded.
+    fn fork_exec(
+        &self,
+        stdio: ChildStdio,
+        placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
+    ) -> Result<libc::pid_t, ContainerError> {
+        let (err_r, err_w) = pipe().map_err(spawn_err("creating the error pipe"))?;
+        let (sync_r, sync_w) = pipe().map_err(spawn_err("creating the sync pipe"))?;
+        let flags = match self.container {
+            Some(c) => c.clone_flags,
+            None => libc::SIGCHLD as libc::c_ulong,
+        };
+        let (plan, container) = (self.plan, self.container);
+        let pid = self
+            .reaper
+            .spawn_registered(|| {
+                // SAFETY: the child only makes system calls on data prepared before the clone
+                // (`plan`, `container`, `stdio`, the pipes) and ends with execve or _exit; it
+                // never returns here.
+                match unsafe { Linux.clone_process(flags)? } {
+                    0 => {
+                        Linux.close(sync_w.as_raw_fd());
+                        let exit = match Linux.read_byte(sync_r.as_raw_fd()) {
+                            Ok(true) => match container {
+                                Some(c) => child::run_init(&Linux, plan, c, stdio),
+                                None => Exit::Failed(child::run(&Linux, plan, stdio)),
+                            },
+                            _ => Exit::Code(127),
+                        };
+                        end_child(err_w.as_raw_fd(), exit)
+                    }
+                    pid => Ok(pid),
                 }
-                pid => Ok(pid),
-            }
-        })
-        .map_err(spawn_err(if isolate { "clone" } else { "fork" }))?;
-    drop(err_w);
-    let mut report = Vec::with_capacity(FAILURE_LEN);
-    let read = std::fs::File::from(err_r)
-        .take(FAILURE_LEN as u64)
-        .read_to_end(&mut report);
-    match read {
-        Ok(0) => Ok(pid),
-        Ok(_) => {
-            reaper.forget(pid);
-            let failure = Failure::from_bytes(&report).unwrap_or(Failure {
-                stage: Stage::Exec,
-                errno: libc::EIO,
-            });
-            Err(ContainerError::Child {
-                program: String::new(),
-                failure,
             })
+            .map_err(spawn_err(if container.is_some() {
+                "clone"
+            } else {
+                "fork"
+            }))?;
+        drop((err_w, sync_r));
+        if let Err(e) = self.release(pid, sync_w, placed) {
+            self.abandon(pid);
+            return Err(e);
         }
-        Err(e) => {
-            reaper.forget(pid);
-            Err(spawn_err("reading the error pipe")(e))
+        self.wait_for_exec(pid, err_r)
+    }
+
+    /// The parent's part while the child waits: id maps, `placed`, then one byte to go on.
+    fn release(
+        &self,
+        pid: libc::pid_t,
+        sync_w: OwnedFd,
+        placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
+    ) -> Result<(), ContainerError> {
+        if let Some(maps) = self.container.and_then(|c| c.userns.as_ref()) {
+            write_id_maps(pid, maps).map_err(spawn_err("writing the user namespace's id maps"))?;
+        }
+        placed(pid)?;
+        std::fs::File::from(sync_w)
+            .write_all(b"g")
+            .map_err(spawn_err("releasing the container's init"))
+    }
+
+    /// Ends a child that will not be released.
+    fn abandon(&self, pid: libc::pid_t) {
+        // SAFETY: kill takes no pointers; the pid is our unreaped child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.reaper.forget(pid);
+    }
+
+    fn wait_for_exec(
+        &self,
+        pid: libc::pid_t,
+        err_r: OwnedFd,
+    ) -> Result<libc::pid_t, ContainerError> {
+        let mut report = Vec::with_capacity(FAILURE_LEN);
+        let read = std::fs::File::from(err_r)
+            .take(FAILURE_LEN as u64)
+            .read_to_end(&mut report);
+        match read {
+            Ok(0) => Ok(pid),
+            Ok(_) => {
+                self.reaper.forget(pid);
+                let failure = Failure::from_bytes(&report).unwrap_or(Failure {
+                    stage: Stage::Exec,
+                    errno: libc::EIO,
+                });
+                Err(ContainerError::Child {
+                    program: String::new(),
+                    failure,
+                })
+            }
+            Err(e) => {
+                self.reaper.forget(pid);
+                Err(spawn_err("reading the error pipe")(e))
+            }
         }
     }
 }

@@ -5,13 +5,11 @@ use std::ffi::CString;
 
 use oci_spec::runtime::Spec;
 
+use super::security::Security;
 use crate::syscall::CStrArray;
 
 /// `PATH` used for the command lookup when the request's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Longest hostname Linux accepts.
-const MAX_HOSTNAME: usize = 64;
 
 /// Most arguments plus environment entries a request may carry.
 const MAX_STRINGS: usize = 4096;
@@ -31,9 +29,14 @@ pub enum PlanError {
     /// The working directory is not absolute.
     #[error("working directory {0:?} is not an absolute path")]
     RelativeCwd(String),
-    /// The hostname is empty or too long.
-    #[error("hostname must be 1 to {MAX_HOSTNAME} bytes")]
-    BadHostname,
+    /// A field of the spec the agent refuses, and why.
+    #[error("{field}: {why}")]
+    Field {
+        /// The OCI field, e.g. `linux.namespaces`.
+        field: String,
+        /// Why.
+        why: String,
+    },
     /// Too many arguments and environment entries.
     #[error("more than {MAX_STRINGS} arguments and environment entries")]
     TooMany,
@@ -84,8 +87,8 @@ impl ProcessSpec {
 
 /// Everything the forked child needs, prepared by the parent.
 pub struct ExecPlan {
-    /// Hostname to set in a new UTS namespace (only when the process is isolated).
-    pub hostname: Option<Vec<u8>>,
+    /// Limits and privileges.
+    pub security: Security,
     /// User id.
     pub uid: libc::uid_t,
     /// Group id.
@@ -108,8 +111,8 @@ fn cstring(s: &str, what: &'static str) -> Result<CString, PlanError> {
     CString::new(s).map_err(|_| PlanError::Nul(what))
 }
 
-/// Validates `process` and `hostname` and builds the plan.
-pub fn build(process: &ProcessSpec, hostname: Option<&str>) -> Result<ExecPlan, PlanError> {
+/// Validates `process` and builds the plan, with the process's `security`.
+pub fn build(process: &ProcessSpec, security: Security) -> Result<ExecPlan, PlanError> {
     let program = process
         .args
         .first()
@@ -128,11 +131,6 @@ pub fn build(process: &ProcessSpec, hostname: Option<&str>) -> Result<ExecPlan, 
     if !process.cwd.starts_with('/') {
         return Err(PlanError::RelativeCwd(process.cwd.clone()));
     }
-    let hostname = match hostname {
-        Some(h) if h.is_empty() || h.len() > MAX_HOSTNAME => return Err(PlanError::BadHostname),
-        Some(h) => Some(cstring(h, "hostname")?.into_bytes()),
-        None => None,
-    };
     let argv = process
         .args
         .iter()
@@ -157,7 +155,7 @@ pub fn build(process: &ProcessSpec, hostname: Option<&str>) -> Result<ExecPlan, 
         .map(|d| cstring(d, "the working directory"))
         .collect::<Result<_, _>>()?;
     Ok(ExecPlan {
-        hostname,
+        security,
         uid: process.uid,
         gid: process.gid,
         groups: process.additional_gids.clone(),
@@ -226,7 +224,11 @@ mod tests {
 
     #[test]
     fn plan_uses_the_request_path_or_the_default() {
-        let plan = build(&spec(&["ls", "-l"], &["A=1", "PATH=/a:/b"], "/"), None).unwrap();
+        let plan = build(
+            &spec(&["ls", "-l"], &["A=1", "PATH=/a:/b"], "/"),
+            Security::default(),
+        )
+        .unwrap();
         let c: Vec<_> = plan
             .candidates
             .iter()
@@ -238,7 +240,7 @@ mod tests {
             (plan.uid, plan.gid, plan.groups.as_slice()),
             (1000, 100, &[10][..])
         );
-        let plan = build(&spec(&["ls"], &[], "/"), None).unwrap();
+        let plan = build(&spec(&["ls"], &[], "/"), Security::default()).unwrap();
         assert_eq!(plan.candidates.len(), DEFAULT_PATH.split(':').count());
         assert!(plan.cwd_dirs.is_empty());
     }
@@ -251,8 +253,10 @@ mod tests {
 
     #[test]
     fn invalid_requests() {
-        let err = |args: &[&str], env: &[&str], cwd: &str, host: Option<&str>| {
-            build(&spec(args, env, cwd), host).err().unwrap()
+        let err = |args: &[&str], env: &[&str], cwd: &str, _: Option<&str>| {
+            build(&spec(args, env, cwd), Security::default())
+                .err()
+                .unwrap()
         };
         assert_eq!(err(&[], &[], "/", None), PlanError::NoCommand);
         assert_eq!(err(&[""], &[], "/", None), PlanError::NoCommand);
@@ -271,11 +275,6 @@ mod tests {
         assert_eq!(
             err(&["ls"], &[], "tmp", None),
             PlanError::RelativeCwd("tmp".into())
-        );
-        assert_eq!(err(&["ls"], &[], "/", Some("")), PlanError::BadHostname);
-        assert_eq!(
-            err(&["ls"], &[], "/", Some(&"h".repeat(65))),
-            PlanError::BadHostname
         );
         let many: Vec<String> = (0..=MAX_STRINGS).map(|i| i.to_string()).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();

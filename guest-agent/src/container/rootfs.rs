@@ -27,7 +27,7 @@ const SKEL_DIRS: [&CStr; 3] = [
 ];
 
 /// Filesystem types the agent mounts images of.
-const FSTYPES: [&str; 4] = ["ext4", "ext2", "erofs", "squashfs"];
+pub const FSTYPES: [&str; 4] = ["ext4", "ext2", "erofs", "squashfs"];
 
 /// Errors preparing the root.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,10 @@ pub enum RootfsError {
     /// The filesystem type is not supported.
     #[error("rootfs type {0:?} is not one of ext4, ext2, erofs, squashfs")]
     BadFstype(String),
+    /// The image's /proc or /dev is a symlink, which would point the container's mounts
+    /// elsewhere.
+    #[error("the image's {0} is a symlink")]
+    Symlink(&'static str),
     /// A mount or directory could not be made.
     #[error("preparing the root: {what} failed")]
     Step {
@@ -73,8 +77,15 @@ fn validate(spec: &RootfsSpec) -> Result<(CString, CString), RootfsError> {
     Ok((device, fstype))
 }
 
-/// Mounts the root described by `spec` at [`ROOT`].
-pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec, readonly: bool) -> Result<(), RootfsError> {
+/// Mounts the root described by `spec` at [`ROOT`]; `owner` (the ids container root maps to
+/// in a user namespace) owns the writable layer's root, so container root owns `/` (the
+/// image's files keep their ids, unmapped there unless the maps cover them).
+pub fn prepare(
+    sys: &dyn Syscall,
+    spec: &RootfsSpec,
+    readonly: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RootfsError> {
     let (device, fstype) = validate(spec)?;
     for dir in [BASE, LOWER, SKEL, ROOT] {
         mkdir_p(sys, dir, 0o755).map_err(step("creating /run/moat"))?;
@@ -109,10 +120,29 @@ pub fn prepare(sys: &dyn Syscall, spec: &RootfsSpec, readonly: bool) -> Result<(
         sys.mkdir(dir, 0o755)
             .map_err(step("creating the writable layer"))?;
     }
+    if let Some((uid, gid)) = owner {
+        sys.chown(UPPER, uid, gid)
+            .map_err(step("giving the writable layer to container root"))?;
+    }
     let opts =
         c"lowerdir=/run/moat/lower:/run/moat/skel,upperdir=/run/moat/rw/upper,workdir=/run/moat/rw/work";
     sys.mount(Some(c"overlay"), ROOT, Some(c"overlay"), 0, Some(opts))
         .map_err(step("mounting the overlay"))
+}
+
+/// Refuses an image whose /proc or /dev is a symlink (checked on the assembled root, before
+/// any of the container's mounts).
+pub fn check_pseudo_dirs() -> Result<(), RootfsError> {
+    for (name, path) in [
+        ("/proc", "/run/moat/root/proc"),
+        ("/dev", "/run/moat/root/dev"),
+    ] {
+        let meta = std::fs::symlink_metadata(path).map_err(step("inspecting the root"))?;
+        if meta.file_type().is_symlink() {
+            return Err(RootfsError::Symlink(name));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -131,7 +161,7 @@ mod tests {
     #[test]
     fn writable_root_sequence() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(), false).unwrap();
+        prepare(&sys, &spec(), false, None).unwrap();
         let mounts: Vec<String> = sys
             .lines()
             .into_iter()
@@ -150,12 +180,25 @@ mod tests {
         assert!(sys
             .lines()
             .contains(&"mkdir /run/moat/skel/proc 755".to_string()));
+        assert!(!sys.lines().iter().any(|l| l.starts_with("chown")));
+    }
+
+    #[test]
+    fn user_namespace_root_owns_the_writable_layer() {
+        let sys = Recorder::default();
+        prepare(&sys, &spec(), false, Some((100000, 100000))).unwrap();
+        let lines = sys.lines();
+        let chown = lines
+            .iter()
+            .position(|l| l == "chown /run/moat/rw/upper 100000:100000");
+        let overlay = lines.iter().position(|l| l.starts_with("mount overlay"));
+        assert!(chown.unwrap() < overlay.unwrap(), "{lines:?}");
     }
 
     #[test]
     fn readonly_root_has_no_upper_layer() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(), true).unwrap();
+        prepare(&sys, &spec(), true, None).unwrap();
         let last = sys.lines().pop().unwrap();
         assert_eq!(
             last,
@@ -167,9 +210,9 @@ mod tests {
     #[test]
     fn existing_directories_are_fine_but_mount_errors_stop() {
         let sys = Recorder::failing("mkdir /run/moat ", libc::EEXIST);
-        prepare(&sys, &spec(), false).unwrap();
+        prepare(&sys, &spec(), false, None).unwrap();
         let sys = Recorder::failing("mount /dev/vda", libc::ENXIO);
-        let err = prepare(&sys, &spec(), false).unwrap_err();
+        let err = prepare(&sys, &spec(), false, None).unwrap_err();
         assert!(matches!(
             err,
             RootfsError::Step {
@@ -185,18 +228,18 @@ mod tests {
         let mut s = spec();
         s.device = "vda".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false),
+            prepare(&Recorder::default(), &s, false, None),
             Err(RootfsError::BadDevice(_))
         ));
         s.device = "/dev/../etc/x".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false),
+            prepare(&Recorder::default(), &s, false, None),
             Err(RootfsError::BadDevice(_))
         ));
         let mut s = spec();
         s.fstype = "ext4,upperdir=/".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false),
+            prepare(&Recorder::default(), &s, false, None),
             Err(RootfsError::BadFstype(_))
         ));
     }

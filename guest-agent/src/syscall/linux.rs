@@ -84,18 +84,6 @@ impl Syscall for Linux {
         check(unsafe { libc::mkdir(path.as_ptr(), mode) })
     }
 
-    fn mknod_char(
-        &self,
-        path: &CStr,
-        mode: libc::mode_t,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
-        let dev = libc::makedev(major, minor);
-        // SAFETY: `path` is a valid C string; mknod does not keep it.
-        check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | mode, dev) })
-    }
-
     fn symlink(&self, target: &CStr, link: &CStr) -> io::Result<()> {
         // SAFETY: both are valid C strings.
         check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
@@ -249,6 +237,249 @@ impl Syscall for Linux {
             }
         }
     }
+    fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: `path` is a C string and `how` a local of the size passed; the kernel only
+        // reads both.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        fd_result(ret)
+    }
+
+    fn open(&self, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
+        // SAFETY: `path` is a C string; no mode is read without O_CREAT.
+        let ret = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        fd_result(ret.into())
+    }
+
+    fn close(&self, fd: RawFd) {
+        // SAFETY: the caller owns `fd` and no longer uses it.
+        unsafe { libc::close(fd) };
+    }
+
+    fn mkdirat(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        // SAFETY: `name` is a C string.
+        check(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) })
+    }
+
+    fn create_file_at(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY;
+        // SAFETY: `name` is a C string; the descriptor is closed right away.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        let fd = fd_result(fd.into())?;
+        self.close(fd);
+        Ok(())
+    }
+
+    fn is_dir(&self, fd: RawFd) -> io::Result<bool> {
+        // SAFETY: `st` is a local the kernel fills.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            check(libc::fstat(fd, &mut st))?;
+            Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        }
+    }
+
+    fn mount_flags(&self, fd: RawFd) -> io::Result<libc::c_ulong> {
+        // SAFETY: `st` is a local the kernel fills.
+        let f = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            check(libc::fstatvfs(fd, &mut st))?;
+            st.f_flag as libc::c_ulong
+        };
+        const MAP: [(libc::c_ulong, libc::c_ulong); 7] = [
+            (libc::ST_RDONLY, libc::MS_RDONLY),
+            (libc::ST_NOSUID, libc::MS_NOSUID),
+            (libc::ST_NODEV, libc::MS_NODEV),
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_NOATIME, libc::MS_NOATIME),
+            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (libc::ST_RELATIME, libc::MS_RELATIME),
+        ];
+        Ok(MAP
+            .iter()
+            .filter(|(st, _)| f & st != 0)
+            .fold(0, |acc, (_, ms)| acc | ms))
+    }
+
+    fn mknod(&self, path: &CStr, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+        let dev = libc::makedev(major, minor);
+        // SAFETY: `path` is a valid C string; mknod does not keep it.
+        check(unsafe { libc::mknod(path.as_ptr(), mode, dev) })
+    }
+
+    fn chown(&self, path: &CStr, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+        // SAFETY: `path` is a valid C string.
+        check(unsafe { libc::lchown(path.as_ptr(), uid, gid) })
+    }
+
+    fn write_file(&self, path: &CStr, data: &[u8]) -> io::Result<()> {
+        let fd = self.open(path, libc::O_WRONLY | libc::O_NOFOLLOW)?;
+        // SAFETY: the pointer and length describe `data`; the descriptor is ours.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        let err = io::Error::last_os_error();
+        self.close(fd);
+        match n {
+            n if n < 0 => Err(err),
+            n if n as usize != data.len() => Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
+    }
+
+    fn setdomainname(&self, name: &[u8]) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `name`, which the kernel only reads.
+        check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) })
+    }
+
+    fn setrlimit(&self, resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> {
+        let limit = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `limit` is a local the kernel reads; the old limit is not asked for.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                resource,
+                &limit,
+                ptr::null_mut::<u8>(),
+            )
+        };
+        check(ret as libc::c_int)
+    }
+
+    fn prctl(
+        &self,
+        option: libc::c_int,
+        arg2: libc::c_ulong,
+        arg3: libc::c_ulong,
+    ) -> io::Result<()> {
+        // SAFETY: the options used take integer arguments, no pointers.
+        check(unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+    }
+
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
+        let data = [0, 1].map(|i| CapData {
+            effective: half(effective, i),
+            permitted: half(permitted, i),
+            inheritable: half(inheritable, i),
+        });
+        // SAFETY: `header` and the two `data` entries are locals laid out as the kernel's
+        // version 3 structures; capset only reads them.
+        let ret = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        check(ret as libc::c_int)
+    }
+
+    fn seccomp_filter(&self, flags: u32, filter: &[libc::sock_filter]) -> io::Result<()> {
+        let len =
+            u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+        let prog = libc::sock_fprog {
+            len,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points to `filter`, alive for the call; the kernel copies it.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        check(ret as libc::c_int)
+    }
+
+    fn loopback_up(&self) -> io::Result<()> {
+        // SAFETY: a datagram socket for the ioctls, closed below; `req` is a zeroed local
+        // ifreq with the name "lo" the kernel reads and fills.
+        unsafe {
+            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            let sock = fd_result(sock.into())?;
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name[0] = b'l' as libc::c_char;
+            req.ifr_name[1] = b'o' as libc::c_char;
+            let mut ret = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+            if ret == 0 {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                ret = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+            }
+            let err = io::Error::last_os_error();
+            libc::close(sock);
+            if ret < 0 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_byte(&self, fd: RawFd) -> io::Result<bool> {
+        let mut b = 0u8;
+        loop {
+            // SAFETY: reads at most one byte into a local.
+            let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+            match n {
+                1 => return Ok(true),
+                0 => return Ok(false),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fd_result(ret: libc::c_long) -> io::Result<RawFd> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as RawFd)
+    }
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 /// How far [`Syscall::close_from`] closes without close_range(2): the agent's descriptors

@@ -25,6 +25,10 @@ pub struct Recorder {
     /// The (pid, raw status) `reap_any` returns in turn, then `None`; a pid of 0 is `None` too
     /// (the end of one reaping pass).
     pub children: RefCell<VecDeque<(libc::pid_t, libc::c_int)>>,
+    /// Paths `open_in_root` reports as directories (to `is_dir` of the descriptor it returns).
+    pub dirs: RefCell<Vec<String>>,
+    /// The path each descriptor `open_in_root`/`open` returned was opened at (fd = 100 + index).
+    pub opened: RefCell<Vec<String>>,
 }
 
 fn s(c: &CStr) -> String {
@@ -32,7 +36,12 @@ fn s(c: &CStr) -> String {
 }
 
 fn flag_names(flags: libc::c_ulong) -> String {
-    const NAMES: [(libc::c_ulong, &str); 9] = [
+    const NAMES: [(libc::c_ulong, &str); 14] = [
+        (libc::MS_SLAVE, "slave"),
+        (libc::MS_SHARED, "shared"),
+        (libc::MS_UNBINDABLE, "unbindable"),
+        (libc::MS_NOATIME, "noatime"),
+        (libc::MS_RELATIME, "relatime"),
         (libc::MS_MOVE, "move"),
         (libc::MS_RDONLY, "ro"),
         (libc::MS_NOSUID, "nosuid"),
@@ -119,15 +128,6 @@ impl Syscall for Recorder {
     fn mkdir(&self, path: &CStr, mode: libc::mode_t) -> io::Result<()> {
         self.record(format!("mkdir {} {mode:o}", s(path)))
     }
-    fn mknod_char(
-        &self,
-        path: &CStr,
-        mode: libc::mode_t,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
-        self.record(format!("mknod {} {mode:o} {major}:{minor}", s(path)))
-    }
     fn symlink(&self, target: &CStr, link: &CStr) -> io::Result<()> {
         self.record(format!("symlink {} {}", s(target), s(link)))
     }
@@ -202,5 +202,85 @@ impl Syscall for Recorder {
     }
     fn close_from(&self, first: RawFd) {
         let _ = self.record(format!("close_from {first}"));
+    }
+    fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
+        self.record(format!("open_in_root {root} {} {flags:#o}", s(path)))?;
+        Ok(self.new_fd(s(path)))
+    }
+    fn open(&self, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
+        self.record(format!("open {} {flags:#o}", s(path)))?;
+        Ok(self.new_fd(s(path)))
+    }
+    fn close(&self, fd: RawFd) {
+        let _ = self.record(format!("close {fd}"));
+    }
+    fn mkdirat(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        self.record(format!("mkdirat {dir} {} {mode:o}", s(name)))
+    }
+    fn create_file_at(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        self.record(format!("create_file_at {dir} {} {mode:o}", s(name)))
+    }
+    fn is_dir(&self, fd: RawFd) -> io::Result<bool> {
+        let path = self.path_of(fd);
+        Ok(self.dirs.borrow().contains(&path))
+    }
+    fn mount_flags(&self, _fd: RawFd) -> io::Result<libc::c_ulong> {
+        Ok(libc::MS_NOSUID)
+    }
+    fn mknod(&self, path: &CStr, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+        self.record(format!("mknod {} {mode:o} {major}:{minor}", s(path)))
+    }
+    fn chown(&self, path: &CStr, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+        self.record(format!("chown {} {uid}:{gid}", s(path)))
+    }
+    fn write_file(&self, path: &CStr, data: &[u8]) -> io::Result<()> {
+        self.record(format!(
+            "write {} {}",
+            s(path),
+            String::from_utf8_lossy(data)
+        ))
+    }
+    fn setdomainname(&self, name: &[u8]) -> io::Result<()> {
+        self.record(format!("setdomainname {}", String::from_utf8_lossy(name)))
+    }
+    fn setrlimit(&self, resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> {
+        self.record(format!("setrlimit {resource} {soft} {hard}"))
+    }
+    fn prctl(
+        &self,
+        option: libc::c_int,
+        arg2: libc::c_ulong,
+        arg3: libc::c_ulong,
+    ) -> io::Result<()> {
+        self.record(format!("prctl {option} {arg2} {arg3}"))
+    }
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+        self.record(format!(
+            "capset {effective:#x} {permitted:#x} {inheritable:#x}"
+        ))
+    }
+    fn seccomp_filter(&self, flags: u32, filter: &[libc::sock_filter]) -> io::Result<()> {
+        self.record(format!("seccomp {flags} {}", filter.len()))
+    }
+    fn loopback_up(&self) -> io::Result<()> {
+        self.record("loopback_up".into())
+    }
+    fn read_byte(&self, fd: RawFd) -> io::Result<bool> {
+        self.record(format!("read_byte {fd}"))?;
+        Ok(true)
+    }
+}
+
+impl Recorder {
+    fn new_fd(&self, path: String) -> RawFd {
+        let mut opened = self.opened.borrow_mut();
+        opened.push(path);
+        99 + opened.len() as RawFd
+    }
+
+    /// The path descriptor `fd` was opened at.
+    pub fn path_of(&self, fd: RawFd) -> String {
+        let i = usize::try_from(fd - 100).unwrap_or(usize::MAX);
+        self.opened.borrow().get(i).cloned().unwrap_or_default()
     }
 }

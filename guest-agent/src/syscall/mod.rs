@@ -75,9 +75,6 @@ pub trait Syscall {
     fn chdir(&self, path: &CStr) -> io::Result<()>;
     /// mkdir(2); the mode is subject to the umask.
     fn mkdir(&self, path: &CStr, mode: libc::mode_t) -> io::Result<()>;
-    /// mknod(2) of a character device.
-    fn mknod_char(&self, path: &CStr, mode: libc::mode_t, major: u32, minor: u32)
-        -> io::Result<()>;
     /// symlink(2): creates `link` pointing to `target`.
     fn symlink(&self, target: &CStr, link: &CStr) -> io::Result<()>;
     /// unshare(2).
@@ -122,4 +119,45 @@ pub trait Syscall {
     fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>>;
     /// Closes every descriptor from `first` on.
     fn close_from(&self, first: RawFd);
+    /// openat2(2) of `path` under the directory `root` with `RESOLVE_IN_ROOT` (symlinks and
+    /// `..` cannot leave it) and `RESOLVE_NO_MAGICLINKS`; `flags` are added to `O_CLOEXEC`.
+    fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd>;
+    /// open(2) with `O_CLOEXEC` added.
+    fn open(&self, path: &CStr, flags: libc::c_int) -> io::Result<RawFd>;
+    /// close(2); errors are of no use to the caller.
+    fn close(&self, fd: RawFd);
+    /// mkdirat(2).
+    fn mkdirat(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()>;
+    /// Creates the empty regular file `name` in `dir` (no symlink followed), for a mount point.
+    fn create_file_at(&self, dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()>;
+    /// Whether `fd` is a directory (fstat).
+    fn is_dir(&self, fd: RawFd) -> io::Result<bool>;
+    /// The `MS_RDONLY`/`MS_NOSUID`/`MS_NODEV`/`MS_NOEXEC`/atime flags of the mount `fd` is on
+    /// (fstatfs), which a bind remount must keep.
+    fn mount_flags(&self, fd: RawFd) -> io::Result<libc::c_ulong>;
+    /// mknod(2); `mode` includes the file type bits.
+    fn mknod(&self, path: &CStr, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()>;
+    /// lchown(2).
+    fn chown(&self, path: &CStr, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()>;
+    /// Writes `data` to the existing file `path` in one write(2).
+    fn write_file(&self, path: &CStr, data: &[u8]) -> io::Result<()>;
+    /// setdomainname(2).
+    fn setdomainname(&self, name: &[u8]) -> io::Result<()>;
+    /// prlimit64(2) of this process.
+    fn setrlimit(&self, resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()>;
+    /// prctl(2) with two arguments (the rest 0).
+    fn prctl(
+        &self,
+        option: libc::c_int,
+        arg2: libc::c_ulong,
+        arg3: libc::c_ulong,
+    ) -> io::Result<()>;
+    /// capset(2) of this thread: the three sets as bit masks.
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()>;
+    /// seccomp(SECCOMP_SET_MODE_FILTER, flags, program).
+    fn seccomp_filter(&self, flags: u32, filter: &[libc::sock_filter]) -> io::Result<()>;
+    /// Brings the loopback interface up (SIOCSIFFLAGS) in this network namespace.
+    fn loopback_up(&self) -> io::Result<()>;
+    /// Reads one byte: `Ok(false)` at end of file.
+    fn read_byte(&self, fd: RawFd) -> io::Result<bool>;
 }

@@ -1,0 +1,159 @@
+//! The request's volumes, mounted by the agent at their mount points under
+//! [`VOLUMES_DIR`] before the container is created; the spec's bind mounts take them as
+//! sources.
+
+use std::ffi::CString;
+use std::io;
+
+use moat_protocol::{VolumeSpec, VOLUMES_DIR};
+
+use super::rootfs::FSTYPES;
+use crate::syscall::Syscall;
+
+/// Errors mounting a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The device is not a path under /dev.
+    #[error("volume device {0:?} is not a path under /dev")]
+    BadDevice(String),
+    /// The filesystem type is not supported.
+    #[error("volume type {0:?} is not one of ext4, ext2, erofs, squashfs")]
+    BadFstype(String),
+    /// The mount point is not a directory directly under the volumes directory.
+    #[error("volume mount point {0:?} is not a directory directly under {VOLUMES_DIR}")]
+    BadMountpoint(String),
+    /// A directory or mount failed.
+    #[error("mounting volume {device} at {mountpoint} failed")]
+    Mount {
+        /// The device.
+        device: String,
+        /// The mount point.
+        mountpoint: String,
+        /// The system call's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A validated volume: device, fstype and mount point as C strings, and its flags.
+struct Volume {
+    device: CString,
+    fstype: CString,
+    mountpoint: CString,
+    flags: libc::c_ulong,
+}
+
+fn validate(v: &VolumeSpec) -> Result<Volume, VolumeError> {
+    let bad_device = || VolumeError::BadDevice(v.device.clone());
+    if !v.device.starts_with("/dev/") || v.device.split('/').any(|p| p == "..") {
+        return Err(bad_device());
+    }
+    if !FSTYPES.contains(&v.fstype.as_str()) {
+        return Err(VolumeError::BadFstype(v.fstype.clone()));
+    }
+    let bad_mountpoint = || VolumeError::BadMountpoint(v.mountpoint.clone());
+    let name = v
+        .mountpoint
+        .strip_prefix(VOLUMES_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(bad_mountpoint)?;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(bad_mountpoint());
+    }
+    let c = |s: &str, e: &dyn Fn() -> VolumeError| CString::new(s).map_err(|_| e());
+    Ok(Volume {
+        device: c(&v.device, &bad_device)?,
+        fstype: c(&v.fstype, &|| VolumeError::BadFstype(v.fstype.clone()))?,
+        mountpoint: c(&v.mountpoint, &bad_mountpoint)?,
+        flags: if v.readonly { libc::MS_RDONLY } else { 0 },
+    })
+}
+
+/// Checks every volume of a request, before anything is mounted.
+pub fn check(volumes: &[VolumeSpec]) -> Result<(), VolumeError> {
+    volumes.iter().try_for_each(|v| validate(v).map(drop))
+}
+
+fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Mounts every volume at its mount point.
+pub fn mount_all(sys: &dyn Syscall, volumes: &[VolumeSpec]) -> Result<(), VolumeError> {
+    for v in volumes {
+        let vol = validate(v)?;
+        let failed = |source| VolumeError::Mount {
+            device: v.device.clone(),
+            mountpoint: v.mountpoint.clone(),
+            source,
+        };
+        let dir = CString::new(VOLUMES_DIR).unwrap_or_default();
+        ignore_exists(sys.mkdir(&dir, 0o755)).map_err(failed)?;
+        ignore_exists(sys.mkdir(&vol.mountpoint, 0o755)).map_err(failed)?;
+        sys.mount(
+            Some(&vol.device),
+            &vol.mountpoint,
+            Some(&vol.fstype),
+            vol.flags,
+            None,
+        )
+        .map_err(failed)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::mock::Recorder;
+
+    fn vol(device: &str, fstype: &str, mountpoint: &str, readonly: bool) -> VolumeSpec {
+        VolumeSpec {
+            device: device.into(),
+            fstype: fstype.into(),
+            readonly,
+            mountpoint: mountpoint.into(),
+        }
+    }
+
+    #[test]
+    fn mounts_each_volume() {
+        let sys = Recorder::default();
+        let vols = [
+            vol("/dev/vdb", "ext4", "/run/moat-volumes/0", false),
+            vol("/dev/vdc", "erofs", "/run/moat-volumes/1", true),
+        ];
+        mount_all(&sys, &vols).unwrap();
+        let mounts: Vec<String> = sys
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("mount"))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "mount /dev/vdb /run/moat-volumes/0 ext4 - -",
+                "mount /dev/vdc /run/moat-volumes/1 erofs ro -"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_volumes() {
+        let bad = [
+            vol("vdb", "ext4", "/run/moat-volumes/0", false),
+            vol("/dev/../etc", "ext4", "/run/moat-volumes/0", false),
+            vol("/dev/vdb", "nfs", "/run/moat-volumes/0", false),
+            vol("/dev/vdb", "ext4", "/run/moat-volumes", false),
+            vol("/dev/vdb", "ext4", "/run/moat-volumes/..", false),
+            vol("/dev/vdb", "ext4", "/run/moat-volumes/a/b", false),
+            vol("/dev/vdb", "ext4", "/etc", false),
+        ];
+        for v in bad {
+            assert!(check(std::slice::from_ref(&v)).is_err(), "{v:?}");
+        }
+    }
+}
