@@ -32,7 +32,7 @@ const RET_LOG: u32 = 0x7ffc_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 
 /// Errors of validation and compilation; each names the offending field of the OCI spec.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
     /// A name that is no Linux syscall on any architecture.
     #[error("{field}: unknown syscall \"{name}\"")]

@@ -40,6 +40,9 @@ pub enum PlanError {
     /// Too many arguments and environment entries.
     #[error("more than {MAX_STRINGS} arguments and environment entries")]
     TooMany,
+    /// `linux.seccomp` is invalid or cannot be compiled (the message names the field).
+    #[error(transparent)]
+    Seccomp(#[from] moat_oci_seccomp::CompileError),
 }
 
 /// The process fields of the spec the agent uses.

@@ -100,13 +100,27 @@ impl Security {
     }
 }
 
-/// Where the lead converts `linux.seccomp` with the seccomp compiler crate; until then a spec
-/// with a seccomp profile is refused.
+/// Validates and compiles `linux.seccomp` (moat-oci-seccomp) into the program the command
+/// and the container's init install; `None` when the spec has no filter.
 pub fn seccomp_program(spec: &Spec) -> Result<Option<SeccompProgram>, PlanError> {
-    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(_) => Err(refuse("linux.seccomp", "not wired yet")),
-        None => Ok(None),
-    }
+    let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let program = moat_oci_seccomp::compile(seccomp)?;
+    let filter = program
+        .filter
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    Ok(Some(SeccompProgram {
+        filter,
+        flags: program.flags,
+    }))
 }
 
 fn refuse_unsupported(p: &Process) -> Result<(), PlanError> {
