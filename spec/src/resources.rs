@@ -2,7 +2,7 @@
 
 use oci_spec::runtime::{
     LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LinuxThrottleDevice,
-    LinuxThrottleDeviceBuilder,
+    LinuxThrottleDeviceBuilder, Spec,
 };
 
 use crate::parse::Throttle;
@@ -197,6 +197,32 @@ impl Limits {
     }
 }
 
+/// The limits of `spec` that size its VM: memory limit, CPU quota/period and cpuset (the
+/// rest is left unset).
+pub fn limits_of(spec: &Spec) -> Limits {
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory = resources.and_then(|r| r.memory().as_ref());
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    Limits {
+        memory: memory
+            .and_then(|m| m.limit())
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0),
+        cpu_quota: cpu.and_then(|c| c.quota()),
+        cpu_period: cpu.and_then(|c| c.period()),
+        cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
+        ..Default::default()
+    }
+}
+
+/// The highest CPU `spec`'s cpuset names (`None`: no cpuset, or not a valid list).
+pub fn cpuset_highest(spec: &Spec) -> Option<u32> {
+    let cpus = limits_of(spec).cpuset_cpus?;
+    crate::parse::parse_cpuset(&cpus)
+        .ok()
+        .map(|(_, highest)| highest)
+}
+
 fn throttle_device(t: &Throttle) -> LinuxThrottleDevice {
     LinuxThrottleDeviceBuilder::default()
         .major(t.major)
@@ -311,5 +337,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(l.vm_memory_mib(), 256);
+    }
+
+    #[test]
+    fn vm_size_from_a_spec() {
+        let opts = crate::RunOptions {
+            limits: Limits {
+                nano_cpus: Some(2_500_000_000),
+                memory: Some(512 << 20),
+                cpuset_cpus: Some("0-2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let spec = opts.to_spec();
+        let l = limits_of(&spec);
+        assert_eq!((l.memory, l.cpu_quota), (Some(512 << 20), Some(250_000)));
+        assert_eq!(cpuset_highest(&spec), Some(2));
+        assert_eq!((l.vm_cpus(None), l.vm_memory_mib()), (3, 512 + 96));
+        assert_eq!(cpuset_highest(&Spec::default()), None);
     }
 }
