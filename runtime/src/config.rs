@@ -76,7 +76,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
     /// An OCI bundle cannot be run.
-    #[error("bundle {}: {source}", dir.display())]
+    #[error("bundle {}", dir.display())]
     Bundle {
         /// The bundle directory.
         dir: PathBuf,

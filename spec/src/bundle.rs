@@ -29,7 +29,7 @@ pub enum BundleError {
         problem: String,
     },
     /// The spec is refused.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
