@@ -127,12 +127,7 @@ fn limits_size_the_vm() {
         .clone()
         .unwrap();
     assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
-    let mem = linux(&c)
-        .resources()
-        .as_ref()
-        .unwrap()
-        .memory()
-        .unwrap();
+    let mem = linux(&c).resources().as_ref().unwrap().memory().unwrap();
     assert_eq!(mem.limit(), Some(1 << 30));
     let c = config(&["--cpus", "0.5", "-m", "64m"]);
     assert_eq!((c.cpus, c.memory_mib), (1, 256));

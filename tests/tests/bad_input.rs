@@ -96,12 +96,20 @@ fn memory_limit_above_vm_memory() {
 
 #[test]
 fn cpuset_beyond_vm_cpus() {
-    flags_refused("cpuset", &["--cpuset-cpus", "3", "--vm-cpus", "2"], "cpuset");
+    flags_refused(
+        "cpuset",
+        &["--cpuset-cpus", "3", "--vm-cpus", "2"],
+        "cpuset",
+    );
 }
 
 #[test]
 fn cpus_with_cpu_quota() {
-    flags_refused("cpuquota", &["--cpus", "1", "--cpu-quota", "50000"], "--cpu-quota");
+    flags_refused(
+        "cpuquota",
+        &["--cpus", "1", "--cpu-quota", "50000"],
+        "--cpu-quota",
+    );
 }
 
 #[test]
@@ -147,7 +155,11 @@ fn unknown_security_opt() {
 #[test]
 fn seccomp_profile_file() {
     let profile = "/nonexistent/profile.json";
-    flags_refused("seccomp", &["--security-opt", &format!("seccomp={profile}")], profile);
+    flags_refused(
+        "seccomp",
+        &["--security-opt", &format!("seccomp={profile}")],
+        profile,
+    );
 }
 
 #[test]
@@ -184,7 +196,11 @@ fn volume_directory_without_ro() {
 
 #[test]
 fn volume_missing() {
-    flags_refused("volmissing", &["-v", "/nonexistent/data:/data:ro"], "/nonexistent/data");
+    flags_refused(
+        "volmissing",
+        &["-v", "/nonexistent/data:/data:ro"],
+        "/nonexistent/data",
+    );
 }
 
 #[test]
@@ -206,7 +222,15 @@ fn bundle_with_a_command() {
     let dir = bundle(&base_config());
     let name = unique_name("bundlecmd");
     let o = moat(
-        &["run", "--name", &name, "--bundle", dir.to_str().unwrap(), "--", "true"],
+        &[
+            "run",
+            "--name",
+            &name,
+            "--bundle",
+            dir.to_str().unwrap(),
+            "--",
+            "true",
+        ],
         None,
     );
     assert_refused(&o, &name, "--bundle");
@@ -241,7 +265,10 @@ fn bundle_refused(tag: &str, field: &str, edit: impl FnOnce(&mut Value)) {
     edit(&mut config);
     let dir = bundle(&config);
     let name = unique_name(tag);
-    let o = moat(&["run", "--name", &name, "--bundle", dir.to_str().unwrap()], None);
+    let o = moat(
+        &["run", "--name", &name, "--bundle", dir.to_str().unwrap()],
+        None,
+    );
     assert_refused(&o, &name, &format!("{field}: "));
 }
 
@@ -261,14 +288,19 @@ fn with_user_ns(v: &mut Value) {
     ns.push(json!({"type": "user"}));
 }
 
-bundle_case!(bundle_oci_version, "ociVersion", |v| v["ociVersion"] = json!("2.0.0"));
-bundle_case!(bundle_root_escapes, "root.path", |v| v["root"]["path"] = json!("../rootfs"));
-bundle_case!(bundle_root_missing, "root.path", |v| v["root"]["path"] = json!("nothere"));
+bundle_case!(bundle_oci_version, "ociVersion", |v| v["ociVersion"] =
+    json!("2.0.0"));
+bundle_case!(bundle_root_escapes, "root.path", |v| v["root"]["path"] =
+    json!("../rootfs"));
+bundle_case!(bundle_root_missing, "root.path", |v| v["root"]["path"] =
+    json!("nothere"));
 bundle_case!(bundle_no_process, "process", |v| v
     .as_object_mut()
     .unwrap()
     .remove("process"));
-bundle_case!(bundle_cwd_relative, "process.cwd", |v| v["process"]["cwd"] = json!("tmp"));
+bundle_case!(bundle_cwd_relative, "process.cwd", |v| v["process"]
+    ["cwd"] =
+    json!("tmp"));
 bundle_case!(bundle_cwd_proc_fd, "process.cwd", |v| v["process"]["cwd"] =
     json!("/proc/self/fd/5"));
 bundle_case!(
@@ -276,12 +308,18 @@ bundle_case!(
     "process.capabilities.bounding[1]",
     |v| v["process"]["capabilities"] = json!({"bounding": ["CAP_CHOWN", "CAP_NOPE"]})
 );
-bundle_case!(bundle_mount_destination_relative, "mounts[0].destination", |v| v["mounts"] =
-    json!([{"destination": "proc", "type": "proc", "source": "proc"}]));
-bundle_case!(bundle_mount_destination_dotdot, "mounts[0].destination", |v| v["mounts"] =
-    json!([{"destination": "/a/../proc", "type": "proc", "source": "proc"}]));
-bundle_case!(bundle_mount_source_escapes, "mounts[0].source", |v| v["mounts"] =
-    json!([{"destination": "/x", "type": "bind", "source": "../../etc", "options": ["rbind"]}]));
+bundle_case!(
+    bundle_mount_destination_relative,
+    "mounts[0].destination",
+    |v| v["mounts"] = json!([{"destination": "proc", "type": "proc", "source": "proc"}])
+);
+bundle_case!(
+    bundle_mount_destination_dotdot,
+    "mounts[0].destination",
+    |v| v["mounts"] = json!([{"destination": "/a/../proc", "type": "proc", "source": "proc"}])
+);
+bundle_case!(bundle_mount_source_escapes, "mounts[0].source", |v| v
+    ["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "../../etc", "options": ["rbind"]}]));
 bundle_case!(bundle_uid_maps_overlap, "linux.uidMappings[1]", |v| {
     with_user_ns(v);
     v["linux"]["uidMappings"] = json!([
@@ -290,48 +328,69 @@ bundle_case!(bundle_uid_maps_overlap, "linux.uidMappings[1]", |v| {
     ]);
     v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1000}]);
 });
-bundle_case!(bundle_gid_map_onto_root, "linux.gidMappings[0].hostID", |v| {
-    with_user_ns(v);
-    v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}]);
-});
-bundle_case!(bundle_maps_without_user_ns, "linux.uidMappings", |v| v["linux"]
-    ["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1}]));
-bundle_case!(bundle_memory_zero, "linux.resources.memory.limit", |v| v["linux"]
-    ["resources"] = json!({"memory": {"limit": 0}}));
-bundle_case!(bundle_pids_zero, "linux.resources.pids.limit", |v| v["linux"]["resources"] =
+bundle_case!(
+    bundle_gid_map_onto_root,
+    "linux.gidMappings[0].hostID",
+    |v| {
+        with_user_ns(v);
+        v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+    }
+);
+bundle_case!(bundle_maps_without_user_ns, "linux.uidMappings", |v| v
+    ["linux"]["uidMappings"] =
+    json!([{"containerID": 0, "hostID": 100000, "size": 1}]));
+bundle_case!(bundle_memory_zero, "linux.resources.memory.limit", |v| v
+    ["linux"]["resources"] =
+    json!({"memory": {"limit": 0}}));
+bundle_case!(bundle_pids_zero, "linux.resources.pids.limit", |v| v
+    ["linux"]["resources"] =
     json!({"pids": {"limit": 0}}));
-bundle_case!(bundle_cpu_quota_zero, "linux.resources.cpu.quota", |v| v["linux"]
-    ["resources"] = json!({"cpu": {"quota": 0}}));
-bundle_case!(bundle_cpu_period_zero, "linux.resources.cpu.period", |v| v["linux"]
-    ["resources"] = json!({"cpu": {"period": 0}}));
-bundle_case!(bundle_cpu_shares_zero, "linux.resources.cpu.shares", |v| v["linux"]
-    ["resources"] = json!({"cpu": {"shares": 0}}));
-bundle_case!(bundle_blkio_weight, "linux.resources.blockIO.weight", |v| v["linux"]
-    ["resources"] = json!({"blockIO": {"weight": 1}}));
+bundle_case!(bundle_cpu_quota_zero, "linux.resources.cpu.quota", |v| v
+    ["linux"]["resources"] =
+    json!({"cpu": {"quota": 0}}));
+bundle_case!(bundle_cpu_period_zero, "linux.resources.cpu.period", |v| {
+    v["linux"]["resources"] = json!({"cpu": {"period": 0}})
+});
+bundle_case!(bundle_cpu_shares_zero, "linux.resources.cpu.shares", |v| {
+    v["linux"]["resources"] = json!({"cpu": {"shares": 0}})
+});
+bundle_case!(bundle_blkio_weight, "linux.resources.blockIO.weight", |v| {
+    v["linux"]["resources"] = json!({"blockIO": {"weight": 1}})
+});
 bundle_case!(
     bundle_throttle_zero,
     "linux.resources.blockIO.throttleReadBpsDevice[0].rate",
     |v| v["linux"]["resources"] =
         json!({"blockIO": {"throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 0}]}})
 );
-bundle_case!(bundle_sysctl_not_namespaced, "linux.sysctl[\"kernel.panic\"]", |v| v
-    ["linux"]["sysctl"] = json!({"kernel.panic": "1"}));
-bundle_case!(bundle_namespace_twice, "linux.namespaces[5]", |v| v["linux"]["namespaces"]
+bundle_case!(
+    bundle_sysctl_not_namespaced,
+    "linux.sysctl[\"kernel.panic\"]",
+    |v| v["linux"]["sysctl"] = json!({"kernel.panic": "1"})
+);
+bundle_case!(bundle_namespace_twice, "linux.namespaces[5]", |v| v
+    ["linux"]["namespaces"]
     .as_array_mut()
     .unwrap()
     .push(json!({"type": "pid"})));
-bundle_case!(bundle_namespace_path, "linux.namespaces[1].path", |v| v["linux"]
-    ["namespaces"][1]["path"] = json!("/proc/1/ns/mnt"));
-bundle_case!(bundle_hostname_without_uts, "hostname", |v| v["linux"]["namespaces"] =
+bundle_case!(bundle_namespace_path, "linux.namespaces[1].path", |v| v
+    ["linux"]["namespaces"][1]["path"] =
+    json!("/proc/1/ns/mnt"));
+bundle_case!(bundle_hostname_without_uts, "hostname", |v| v["linux"]
+    ["namespaces"] =
     json!([{"type": "pid"}, {"type": "mount"}]));
-bundle_case!(bundle_device_outside_dev, "linux.devices[0].path", |v| v["linux"]
-    ["devices"] = json!([{"path": "/etc/null", "type": "c", "major": 1, "minor": 3}]));
+bundle_case!(bundle_device_outside_dev, "linux.devices[0].path", |v| v
+    ["linux"]["devices"] =
+    json!([{"path": "/etc/null", "type": "c", "major": 1, "minor": 3}]));
 
 #[test]
 fn bundle_without_config() {
     let dir = tempdir("noconfig");
     let name = unique_name("noconfig");
-    let o = moat(&["run", "--name", &name, "--bundle", dir.to_str().unwrap()], None);
+    let o = moat(
+        &["run", "--name", &name, "--bundle", dir.to_str().unwrap()],
+        None,
+    );
     assert_refused(&o, &name, "config.json");
 }
 
@@ -340,7 +399,10 @@ fn bundle_config_not_json() {
     let dir = tempdir("notjson");
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     let name = unique_name("notjson");
-    let o = moat(&["run", "--name", &name, "--bundle", dir.to_str().unwrap()], None);
+    let o = moat(
+        &["run", "--name", &name, "--bundle", dir.to_str().unwrap()],
+        None,
+    );
     assert_refused(&o, &name, "config.json");
 }
 

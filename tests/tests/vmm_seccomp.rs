@@ -41,7 +41,16 @@ fn can_start_vmm(test: &str, vmm: &Path) -> bool {
 /// `moat run --name NAME --vm-cpus 2 -- sleep 600`, without waiting for the probe or the boot.
 fn start_moat(name: &str) -> Child {
     Command::new(moat_bin())
-        .args(["run", "--name", name, "--vm-cpus", "2", "--", "sleep", "600"])
+        .args([
+            "run",
+            "--name",
+            name,
+            "--vm-cpus",
+            "2",
+            "--",
+            "sleep",
+            "600",
+        ])
         .env("MOAT_SKIP_PROBE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
