@@ -200,6 +200,7 @@ impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig, ConfigError> {
         let id = self.name.clone().unwrap_or_else(config::random_id);
         let (rootfs, spec, volumes) = match &self.bundle {
+            // Validated against its directory by load_bundle.
             Some(dir) => {
                 let bundle = moat_spec::load_bundle(dir).map_err(|source| ConfigError::Bundle {
                     dir: dir.clone(),
@@ -207,9 +208,12 @@ impl RunArgs {
                 })?;
                 (Rootfs::Directory(bundle.rootfs), bundle.spec, vec![])
             }
-            None => self.image_spec(&id)?,
+            None => {
+                let (rootfs, spec, volumes) = self.image_spec(&id)?;
+                moat_spec::validate(&spec, None)?;
+                (rootfs, spec, volumes)
+            }
         };
-        moat_spec::validate(&spec, None)?;
         let (cpus, memory_mib) = vm_size(&spec, self.vm_cpus, self.vm_memory)?;
         Ok(RunConfig {
             id,

@@ -245,6 +245,19 @@ fn bundles() {
     assert_eq!(c.rootfs, Rootfs::Directory(dir.join("rootfs")));
     assert_eq!((c.cpus, c.memory_mib, c.tty), (2, 256, true));
     assert_eq!(c.spec, opts.to_spec());
+    // root.path may be absolute when it stays inside the bundle.
+    let mut spec = opts.to_spec();
+    let absolute = dir.join("rootfs");
+    spec.root_mut().as_mut().unwrap().set_path(absolute.clone());
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config(&["--bundle", bundle]).rootfs,
+        Rootfs::Directory(absolute)
+    );
     for conflicting in [
         &["-e", "A=1"][..],
         &["busybox"],
