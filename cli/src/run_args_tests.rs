@@ -189,6 +189,15 @@ fn security_flags() {
 }
 
 #[test]
+fn userns_takes_its_mode_only_after_an_equals_sign() {
+    let args = parse_run(&["--userns", "busybox", "id"]).unwrap();
+    assert_eq!(args.userns, Some(true));
+    assert_eq!(args.image.as_deref(), Some("busybox"));
+    assert_eq!(parse_run(&["--userns=host"]).unwrap().userns, Some(false));
+    assert_eq!(parse_run(&[]).unwrap().userns, None);
+}
+
+#[test]
 fn volumes_become_disks_and_binds() {
     let dir = temp_dir("vol");
     let data = dir.join("data");
