@@ -231,8 +231,9 @@ pub fn volume_mountpoint(index: usize) -> String {
     format!("{}/{index}", moat_protocol::VOLUMES_DIR)
 }
 
-/// Most volumes a VM takes (`/dev/vdb` to `/dev/vdz`).
-pub const MAX_VOLUMES: usize = 25;
+/// Most volumes a VM takes: moat-vmm has 19 virtio devices (GSIs 5..=23), one is the vsock and
+/// one the image.
+pub const MAX_VOLUMES: usize = 17;
 
 /// An OCI spec with only the process set: `args`, `env`, `cwd`, (uid, gid), and a terminal of
 /// (rows, cols) when `terminal` is given.
@@ -274,6 +275,9 @@ pub fn basic_spec(
 /// The VM's disks: the root filesystem (`/dev/vda`, read-only), then the volumes; host
 /// directories are packed into ext4 images in the state directory first.
 fn disks(config: &RunConfig, assets: &Assets, state: &StateDir) -> Result<Vec<Disk>, RunError> {
+    if config.volumes.len() > MAX_VOLUMES {
+        return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
+    }
     let root = match &config.rootfs {
         Rootfs::Image(name) => assets
             .image
