@@ -224,6 +224,14 @@ fn volumes_become_disks_and_binds() {
         err.to_string().contains("use :ro or an ext4 image file"),
         "{err}"
     );
+    let mut args = vec![];
+    for _ in 0..=MAX_VOLUMES {
+        args.extend(["-v", spec.as_str()]);
+    }
+    let err = parse_run(&args).unwrap().into_config().unwrap_err();
+    assert!(matches!(err, ConfigError::TooManyVolumes(17)), "{err}");
+    args.truncate(2 * MAX_VOLUMES);
+    assert_eq!(config(&args).volumes.len(), MAX_VOLUMES);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
