@@ -54,6 +54,12 @@ fn bad_input_is_one_line_and_125() {
     for args in [
         &["run", "--cpus", "0"][..],
         &["run", "--cpus", "99"],
+        &["run", "--vm-cpus", "0"],
+        &["run", "--vm-memory", "1T"],
+        &["run", "--cap-add", "NOPE"],
+        &["run", "--bundle", "/nonexistent", "-t"],
+        &["run", "--bundle", "/nonexistent", "busybox"],
+        &["run", "-v", "/nonexistent:/data:ro"],
         &["run", "-m", "0"],
         &["run", "-m", "1T"],
         &["run", "--name", "bad/name"],

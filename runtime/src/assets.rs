@@ -47,8 +47,8 @@ pub struct Assets {
     pub kernel: PathBuf,
     /// The initramfs with the agent as `/init`.
     pub initramfs: PathBuf,
-    /// The image's disk.
-    pub image: PathBuf,
+    /// The image's disk (`None` when the run brings its own root, e.g. a bundle).
+    pub image: Option<PathBuf>,
 }
 
 /// Where to look: the user's overrides, the environment and the directory of the executable.
@@ -62,8 +62,8 @@ pub struct AssetSearch<'a> {
 }
 
 impl AssetSearch<'_> {
-    /// Finds every asset of a run of `image`.
-    pub fn locate(&self, image: &str) -> Result<Assets, AssetError> {
+    /// Finds every asset of a run of `image` (`None`: the VM assets only).
+    pub fn locate(&self, image: Option<&str>) -> Result<Assets, AssetError> {
         Ok(Assets {
             vmm: self.vmm()?,
             kernel: self.asset(
@@ -78,7 +78,7 @@ impl AssetSearch<'_> {
                 "MOAT_INITRAMFS",
                 "initramfs.cpio",
             )?,
-            image: self.image(image)?,
+            image: image.map(|name| self.image(name)).transpose()?,
         })
     }
 
@@ -251,12 +251,17 @@ mod tests {
         let bin = install(tmp.path());
         let none = AssetOverrides::default();
         let env = |_: &str| None;
-        let assets = search(&none, &env, &bin).locate("busybox").unwrap();
+        let assets = search(&none, &env, &bin).locate(Some("busybox")).unwrap();
         assert_eq!(assets.vmm, bin.join("moat-vmm"));
         assert_eq!(assets.kernel, bin.join("moat-assets/vmlinux"));
         assert_eq!(assets.initramfs, bin.join("moat-assets/initramfs.cpio"));
-        assert_eq!(assets.image, bin.join("moat-assets/images/busybox.ext4"));
-        let latest = search(&none, &env, &bin).locate("busybox:latest").unwrap();
+        assert_eq!(
+            assets.image,
+            Some(bin.join("moat-assets/images/busybox.ext4"))
+        );
+        let latest = search(&none, &env, &bin)
+            .locate(Some("busybox:latest"))
+            .unwrap();
         assert_eq!(latest.image, assets.image);
     }
 
@@ -283,16 +288,16 @@ mod tests {
         .into();
         let env = move |k: &str| vars.get(k).cloned();
         let none = AssetOverrides::default();
-        let assets = search(&none, &env, &bin).locate("busybox").unwrap();
+        let assets = search(&none, &env, &bin).locate(Some("busybox")).unwrap();
         assert_eq!(assets.kernel, other.join("k2"));
         assert_eq!(assets.vmm, other.join("vmm2"));
         assert_eq!(assets.initramfs, other.join("initramfs.cpio"));
-        assert_eq!(assets.image, other.join("images/busybox.ext4"));
+        assert_eq!(assets.image, Some(other.join("images/busybox.ext4")));
         let flags = AssetOverrides {
             kernel: Some(tmp.path().join("flag-kernel")),
             initramfs: None,
         };
-        let assets = search(&flags, &env, &bin).locate("busybox").unwrap();
+        let assets = search(&flags, &env, &bin).locate(Some("busybox")).unwrap();
         assert_eq!(assets.kernel, tmp.path().join("flag-kernel"));
     }
 
@@ -302,20 +307,26 @@ mod tests {
         let bin = install(tmp.path());
         let none = AssetOverrides::default();
         let env = |_: &str| None;
-        let err = search(&none, &env, &bin).locate("nginx").unwrap_err();
+        let err = search(&none, &env, &bin).locate(Some("nginx")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "unknown image \"nginx\": built-in images are: alpine, busybox"
         );
-        assert!(search(&none, &env, &bin).locate("../busybox").is_err());
+        assert!(search(&none, &env, &bin)
+            .locate(Some("../busybox"))
+            .is_err());
         let flags = AssetOverrides {
             kernel: Some(tmp.path().join("nope")),
             initramfs: None,
         };
-        let err = search(&flags, &env, &bin).locate("busybox").unwrap_err();
+        let err = search(&flags, &env, &bin)
+            .locate(Some("busybox"))
+            .unwrap_err();
         assert!(err.to_string().starts_with("kernel not found at "), "{err}");
         std::fs::remove_file(bin.join("moat-vmm")).unwrap();
-        let err = search(&none, &env, &bin).locate("busybox").unwrap_err();
+        let err = search(&none, &env, &bin)
+            .locate(Some("busybox"))
+            .unwrap_err();
         assert!(matches!(
             err,
             AssetError::Missing {
@@ -329,7 +340,7 @@ mod tests {
             exe_dir: None,
         };
         assert!(matches!(
-            nowhere.locate("busybox"),
+            nowhere.locate(Some("busybox")),
             Err(AssetError::NoLocation(..))
         ));
     }

@@ -42,8 +42,54 @@ pub enum ConfigError {
         host_mib: u64,
     },
     /// The vCPU count is not an integer in range.
-    #[error("invalid cpu count {0:?}: expected an integer from 1 to {MAX_CPUS}")]
+    #[error("invalid vm-cpus {0:?}: expected an integer from 1 to {MAX_CPUS}")]
     BadCpus(String),
+    /// The container's CPU limits need more vCPUs than a VM can have.
+    #[error("the cpu limits need {0} vCPUs; a VM has at most {MAX_CPUS}")]
+    TooManyCpus(u64),
+    /// `--cpuset-cpus` names a CPU the VM does not have.
+    #[error("--cpuset-cpus names cpu {highest} but the VM has {cpus} vCPUs (see --vm-cpus)")]
+    CpusetBeyondVm {
+        /// The highest CPU named.
+        highest: u64,
+        /// The VM's vCPUs.
+        cpus: u8,
+    },
+    /// The memory limit does not fit in the VM.
+    #[error("--memory of {limit_mib} MiB does not fit in a VM of {vm_mib} MiB (see --vm-memory)")]
+    LimitAboveVm {
+        /// The container's limit.
+        limit_mib: u64,
+        /// The VM's memory.
+        vm_mib: u32,
+    },
+    /// More volumes than guest disk names.
+    #[error("too many volumes: at most {0}")]
+    TooManyVolumes(usize),
+    /// A flag value moat-spec refused.
+    #[error(transparent)]
+    Value(#[from] moat_spec::ParseError),
+    /// Resource flags that do not go together.
+    #[error(transparent)]
+    Limits(#[from] moat_spec::LimitsError),
+    /// A volume or device path.
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
+    /// An OCI bundle cannot be run.
+    #[error("bundle {}", dir.display())]
+    Bundle {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: moat_spec::BundleError,
+    },
+    /// The spec is refused.
+    #[error(transparent)]
+    Spec(#[from] moat_spec::SpecError),
+    /// The seccomp choice cannot be applied.
+    #[error("{0}")]
+    Seccomp(String),
     /// The container name has characters or a length outside what is allowed.
     #[error("invalid container name {0:?}: use 1 to {MAX_NAME_LEN} characters [a-zA-Z0-9_.-], starting with a letter or digit")]
     BadName(String),
@@ -66,42 +112,7 @@ pub enum ConfigError {
 
 /// Parses a docker-style size (`1024`, `512k`, `256m`, `1g`, `1.5g`, `256MiB`) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(text.to_owned());
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let shift = match unit.trim_start() {
-        "" | "b" => 0,
-        "k" | "kb" | "ki" | "kib" => 10,
-        "m" | "mb" | "mi" | "mib" => 20,
-        "g" | "gb" | "gi" | "gib" => 30,
-        "t" | "tb" | "ti" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    parse_scaled(number, shift).ok_or_else(bad)
-}
-
-/// `number * 2^shift`, where `number` may have a fractional part; `None` if malformed or too big.
-fn parse_scaled(number: &str, shift: u32) -> Option<u64> {
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || (number.contains('.') && frac.is_empty()) {
-        return None;
-    }
-    let whole: u64 = whole.parse().ok()?;
-    let mut bytes = whole.checked_mul(1u64.checked_shl(shift)?)?;
-    if !frac.is_empty() {
-        let digits = frac.len().min(9);
-        let frac_value: u64 = frac[..digits].parse().ok()?;
-        let scale = 10u64.pow(digits as u32);
-        bytes =
-            bytes.checked_add(((u128::from(frac_value) << shift) / u128::from(scale)) as u64)?;
-    }
-    Some(bytes)
+    moat_spec::parse::parse_size(text).map_err(|_| ConfigError::BadSize(text.to_owned()))
 }
 
 /// Turns a requested memory size into the VM's size in MiB: rounded up to whole MiB, raised to
@@ -131,12 +142,21 @@ pub fn host_memory_bytes() -> u64 {
     (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)))
 }
 
-/// Parses a vCPU count: an integer from 1 to [`MAX_CPUS`].
-pub fn parse_cpus(text: &str) -> Result<u8, ConfigError> {
+/// Parses a vCPU count (`--vm-cpus`): an integer from 1 to [`MAX_CPUS`].
+pub fn parse_vm_cpus(text: &str) -> Result<u8, ConfigError> {
     match text.trim().parse::<u8>() {
         Ok(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
         _ => Err(ConfigError::BadCpus(text.to_owned())),
     }
+}
+
+/// The VM's vCPUs for a need of `needed` (from the container's limits): refused above
+/// [`MAX_CPUS`].
+pub fn vm_cpus_for(needed: u64) -> Result<u8, ConfigError> {
+    u8::try_from(needed)
+        .ok()
+        .filter(|n| (1..=MAX_CPUS).contains(n))
+        .ok_or(ConfigError::TooManyCpus(needed))
 }
 
 /// Validates a container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}`.
@@ -290,24 +310,27 @@ pub struct AssetOverrides {
     pub initramfs: Option<PathBuf>,
 }
 
-/// A validated `moat run` request.
+/// Where the container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// A built-in image, by name.
+    Image(String),
+    /// A bundle's root directory, packed into an ext4 image when the VM starts.
+    Directory(PathBuf),
+}
+
+/// A validated `moat run` request.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
     /// Container id: also the state directory's name.
     pub id: String,
-    /// Image name (a built-in image).
-    pub image: String,
-    /// argv of the process.
-    pub args: Vec<String>,
-    /// `KEY=VALUE` environment.
-    pub env: Vec<String>,
-    /// Working directory in the container.
-    pub workdir: String,
-    /// User and group.
-    pub user: User,
-    /// Hostname of the container.
-    pub hostname: String,
-    /// vCPUs.
+    /// The root filesystem.
+    pub rootfs: Rootfs,
+    /// The OCI runtime spec the agent applies (its root.path is not used: the rootfs is a disk).
+    pub spec: oci_spec::runtime::Spec,
+    /// Volumes, attached as `/dev/vdb`, `/dev/vdc`... in this order.
+    pub volumes: Vec<crate::volumes::Volume>,
+    /// vCPUs of the VM.
     pub cpus: u8,
     /// VM memory in MiB.
     pub memory_mib: u32,
@@ -378,11 +401,14 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(parse_cpus("1").unwrap(), 1);
-        assert_eq!(parse_cpus("32").unwrap(), 32);
+        assert_eq!(parse_vm_cpus("1").unwrap(), 1);
+        assert_eq!(parse_vm_cpus("32").unwrap(), 32);
         for bad in ["0", "33", "99", "-1", "1.5", "", "two", "256"] {
-            assert!(parse_cpus(bad).is_err(), "{bad:?} accepted");
+            assert!(parse_vm_cpus(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(vm_cpus_for(4).unwrap(), 4);
+        assert!(vm_cpus_for(33).is_err());
+        assert!(vm_cpus_for(0).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod signals;
 pub mod state;
 pub mod terminal;
 pub mod vmm;
+pub mod volumes;
 
 #[cfg(test)]
 mod testutil;

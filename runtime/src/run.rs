@@ -8,17 +8,18 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
-use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest};
+use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest, VolumeSpec};
 use oci_spec::runtime as oci;
 
 use crate::assets::{AssetError, Assets};
 use crate::boot::{self, BootError, Logs};
-use crate::config::{ConfigError, RunConfig};
+use crate::config::{ConfigError, Rootfs, RunConfig};
 use crate::session::{Event, Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
 use crate::signals::SignalForwarder;
 use crate::state::{StateDir, StateError, STATE_ROOT};
 use crate::terminal::{self, RawMode};
-use crate::vmm::{self, JailSpec, VmSpec, VmmError, VmmProcess};
+use crate::vmm::{self, Disk, JailSpec, VmSpec, VmmError, VmmProcess};
+use crate::volumes::{pack_directory, VolumeError, VolumeSource};
 use moat_jail::uids::{UidError, UidSlot};
 use moat_jail::{IdError, JailId};
 
@@ -77,6 +78,12 @@ pub enum RunError {
         /// The agent's message.
         message: String,
     },
+    /// No image was located for the run.
+    #[error("no image {0:?} located")]
+    NoImage(String),
+    /// A volume or the bundle's root could not be packed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// A file in the state directory could not be created.
     #[error("cannot create {}", path.display())]
     CreateFile {
@@ -176,14 +183,31 @@ impl RuntimeOptions {
 
 /// The agent's request for `config`, with the terminal size when it runs on one.
 fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
-    let mut spec = basic_spec(
-        &config.args,
-        &config.env,
-        &config.workdir,
-        (config.user.uid, config.user.gid),
-        config.tty.then_some(size),
-    );
-    spec.set_hostname(Some(config.hostname.clone()));
+    let mut spec = config.spec.clone();
+    if let Some(process) = spec.process_mut() {
+        if config.tty {
+            process.set_terminal(Some(true));
+        }
+        if process.terminal() == Some(true) {
+            let (rows, cols) = size;
+            let console = oci::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build();
+            process.set_console_size(console.ok());
+        }
+    }
+    let volumes = config
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| VolumeSpec {
+            device: volume_device(i),
+            fstype: "ext4".into(),
+            readonly: v.readonly,
+            mountpoint: volume_mountpoint(i),
+        })
+        .collect();
     RunRequest {
         id: config.id.clone(),
         rootfs: RootfsSpec {
@@ -191,10 +215,25 @@ fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
             fstype: "ext4".into(),
             upper_mib: 64,
         },
-        volumes: vec![],
+        volumes,
         spec,
     }
 }
+
+/// The guest device of volume `index`: `/dev/vdb` for the first (the image is `/dev/vda`).
+pub fn volume_device(index: usize) -> String {
+    let letter = char::from(b'b' + index as u8);
+    format!("/dev/vd{letter}")
+}
+
+/// Where the agent mounts volume `index` in the guest (the source of its bind mount).
+pub fn volume_mountpoint(index: usize) -> String {
+    format!("{}/{index}", moat_protocol::VOLUMES_DIR)
+}
+
+/// Most volumes a VM takes: moat-vmm has 19 virtio devices (GSIs 5..=23), one is the vsock and
+/// one the image.
+pub const MAX_VOLUMES: usize = 17;
 
 /// An OCI spec with only the process set: `args`, `env`, `cwd`, (uid, gid), and a terminal of
 /// (rows, cols) when `terminal` is given.
@@ -231,6 +270,44 @@ pub fn basic_spec(
             .ok(),
     );
     spec
+}
+
+/// The VM's disks: the root filesystem (`/dev/vda`, read-only), then the volumes; host
+/// directories are packed into ext4 images in the state directory first.
+fn disks(config: &RunConfig, assets: &Assets, state: &StateDir) -> Result<Vec<Disk>, RunError> {
+    if config.volumes.len() > MAX_VOLUMES {
+        return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
+    }
+    let root = match &config.rootfs {
+        Rootfs::Image(name) => assets
+            .image
+            .clone()
+            .ok_or_else(|| RunError::NoImage(name.clone()))?,
+        Rootfs::Directory(dir) => {
+            let image = state.path().join("rootfs.ext4");
+            pack_directory(dir, &image, "rootfs")?;
+            image
+        }
+    };
+    let mut disks = vec![Disk {
+        path: root,
+        readonly: true,
+    }];
+    for (i, volume) in config.volumes.iter().enumerate() {
+        let path = match &volume.source {
+            VolumeSource::ImageFile(path) => path.clone(),
+            VolumeSource::Directory(dir) => {
+                let image = state.path().join(format!("volume-{i}.ext4"));
+                pack_directory(dir, &image, "volume")?;
+                image
+            }
+        };
+        disks.push(Disk {
+            path,
+            readonly: volume.readonly,
+        });
+    }
+    Ok(disks)
 }
 
 /// Where the uid slots live under the state root (`.uids` cannot be a container id).
@@ -336,7 +413,7 @@ fn boot_vm(
         initramfs: assets.initramfs.clone(),
         cpus: config.cpus,
         memory_mib: config.memory_mib,
-        disks_ro: vec![assets.image.clone()],
+        disks: disks(config, assets, &state)?,
         vsock_uds,
         console_log,
         jail,

@@ -13,7 +13,7 @@ use moat_protocol::{
 };
 
 use super::*;
-use crate::config::{AssetOverrides, User};
+use crate::config::AssetOverrides;
 use crate::testutil::{fake_vmm, TempDir};
 
 #[test]
@@ -60,17 +60,14 @@ fn options_from_the_environment() {
 }
 
 fn config(id: &str, tty: bool) -> RunConfig {
+    let args = ["echo".to_string(), "hi".into()];
+    let mut spec = basic_spec(&args, &["PATH=/bin".into()], "/", (1000, 100), None);
+    spec.set_hostname(Some("box".into()));
     RunConfig {
         id: id.into(),
-        image: "busybox".into(),
-        args: vec!["echo".into(), "hi".into()],
-        env: vec!["PATH=/bin".into()],
-        workdir: "/".into(),
-        user: User {
-            uid: 1000,
-            gid: 100,
-        },
-        hostname: "box".into(),
+        rootfs: Rootfs::Image("busybox".into()),
+        spec,
+        volumes: vec![],
         cpus: 2,
         memory_mib: 128,
         interactive: false,
@@ -99,6 +96,30 @@ fn request_carries_the_config() {
         (size.height(), size.width(), p.terminal()),
         (50, 120, Some(true))
     );
+}
+
+#[test]
+fn request_carries_the_volumes() {
+    let mut c = config("c1", false);
+    for (i, readonly) in [true, false].into_iter().enumerate() {
+        c.volumes.push(crate::volumes::Volume {
+            source: crate::volumes::VolumeSource::ImageFile(format!("/v{i}.ext4").into()),
+            destination: format!("/data{i}"),
+            readonly,
+        });
+    }
+    let req = run_request(&c, (50, 120));
+    assert_eq!(req.volumes.len(), 2);
+    assert_eq!(
+        (req.volumes[0].device.as_str(), req.volumes[0].readonly),
+        ("/dev/vdb", true)
+    );
+    assert_eq!(
+        (req.volumes[1].device.as_str(), req.volumes[1].readonly),
+        ("/dev/vdc", false)
+    );
+    assert_eq!(req.volumes[1].mountpoint, "/run/moat-volumes/1");
+    assert_eq!(req.volumes[1].fstype, "ext4");
 }
 
 /// A fake `moat-vmm`: `probe` prints a refusal when `$dir/no-kvm` exists; `run` checks its
@@ -151,7 +172,7 @@ fn setup(name: &str) -> Setup {
         vmm,
         kernel: tmp.path().join("vmlinux"),
         initramfs: tmp.path().join("initramfs.cpio"),
-        image: tmp.path().join("busybox.ext4"),
+        image: Some(tmp.path().join("busybox.ext4")),
     };
     let options = RuntimeOptions {
         state_root: tmp.path().join("run"),

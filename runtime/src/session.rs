@@ -155,6 +155,27 @@ fn read_agent(
     let _ = tx.send(Event::AgentGone(end));
 }
 
+/// The line `moat run` prints on stderr each time the memory limit's OOM killer kills a process
+/// of the container.
+pub fn oom_notice(request: &RunRequest) -> String {
+    let limit = request
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0);
+    let limit = match limit {
+        Some(bytes) => format!("{} MiB", (bytes as u64).div_ceil(1 << 20)),
+        None => "none set: the VM's memory".to_owned(),
+    };
+    format!(
+        "moat: container {}: out of memory: a process was killed by the memory limit ({limit})",
+        request.id
+    )
+}
+
 /// Reads `stdin` in chunks until its end.
 fn read_stdin(mut stdin: Box<dyn Read + Send>, tx: SyncSender<Event>) {
     let mut buf = vec![0u8; STDIN_CHUNK];
@@ -211,6 +232,7 @@ impl Session {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        let oom = oom_notice(&request);
         self.send(&HostMessage::Run(Box::new(request)))?;
         let reader = self.stream.try_clone().map_err(SessionError::Thread)?;
         let agent_tx = tx.clone();
@@ -235,6 +257,10 @@ impl Session {
                 Event::Agent(AgentMessage::Error { kind, message }) if !started => {
                     let message = crate::console::sanitize(&message);
                     return Ok(Outcome::Failed { kind, message });
+                }
+                Event::Agent(AgentMessage::Oom { count }) => {
+                    tracing::debug!(count, "container out of memory");
+                    eprintln!("{oom}");
                 }
                 Event::Agent(other) => {
                     tracing::debug!(message = ?other, "unexpected agent message")

@@ -230,3 +230,47 @@ fn a_dropped_connection_or_garbage_ends_the_session() {
     assert!(matches!(err, SessionError::Ended(Some(_))), "{err}");
     agent.join().unwrap();
 }
+
+#[test]
+fn oom_events_do_not_end_the_session() {
+    let (host, agent) = spawn_agent(|mut a| {
+        a.recv_msg();
+        a.send(&AgentMessage::Started { pid: 2 });
+        a.send(&AgentMessage::Oom { count: 1 });
+        a.send(&AgentMessage::Oom { count: 2 });
+        a.send(&AgentMessage::Exited {
+            status: ExitStatus::Signaled { signo: 9 },
+        });
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, _, _) = make_stdio(None);
+    let outcome = Session::new(host)
+        .run(request(false), stdio, &rx, &tx)
+        .unwrap();
+    assert_eq!(outcome, Outcome::Exited(ExitStatus::Signaled { signo: 9 }));
+    agent.join().unwrap();
+}
+
+#[test]
+fn oom_notice_names_the_container_and_its_limit() {
+    let mut req = request(false);
+    assert_eq!(
+        oom_notice(&req),
+        "moat: container t: out of memory: a process was killed by the memory limit \
+         (none set: the VM's memory)"
+    );
+    let opts = moat_spec::RunOptions {
+        args: vec!["sh".into()],
+        cwd: "/".into(),
+        limits: moat_spec::Limits {
+            memory: Some(64 << 20),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    req.spec = opts.to_spec();
+    assert_eq!(
+        oom_notice(&req),
+        "moat: container t: out of memory: a process was killed by the memory limit (64 MiB)"
+    );
+}

@@ -120,6 +120,16 @@ pub struct JailSpec {
     pub cgroup_root: PathBuf,
 }
 
+/// A disk of the VM: a host file, attached read-only or read-write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// The host file (bound into the jail; the VMM opens it before dropping privileges, so a
+    /// read-write disk needs no change of owner).
+    pub path: PathBuf,
+    /// Attached read-only.
+    pub readonly: bool,
+}
+
 /// What a VM is made of: the `moat-vmm run` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -131,8 +141,8 @@ pub struct VmSpec {
     pub cpus: u8,
     /// Memory in MiB.
     pub memory_mib: u32,
-    /// Read-only disks, `/dev/vda` first.
-    pub disks_ro: Vec<PathBuf>,
+    /// Disks, `/dev/vda` first.
+    pub disks: Vec<Disk>,
     /// The vsock Unix socket (in the jail: relative to its root).
     pub vsock_uds: PathBuf,
     /// Serial console log (in the jail: relative to its root).
@@ -155,12 +165,14 @@ impl VmSpec {
         push("--initramfs", self.initramfs.clone().into());
         push("--cpus", self.cpus.to_string().into());
         push("--memory-mib", self.memory_mib.to_string().into());
-        for disk in &self.disks_ro {
-            if disk.as_os_str().as_encoded_bytes().contains(&b',') {
-                return Err(VmmError::CommaInPath(disk.clone()));
+        for disk in &self.disks {
+            if disk.path.as_os_str().as_encoded_bytes().contains(&b',') {
+                return Err(VmmError::CommaInPath(disk.path.clone()));
             }
-            let mut value = disk.clone().into_os_string();
-            value.push(",ro");
+            let mut value = disk.path.clone().into_os_string();
+            if disk.readonly {
+                value.push(",ro");
+            }
             push("--disk", value);
         }
         push("--vsock-uds", self.vsock_uds.clone().into());
@@ -313,7 +325,16 @@ mod tests {
             initramfs: "/a/initramfs.cpio".into(),
             cpus: 2,
             memory_mib: 256,
-            disks_ro: vec!["/a/images/busybox.ext4".into()],
+            disks: vec![
+                Disk {
+                    path: "/a/images/busybox.ext4".into(),
+                    readonly: true,
+                },
+                Disk {
+                    path: "/v.ext4".into(),
+                    readonly: false,
+                },
+            ],
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
             jail: None,
@@ -328,7 +349,7 @@ mod tests {
         assert_eq!(
             args.join(" "),
             "run --kernel /a/vmlinux --initramfs /a/initramfs.cpio --cpus 2 --memory-mib 256 \
-             --disk /a/images/busybox.ext4,ro --vsock-uds /run/moat/x/vsock.sock \
+             --disk /a/images/busybox.ext4,ro --disk /v.ext4 --vsock-uds /run/moat/x/vsock.sock \
              --console-log /run/moat/x/console.log --no-jail"
         );
         let jailed = VmSpec {
@@ -360,7 +381,10 @@ mod tests {
         let args = unfiltered.args().unwrap();
         assert_eq!(args.last().unwrap(), "--no-seccomp");
         let bad = VmSpec {
-            disks_ro: vec!["/a,b".into()],
+            disks: vec![Disk {
+                path: "/a,b".into(),
+                readonly: true,
+            }],
             ..spec
         };
         assert!(matches!(bad.args(), Err(VmmError::CommaInPath(_))));

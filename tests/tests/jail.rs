@@ -61,7 +61,15 @@ impl Running {
         let err_path = std::env::temp_dir().join(format!("{name}.stderr"));
         let err = std::fs::File::create(&err_path).expect("stderr file");
         let (cpus, memory) = (CPUS.to_string(), format!("{MEMORY_MIB}m"));
-        let mut args = vec!["run", "--name", &name, "--cpus", &cpus, "--memory", &memory];
+        let mut args = vec![
+            "run",
+            "--name",
+            &name,
+            "--vm-cpus",
+            &cpus,
+            "--vm-memory",
+            &memory,
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "sleep", "1000"]);
         let child = Command::new(moat_bin())

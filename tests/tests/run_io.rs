@@ -37,7 +37,10 @@ fn sixty_four_mib_generated_in_the_guest() {
     }
     // The guest produces the bytes and their checksum; the host checks both.
     let script = "head -c 67108864 /dev/urandom > /tmp/blob; md5sum < /tmp/blob >&2; cat /tmp/blob";
-    let o = moat(&["run", "--memory", "512m", "--", "sh", "-c", script], None);
+    let o = moat(
+        &["run", "--vm-memory", "512m", "--", "sh", "-c", script],
+        None,
+    );
     o.expect_code(0);
     assert_eq!(o.stdout.len(), SIZE, "{}", o.diagnostics());
     let guest_sum = o

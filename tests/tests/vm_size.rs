@@ -1,22 +1,18 @@
-//! The VM has the vCPUs and memory asked for.
+//! The VM has the vCPUs and memory asked for (`--vm-cpus`, `--vm-memory`), or enough for the
+//! container's limits (`--cpus`, `--memory`).
 
 use moat_tests::{moat, vm_available};
 
 fn nproc_and_memtotal_kib(cpus: &str, memory: &str) -> (u32, u64) {
-    let o = moat(
-        &[
-            "run",
-            "--cpus",
-            cpus,
-            "--memory",
-            memory,
-            "--",
-            "sh",
-            "-c",
-            "nproc; grep MemTotal /proc/meminfo",
-        ],
-        None,
-    );
+    vm_of(&["--vm-cpus", cpus, "--vm-memory", memory])
+}
+
+/// `nproc` and MemTotal in a VM made with `flags`.
+fn vm_of(flags: &[&str]) -> (u32, u64) {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "sh", "-c", "nproc; grep MemTotal /proc/meminfo"]);
+    let o = moat(&args, None);
     o.expect_code(0);
     let out = o.out();
     let mut lines = out.lines();
@@ -65,5 +61,19 @@ fn four_vcpus_and_512_mib() {
     assert!(
         mem <= 512 * 1024 && mem > 450 * 1024,
         "MemTotal {mem} KiB for 512m"
+    );
+}
+
+#[test]
+fn sized_from_the_container_limits() {
+    if !vm_available("sized_from_the_container_limits") {
+        return;
+    }
+    // --cpus 1.5 needs 2 vCPUs; --memory 512m gets a VM of 512 + 96 MiB.
+    let (nproc, mem) = vm_of(&["--cpus", "1.5", "--memory", "512m"]);
+    assert_eq!(nproc, 2);
+    assert!(
+        mem <= 608 * 1024 && mem > 540 * 1024,
+        "MemTotal {mem} KiB for a 512m limit"
     );
 }

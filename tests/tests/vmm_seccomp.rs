@@ -38,10 +38,19 @@ fn can_start_vmm(test: &str, vmm: &Path) -> bool {
     false
 }
 
-/// `moat run --name NAME --cpus 2 -- sleep 600`, without waiting for the probe or the boot.
+/// `moat run --name NAME --vm-cpus 2 -- sleep 600`, without waiting for the probe or the boot.
 fn start_moat(name: &str) -> Child {
     Command::new(moat_bin())
-        .args(["run", "--name", name, "--cpus", "2", "--", "sleep", "600"])
+        .args([
+            "run",
+            "--name",
+            name,
+            "--vm-cpus",
+            "2",
+            "--",
+            "sleep",
+            "600",
+        ])
         .env("MOAT_SKIP_PROBE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,382 @@
+//! `moat run`'s flags (docker's names and meanings) and their translation into a run request:
+//! an OCI spec (moat-spec), the volumes, and the VM's size.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use moat_runtime::assets::DEFAULT_IMAGE;
+use moat_runtime::config::{
+    self, build_env, check_args, memory_mib, parse_env, parse_hostname, parse_name, parse_size,
+    parse_user, parse_vm_cpus, parse_workdir, vm_cpus_for, AssetOverrides, ConfigError, EnvArg,
+    Rootfs, RunConfig, User,
+};
+use moat_runtime::run::{volume_mountpoint, MAX_VOLUMES};
+use moat_runtime::volumes::{check_volume, resolve_device, Volume};
+use moat_spec::parse::{
+    parse_blkio_weight, parse_capability, parse_cpu_period, parse_cpu_quota, parse_cpu_shares,
+    parse_cpus, parse_cpuset, parse_device, parse_pids_limit, parse_security_opt, parse_swap,
+    parse_sysctl, parse_throttle_bps, parse_throttle_iops, parse_tmpfs, parse_ulimit, parse_userns,
+    parse_volume, CapName, DeviceArg, SecurityOpt, Throttle, TmpfsArg, VolumeArg,
+};
+use moat_spec::{BindMount, Limits, RunOptions};
+use oci_spec::runtime::{PosixRlimit, Spec};
+
+use crate::seccomp::{seccomp_for, SeccompChoice};
+
+/// The flags that shape the spec: `--bundle` runs its config.json as is, so it takes none.
+const SPEC_FLAGS: [&str; 32] = [
+    "env",
+    "workdir",
+    "user",
+    "hostname",
+    "read_only",
+    "tmpfs",
+    "volume",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "privileged",
+    "memory",
+    "memory_swap",
+    "memory_reservation",
+    "cpus",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpuset_cpus",
+    "pids_limit",
+    "blkio_weight",
+    "device_read_bps",
+    "device_write_bps",
+    "device_read_iops",
+    "device_write_iops",
+    "ulimit",
+    "userns",
+    "sysctl",
+    "device",
+    "image",
+    "args",
+    "command",
+];
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Container")]
+pub struct RunArgs {
+    /// Set an environment variable (KEY alone copies it from this environment)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvArg>,
+    /// Working directory inside the container (default /)
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir)]
+    pub workdir: Option<String>,
+    /// Keep stdin open and forward it to the container
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Accepted for docker compatibility: every container is removed when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Container name, also its id (default: random)
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+    /// Numeric user and group to run as
+    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub user: Option<User>,
+    /// Hostname of the container (default: the container id)
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    pub hostname: Option<String>,
+    /// Mount the container's root filesystem read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Mount a tmpfs (options: size=64m, mode=1777, ...)
+    #[arg(long, value_name = "DST[:OPTIONS]", value_parser = parse_tmpfs)]
+    pub tmpfs: Vec<TmpfsArg>,
+    /// Attach a volume: an ext4 image file, or a directory with :ro (a snapshot)
+    #[arg(short = 'v', long, value_name = "SRC:DST[:ro|rw]", value_parser = parse_volume)]
+    pub volume: Vec<VolumeArg>,
+    /// Add a capability (NAME, CAP_NAME or ALL)
+    #[arg(long, value_name = "CAP", value_parser = parse_capability)]
+    pub cap_add: Vec<CapName>,
+    /// Drop a capability (NAME, CAP_NAME or ALL)
+    #[arg(long, value_name = "CAP", value_parser = parse_capability)]
+    pub cap_drop: Vec<CapName>,
+    /// seccomp=FILE|unconfined, no-new-privileges[=true|false]
+    #[arg(long, value_name = "OPT", value_parser = parse_security_opt)]
+    pub security_opt: Vec<SecurityOpt>,
+    /// All capabilities and devices, no seccomp, writable /sys: privileged inside its VM only
+    #[arg(long)]
+    pub privileged: bool,
+    /// Memory limit of the container, e.g. 512m (the VM gets this plus 96m, at least 256m)
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Memory plus swap limit (-1: unlimited swap)
+    #[arg(long, value_name = "SIZE", value_parser = parse_swap, allow_hyphen_values = true)]
+    pub memory_swap: Option<i64>,
+    /// Memory soft limit
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_reservation: Option<u64>,
+    /// CPU limit of the container, e.g. 0.5 (the VM gets enough vCPUs for it)
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// CPU weight (relative to other containers: none in moat's one-container VMs)
+    #[arg(long, value_name = "N", value_parser = parse_cpu_shares)]
+    pub cpu_shares: Option<u64>,
+    /// CFS quota in microseconds per period
+    #[arg(long, value_name = "US", value_parser = parse_cpu_quota, allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CFS period in microseconds
+    #[arg(long, value_name = "US", value_parser = parse_cpu_period)]
+    pub cpu_period: Option<u64>,
+    /// CPUs the container may use, e.g. 0-1 (the VM gets enough vCPUs for them)
+    #[arg(long, value_name = "LIST", value_parser = parse_cpuset)]
+    pub cpuset_cpus: Option<(String, u32)>,
+    /// Most processes (-1: unlimited)
+    #[arg(long, value_name = "N", value_parser = parse_pids_limit, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Block IO weight, 10 to 1000
+    #[arg(long, value_name = "N", value_parser = parse_blkio_weight)]
+    pub blkio_weight: Option<u16>,
+    /// Read rate limit of a guest disk (/dev/vda: the image, /dev/vdb...: volumes)
+    #[arg(long, value_name = "PATH:RATE", value_parser = parse_throttle_bps)]
+    pub device_read_bps: Vec<Throttle>,
+    /// Write rate limit of a guest disk
+    #[arg(long, value_name = "PATH:RATE", value_parser = parse_throttle_bps)]
+    pub device_write_bps: Vec<Throttle>,
+    /// Read operations per second limit of a guest disk
+    #[arg(long, value_name = "PATH:N", value_parser = parse_throttle_iops)]
+    pub device_read_iops: Vec<Throttle>,
+    /// Write operations per second limit of a guest disk
+    #[arg(long, value_name = "PATH:N", value_parser = parse_throttle_iops)]
+    pub device_write_iops: Vec<Throttle>,
+    /// Resource limit, e.g. nofile=1024:2048
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", value_parser = parse_ulimit)]
+    pub ulimit: Vec<PosixRlimit>,
+    /// User namespace: remap (container root = guest uid 100000) or host (none, the default)
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "remap", value_parser = parse_userns)]
+    pub userns: Option<bool>,
+    /// Namespaced kernel parameter (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_sysctl)]
+    pub sysctl: Vec<(String, String)>,
+    /// Make a device node in the container
+    #[arg(long, value_name = "HOST[:CONTAINER[:rwm]]", value_parser = parse_device)]
+    pub device: Vec<DeviceArg>,
+    /// Run an OCI bundle (config.json and its root directory) as is, instead of IMAGE and CMD
+    #[arg(long, value_name = "DIR", conflicts_with_all = SPEC_FLAGS)]
+    pub bundle: Option<PathBuf>,
+    /// vCPUs of the VM (default: enough for --cpus / --cpuset-cpus, at least 1)
+    #[arg(long, value_name = "N", value_parser = parse_vm_cpus, help_heading = "VM")]
+    pub vm_cpus: Option<u8>,
+    /// Memory of the VM (default: --memory + 96m, at least 256m)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "VM")]
+    pub vm_memory: Option<u64>,
+    /// Guest kernel to boot (overrides MOAT_KERNEL)
+    #[arg(long, value_name = "PATH", help_heading = "VM")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs with the guest agent (overrides MOAT_INITRAMFS)
+    #[arg(long, value_name = "PATH", help_heading = "VM")]
+    pub initramfs: Option<PathBuf>,
+    /// Debugging only: run the VMM without its jail (as root, in the host's namespaces)
+    #[arg(long, help_heading = "VM")]
+    pub no_jail: bool,
+    /// Debugging only: run the VMM without its seccomp filters
+    #[arg(long, help_heading = "VM")]
+    pub no_seccomp: bool,
+    /// Image to run (built-in: busybox)
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Command and arguments (default: sh); also accepted after `--`
+    #[arg(value_name = "CMD", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Command and arguments after `--` (needed when no IMAGE is given)
+    #[arg(value_name = "CMD", last = true, hide = true)]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Validates the flags into a run request (things clap's value parsers cannot check alone).
+    /// Nothing is created on the host.
+    pub fn into_config(self) -> Result<RunConfig, ConfigError> {
+        let id = self.name.clone().unwrap_or_else(config::random_id);
+        let (rootfs, spec, volumes) = match &self.bundle {
+            // Validated against its directory by load_bundle.
+            Some(dir) => {
+                let bundle = moat_spec::load_bundle(dir).map_err(|source| ConfigError::Bundle {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                (Rootfs::Directory(bundle.rootfs), bundle.spec, vec![])
+            }
+            None => {
+                let (rootfs, spec, volumes) = self.image_spec(&id)?;
+                moat_spec::validate(&spec, None)?;
+                (rootfs, spec, volumes)
+            }
+        };
+        let (cpus, memory_mib) = vm_size(&spec, self.vm_cpus, self.vm_memory)?;
+        Ok(RunConfig {
+            id,
+            rootfs,
+            spec,
+            volumes,
+            cpus,
+            memory_mib,
+            interactive: self.interactive,
+            tty: self.tty,
+            assets: AssetOverrides {
+                kernel: self.kernel,
+                initramfs: self.initramfs,
+            },
+        })
+    }
+
+    /// The spec and volumes of a run of IMAGE (or the default image) with docker's defaults.
+    fn image_spec(&self, id: &str) -> Result<(Rootfs, Spec, Vec<Volume>), ConfigError> {
+        let hostname = self.hostname.clone().unwrap_or_else(|| id.to_owned());
+        let user = self.user.unwrap_or_default();
+        let mut args = self.args.clone();
+        args.extend(self.command.iter().cloned());
+        if args.is_empty() {
+            args.push("sh".to_owned());
+        }
+        check_args(&args)?;
+        let env = build_env(&self.env, &hostname, user.uid, self.tty, |k| {
+            std::env::var(k).ok()
+        });
+        if self.volume.len() > MAX_VOLUMES {
+            return Err(ConfigError::TooManyVolumes(MAX_VOLUMES));
+        }
+        let volumes = self
+            .volume
+            .iter()
+            .map(check_volume)
+            .collect::<Result<Vec<_>, _>>()?;
+        let binds = volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| BindMount {
+                source: volume_mountpoint(i),
+                destination: v.destination.clone(),
+                readonly: v.readonly,
+            })
+            .collect();
+        let devices = self
+            .device
+            .iter()
+            .map(resolve_device)
+            .collect::<Result<Vec<_>, _>>()?;
+        let limits = self.limits();
+        limits.check()?;
+        let mut options = RunOptions {
+            args,
+            env,
+            cwd: self.workdir.clone().unwrap_or_else(|| "/".to_owned()),
+            user: (user.uid, user.gid),
+            terminal: self.tty,
+            hostname,
+            read_only: self.read_only,
+            privileged: self.privileged,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            no_new_privileges: self.no_new_privileges(),
+            seccomp: None,
+            userns: self.userns.unwrap_or(false),
+            tmpfs: self.tmpfs.clone(),
+            binds,
+            devices,
+            sysctls: self.sysctl.clone(),
+            ulimits: self.ulimit.clone(),
+            limits,
+        };
+        let bounding = moat_spec::caps::bounding(self.privileged, &self.cap_add, &self.cap_drop);
+        options.seccomp = seccomp_for(&self.seccomp_choice(), &bounding)
+            .map_err(|e| ConfigError::Seccomp(format!("{e:#}")))?;
+        let image = self
+            .image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        Ok((Rootfs::Image(image), options.to_spec(), volumes))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            memory: self.memory,
+            memory_swap: self.memory_swap,
+            memory_reservation: self.memory_reservation,
+            nano_cpus: self.cpus,
+            cpu_shares: self.cpu_shares,
+            cpu_quota: self.cpu_quota,
+            cpu_period: self.cpu_period,
+            cpuset_cpus: self.cpuset_cpus.as_ref().map(|(text, _)| text.clone()),
+            pids_limit: self.pids_limit,
+            blkio_weight: self.blkio_weight,
+            read_bps: self.device_read_bps.clone(),
+            write_bps: self.device_write_bps.clone(),
+            read_iops: self.device_read_iops.clone(),
+            write_iops: self.device_write_iops.clone(),
+        }
+    }
+
+    /// The last `no-new-privileges` given; true by default.
+    fn no_new_privileges(&self) -> bool {
+        self.security_opt
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                SecurityOpt::NoNewPrivileges(on) => Some(*on),
+                _ => None,
+            })
+            .unwrap_or(true)
+    }
+
+    /// The last `seccomp=` given; privileged runs are unconfined.
+    fn seccomp_choice(&self) -> SeccompChoice {
+        if self.privileged {
+            return SeccompChoice::Unconfined;
+        }
+        let last = self.security_opt.iter().rev().find_map(|o| match o {
+            SecurityOpt::SeccompProfile(path) => Some(SeccompChoice::Profile(path.clone())),
+            SecurityOpt::SeccompUnconfined => Some(SeccompChoice::Unconfined),
+            SecurityOpt::NoNewPrivileges(_) => None,
+        });
+        last.unwrap_or(SeccompChoice::Default)
+    }
+}
+
+/// The VM's (vCPUs, MiB): as given, else sized from the spec's limits; checked against the
+/// host's memory and the limits (a cpuset or memory limit the VM cannot hold is refused).
+fn vm_size(
+    spec: &Spec,
+    vm_cpus: Option<u8>,
+    vm_memory: Option<u64>,
+) -> Result<(u8, u32), ConfigError> {
+    let limits = moat_spec::resources::limits_of(spec);
+    let highest = moat_spec::resources::cpuset_highest(spec);
+    let cpus = match vm_cpus {
+        Some(n) => n,
+        None => vm_cpus_for(limits.vm_cpus(highest))?,
+    };
+    if let Some(highest) = highest.filter(|h| *h >= u32::from(cpus)) {
+        return Err(ConfigError::CpusetBeyondVm {
+            highest: u64::from(highest),
+            cpus,
+        });
+    }
+    let requested = vm_memory.unwrap_or(limits.vm_memory_mib() << 20);
+    let memory_mib = memory_mib(requested, config::host_memory_bytes())?;
+    if let Some(limit) = limits.memory {
+        let limit_mib = limit.div_ceil(1 << 20);
+        if limit_mib > u64::from(memory_mib) {
+            return Err(ConfigError::LimitAboveVm {
+                limit_mib,
+                vm_mib: memory_mib,
+            });
+        }
+    }
+    Ok((cpus, memory_mib))
+}
+
+#[cfg(test)]
+#[path = "run_args_tests.rs"]
+mod tests;

@@ -1,0 +1,343 @@
+use clap::Parser;
+use oci_spec::runtime::{Capability, LinuxNamespaceType};
+
+use super::*;
+use crate::{Cli, Command};
+
+fn parse_run(args: &[&str]) -> Result<RunArgs, clap::Error> {
+    let argv = ["moat", "run"].iter().chain(args).copied();
+    Cli::try_parse_from(argv).map(|cli| match cli.command {
+        Command::Run(run) => run,
+    })
+}
+
+fn config(args: &[&str]) -> RunConfig {
+    parse_run(args).unwrap().into_config().unwrap()
+}
+
+fn process(c: &RunConfig) -> &oci_spec::runtime::Process {
+    c.spec.process().as_ref().unwrap()
+}
+
+fn linux(c: &RunConfig) -> &oci_spec::runtime::Linux {
+    c.spec.linux().as_ref().unwrap()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moat-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn no_seccomp_is_off_unless_asked_for() {
+    assert!(!parse_run(&[]).unwrap().no_seccomp);
+    let args = parse_run(&["--no-seccomp", "alpine", "--", "--no-seccomp"]).unwrap();
+    assert!(args.no_seccomp);
+    assert_eq!(args.command, ["--no-seccomp"]);
+}
+
+#[test]
+fn defaults() {
+    let c = config(&[]);
+    assert_eq!(c.rootfs, Rootfs::Image("busybox".into()));
+    let p = process(&c);
+    assert_eq!(p.args().as_deref(), Some(&["sh".to_owned()][..]));
+    assert_eq!((c.cpus, c.memory_mib), (1, 256));
+    assert_eq!(p.cwd().to_str(), Some("/"));
+    assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+    assert_eq!(c.id.len(), 12);
+    assert_eq!(c.spec.hostname().as_deref(), Some(c.id.as_str()));
+    let env = p.env().clone().unwrap();
+    assert!(env.contains(&format!("HOSTNAME={}", c.id)));
+    assert!(env.contains(&"HOME=/root".to_owned()));
+    assert!(!env.iter().any(|e| e.starts_with("TERM=")));
+    assert_eq!(p.no_new_privileges(), Some(true));
+    assert_eq!(
+        p.capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .len(),
+        14
+    );
+    assert!(linux(&c).seccomp().is_none());
+    assert!(c.volumes.is_empty());
+}
+
+#[test]
+fn image_and_command_forms() {
+    let args = |c: &RunConfig| process(c).args().clone().unwrap();
+    assert_eq!(args(&config(&["--", "echo", "hi"])), ["echo", "hi"]);
+    let c = config(&["busybox", "echo", "-n", "hi"]);
+    assert_eq!(c.rootfs, Rootfs::Image("busybox".into()));
+    assert_eq!(args(&c), ["echo", "-n", "hi"]);
+    assert_eq!(args(&config(&["busybox", "--", "ls", "-l"])), ["ls", "-l"]);
+    assert_eq!(
+        args(&config(&["busybox", "ls", "--", "-l"])),
+        ["ls", "--", "-l"]
+    );
+}
+
+#[test]
+fn process_flags() {
+    let c = config(&[
+        "-e",
+        "A=1",
+        "--env",
+        "B=2",
+        "-w",
+        "/tmp",
+        "-it",
+        "--rm",
+        "--name",
+        "web.1",
+        "-u",
+        "1000:1000",
+        "--hostname",
+        "h1",
+        "busybox",
+        "id",
+    ]);
+    let p = process(&c);
+    let env = p.env().clone().unwrap();
+    assert!(env.ends_with(&["TERM=xterm".into(), "A=1".into(), "B=2".into()]));
+    assert!(env.contains(&"HOME=/".to_owned()));
+    assert_eq!(p.cwd().to_str(), Some("/tmp"));
+    assert!(c.interactive && c.tty && p.terminal() == Some(true));
+    assert_eq!(c.id, "web.1");
+    assert_eq!(c.spec.hostname().as_deref(), Some("h1"));
+    assert_eq!((p.user().uid(), p.user().gid()), (1000, 1000));
+    let caps = p.capabilities().as_ref().unwrap();
+    assert!(caps.effective().as_ref().unwrap().is_empty());
+}
+
+#[test]
+fn limits_size_the_vm() {
+    let c = config(&["--cpus", "1.5", "-m", "1g"]);
+    assert_eq!((c.cpus, c.memory_mib), (2, 1024 + 96));
+    let cpu = linux(&c)
+        .resources()
+        .as_ref()
+        .unwrap()
+        .cpu()
+        .clone()
+        .unwrap();
+    assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
+    let mem = linux(&c).resources().as_ref().unwrap().memory().unwrap();
+    assert_eq!(mem.limit(), Some(1 << 30));
+    let c = config(&["--cpus", "0.5", "-m", "64m"]);
+    assert_eq!((c.cpus, c.memory_mib), (1, 256));
+    let c = config(&["--cpuset-cpus", "0-2"]);
+    assert_eq!(c.cpus, 3);
+    let c = config(&["--vm-cpus", "4", "--vm-memory", "1g", "-m", "128m"]);
+    assert_eq!((c.cpus, c.memory_mib), (4, 1024));
+    assert_eq!(config(&["--vm-memory", "16m"]).memory_mib, 64);
+}
+
+#[test]
+fn security_flags() {
+    let c = config(&[
+        "--cap-add",
+        "net_admin",
+        "--cap-drop",
+        "CAP_NET_RAW",
+        "--security-opt",
+        "no-new-privileges=false",
+        "--read-only",
+        "--userns",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        "--ulimit",
+        "nofile=100:200",
+        "--tmpfs",
+        "/run:size=1m",
+        "--pids-limit",
+        "50",
+    ]);
+    let p = process(&c);
+    let bounding = p
+        .capabilities()
+        .as_ref()
+        .unwrap()
+        .bounding()
+        .clone()
+        .unwrap();
+    assert!(bounding.contains(&Capability::NetAdmin) && !bounding.contains(&Capability::NetRaw));
+    assert_eq!(p.no_new_privileges(), Some(false));
+    assert_eq!(c.spec.root().as_ref().unwrap().readonly(), Some(true));
+    let ns = linux(&c).namespaces().clone().unwrap();
+    assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+    assert_eq!(p.rlimits().as_ref().unwrap()[0].hard(), 200);
+    let mounts = c.spec.mounts().clone().unwrap();
+    assert!(mounts
+        .iter()
+        .any(|m| m.destination().to_str() == Some("/run")));
+    let pids = linux(&c).resources().as_ref().unwrap().pids().unwrap();
+    assert_eq!(pids.limit(), 50);
+    let c = config(&["--userns=host", "--privileged"]);
+    let ns = linux(&c).namespaces().clone().unwrap();
+    assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+    assert!(linux(&c).masked_paths().as_ref().unwrap().is_empty());
+    assert!(config(&["--security-opt", "seccomp=unconfined"])
+        .spec
+        .linux()
+        .is_some());
+}
+
+#[test]
+fn userns_takes_its_mode_only_after_an_equals_sign() {
+    let args = parse_run(&["--userns", "busybox", "id"]).unwrap();
+    assert_eq!(args.userns, Some(true));
+    assert_eq!(args.image.as_deref(), Some("busybox"));
+    assert_eq!(parse_run(&["--userns=host"]).unwrap().userns, Some(false));
+    assert_eq!(parse_run(&[]).unwrap().userns, None);
+}
+
+#[test]
+fn volumes_become_disks_and_binds() {
+    let dir = temp_dir("vol");
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let spec = format!("{}:/data:ro", data.display());
+    let c = config(&["-v", &spec, "--device-read-bps", "/dev/vdb:1m"]);
+    assert_eq!(c.volumes.len(), 1);
+    assert!(c.volumes[0].readonly);
+    let mounts = c.spec.mounts().clone().unwrap();
+    let bind = mounts
+        .iter()
+        .find(|m| m.destination().to_str() == Some("/data"))
+        .unwrap();
+    assert_eq!(
+        bind.source().as_ref().unwrap().to_str(),
+        Some("/run/moat-volumes/0")
+    );
+    assert_eq!(bind.options().clone().unwrap(), ["rbind", "ro"]);
+    let err = parse_run(&["-v", &format!("{}:/data", data.display())])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("use :ro or an ext4 image file"),
+        "{err}"
+    );
+    let mut args = vec![];
+    for _ in 0..=MAX_VOLUMES {
+        args.extend(["-v", spec.as_str()]);
+    }
+    let err = parse_run(&args).unwrap().into_config().unwrap_err();
+    assert!(matches!(err, ConfigError::TooManyVolumes(17)), "{err}");
+    args.truncate(2 * MAX_VOLUMES);
+    assert_eq!(config(&args).volumes.len(), MAX_VOLUMES);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn devices() {
+    let c = config(&["--device", "/dev/null:/dev/mynull:rw"]);
+    let dev = &linux(&c).devices().clone().unwrap()[0];
+    assert_eq!(
+        (dev.path().to_str(), dev.major(), dev.minor()),
+        (Some("/dev/mynull"), 1, 3)
+    );
+}
+
+#[test]
+fn bundles() {
+    let dir = temp_dir("bundle");
+    std::fs::create_dir(dir.join("rootfs")).unwrap();
+    let opts = RunOptions {
+        args: vec!["true".into()],
+        cwd: "/".into(),
+        hostname: "b".into(),
+        ..Default::default()
+    };
+    let text = serde_json::to_string(&opts.to_spec()).unwrap();
+    std::fs::write(dir.join("config.json"), text).unwrap();
+    let bundle = dir.to_str().unwrap();
+    let c = config(&["--bundle", bundle, "-t", "--vm-cpus", "2"]);
+    assert_eq!(c.rootfs, Rootfs::Directory(dir.join("rootfs")));
+    assert_eq!((c.cpus, c.memory_mib, c.tty), (2, 256, true));
+    assert_eq!(c.spec, opts.to_spec());
+    // root.path may be absolute when it stays inside the bundle.
+    let mut spec = opts.to_spec();
+    let absolute = dir.join("rootfs");
+    spec.root_mut().as_mut().unwrap().set_path(absolute.clone());
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config(&["--bundle", bundle]).rootfs,
+        Rootfs::Directory(absolute)
+    );
+    for conflicting in [
+        &["-e", "A=1"][..],
+        &["busybox"],
+        &["--", "sh"],
+        &["--cap-add", "ALL"],
+    ] {
+        let mut args = vec!["--bundle", bundle];
+        args.extend_from_slice(conflicting);
+        assert!(
+            parse_run(&args).is_err(),
+            "{conflicting:?} accepted with --bundle"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_values_are_refused() {
+    for bad in [
+        &["--vm-cpus", "0"][..],
+        &["--vm-cpus", "99"],
+        &["--vm-cpus", "1.5"],
+        &["--cpus", "0"],
+        &["--cpus", "x"],
+        &["-m", "lots"],
+        &["--name", "-x"],
+        &["--name", "a/b"],
+        &["-u", "root"],
+        &["-w", "relative"],
+        &["-e", "=x"],
+        &["--hostname", "a b"],
+        &["--cap-add", "NOPE"],
+        &["--security-opt", "apparmor=x"],
+        &["--userns=keep-id"],
+        &["--ulimit", "bogus=1"],
+        &["--device-read-bps", "/dev/sda:1m"],
+        &["--tmpfs", "run"],
+        &["-v", "/x:data"],
+        &["--device", "/etc/passwd"],
+        &["--bogus"],
+    ] {
+        assert!(parse_run(bad).is_err(), "{bad:?} accepted");
+    }
+    for bad in [
+        &["-m", "0"][..],
+        &["-m", "1000000g"],
+        &["--vm-memory", "0"],
+        &["--vm-memory", "1T"],
+        &["--cpus", "64"],
+        &["--cpus", "1", "--cpu-quota", "50000"],
+        &["--memory-swap", "1g"],
+        &["-m", "1g", "--vm-memory", "512m"],
+        &["--cpuset-cpus", "3", "--vm-cpus", "2"],
+        &["--sysctl", "vm.swappiness=1"],
+        &["--security-opt", "seccomp=/p.json"],
+        &["-v", "/nonexistent/dir:/data:ro"],
+        &["--device", "/dev/nonexistent"],
+    ] {
+        let err = parse_run(bad).unwrap().into_config().unwrap_err();
+        assert!(!err.to_string().contains('\n'), "{err}");
+        let err: RunError = err.into();
+        assert_eq!(err.exit_code(), 125, "{bad:?}");
+    }
+}
+
+use moat_runtime::RunError;

@@ -1,0 +1,19 @@
+//! moat-spec: the OCI runtime spec of a container.
+//!
+//! [`RunOptions`] (what `moat run`'s docker-style flags asked for, parsed by [`parse`]) becomes a
+//! spec with docker's defaults ([`RunOptions::to_spec`]); [`validate`] refuses specs moat cannot
+//! or must not run, naming the field; [`load_bundle`] reads an OCI bundle's config.json.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod bundle;
+pub mod caps;
+pub mod parse;
+pub mod resources;
+pub mod validate;
+
+pub use build::{BindMount, Device, RunOptions};
+pub use bundle::{load_bundle, Bundle, BundleError};
+pub use parse::ParseError;
+pub use resources::{Limits, LimitsError};
+pub use validate::{validate, SpecError};
