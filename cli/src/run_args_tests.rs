@@ -64,8 +64,15 @@ fn defaults() {
             .len(),
         14
     );
-    assert!(linux(&c).seccomp().is_none());
+    // Docker's default profile: errors by default, clone3 answers ENOSYS.
+    let seccomp = linux(&c).seccomp().clone().unwrap();
+    assert_eq!(
+        seccomp.default_action(),
+        oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+    );
     assert!(c.volumes.is_empty());
+    let c = config(&["--security-opt", "seccomp=unconfined", "--", "true"]);
+    assert!(linux(&c).seccomp().is_none());
 }
 
 #[test]
