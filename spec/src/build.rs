@@ -147,7 +147,11 @@ impl RunOptions {
         user.set_gid(self.user.1);
         process.set_user(user);
         let bounding = caps::bounding(self.privileged, &self.cap_add, &self.cap_drop);
-        process.set_capabilities(Some(caps::process_caps(bounding, self.user.0 == 0)));
+        process.set_capabilities(Some(caps::process_caps(
+            bounding,
+            self.user.0 == 0,
+            &self.cap_add,
+        )));
         process.set_rlimits((!self.ulimits.is_empty()).then(|| self.ulimits.clone()));
         process.set_no_new_privileges(Some(self.no_new_privileges));
         process.set_apparmor_profile(None);

@@ -103,15 +103,25 @@ pub fn bounding(privileged: bool, add: &[CapName], drop: &[CapName]) -> Capabili
     set
 }
 
-/// The process's sets: `bounding` in bounding/effective/permitted for root, only in bounding
-/// for another user (docker gives a non-root process no effective or permitted capability);
-/// inheritable and ambient empty.
-pub fn process_caps(bounding: Capabilities, root: bool) -> LinuxCapabilities {
+/// The process's sets: `bounding` in bounding/effective/permitted for root; for another user
+/// every set is empty except that the bounding set keeps what `--cap-add` named (docker keeps its
+/// whole default bounding set there, which a non-root process could only use through a setuid
+/// or file-capability binary: moat leaves nothing to regain); inheritable and ambient empty.
+pub fn process_caps(bounding: Capabilities, root: bool, added: &[CapName]) -> LinuxCapabilities {
     let mut caps = LinuxCapabilities::default();
-    let working = if root {
-        bounding.clone()
+    let (working, bounding) = if root {
+        (bounding.clone(), bounding)
     } else {
-        Capabilities::new()
+        let kept = bounding
+            .iter()
+            .filter(|c| {
+                added
+                    .iter()
+                    .any(|a| matches!(a, CapName::One(x) if x == *c))
+            })
+            .copied()
+            .collect();
+        (Capabilities::new(), kept)
     };
     caps.set_effective(Some(working.clone()));
     caps.set_permitted(Some(working));
@@ -155,12 +165,17 @@ mod tests {
     }
 
     #[test]
-    fn non_root_gets_bounding_only() {
-        let caps = process_caps(bounding(false, &[], &[]), false);
-        assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+    fn non_root_keeps_only_added_caps_in_bounding() {
+        let caps = process_caps(bounding(false, &[], &[]), false, &[]);
+        assert!(caps.bounding().as_ref().unwrap().is_empty());
         assert!(caps.effective().as_ref().unwrap().is_empty());
         assert!(caps.permitted().as_ref().unwrap().is_empty());
-        let caps = process_caps(bounding(false, &[], &[]), true);
+        let add = [CapName::One(Capability::NetAdmin)];
+        let caps = process_caps(bounding(false, &add, &[]), false, &add);
+        let kept: Vec<_> = caps.bounding().as_ref().unwrap().iter().copied().collect();
+        assert_eq!(kept, [Capability::NetAdmin]);
+        assert!(caps.effective().as_ref().unwrap().is_empty());
+        let caps = process_caps(bounding(false, &[], &[]), true, &[]);
         assert_eq!(caps.effective().as_ref().unwrap().len(), 14);
         assert!(caps.ambient().as_ref().unwrap().is_empty());
         assert!(caps.inheritable().as_ref().unwrap().is_empty());

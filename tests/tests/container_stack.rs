@@ -331,7 +331,7 @@ fn userns_maps_container_root_to_an_unprivileged_id() {
         return;
     }
     let script = "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /owned && echo wrote";
-    let o = sh(&["--userns", "remap"], script);
+    let o = sh(&["--userns=remap"], script);
     o.expect_code(0);
     let lines: Vec<Vec<String>> = o
         .out()
