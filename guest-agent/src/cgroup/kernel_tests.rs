@@ -6,10 +6,12 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{Cgroup, CgroupError, TestDir};
+use super::{Cgroup, CgroupError, OomWatch, TestDir};
 
 const IGNORE: &str = "needs root on a cgroup v2 host: run in tests/nested/run";
 const ROOT: &str = "/sys/fs/cgroup";
@@ -232,6 +234,23 @@ fn allocate() -> i32 {
     0
 }
 
+/// Runs `trigger` while another thread waits in `watch.next()`; returns both results. The
+/// wait is bounded (generously: nothing is timed) so that a watch that never wakes up fails
+/// the test instead of hanging it.
+fn next_during<T>(watch: &OomWatch, trigger: impl FnOnce() -> T) -> (T, Option<u64>) {
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        s.spawn(move || tx.send(watch.next()));
+        let value = trigger();
+        let next = rx.recv_timeout(Duration::from_secs(60));
+        if next.is_err() {
+            watch.stop();
+        }
+        let next = next.expect("OomWatch::next did not return within 60 s");
+        (value, next.expect("OomWatch::next"))
+    })
+}
+
 #[test]
 #[ignore = "needs root on a cgroup v2 host: run in tests/nested/run"]
 fn oom_kill_is_counted_and_watched() {
@@ -241,21 +260,15 @@ fn oom_kill_is_counted_and_watched() {
     ))
     .unwrap();
     let watch = cg.oom_watch().unwrap();
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| watch.next());
-        let status = run_in(&cg, allocate);
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
-            "the child was not OOM-killed: status {status:#x}"
-        );
-        assert_eq!(watcher.join().unwrap().unwrap(), Some(1));
-    });
+    let (status, next) = next_during(&watch, || run_in(&cg, allocate));
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "the child was not OOM-killed: status {status:#x}"
+    );
+    assert_eq!(next, Some(1));
     assert_eq!(cg.oom_kills().unwrap(), 1);
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| watch.next());
-        watch.stop();
-        assert_eq!(watcher.join().unwrap().unwrap(), None);
-    });
+    let ((), next) = next_during(&watch, || watch.stop());
+    assert_eq!(next, None);
     assert_eq!(watch.next().unwrap(), None, "stopped for good");
     cg.remove().unwrap();
 }
@@ -265,9 +278,8 @@ fn oom_kill_is_counted_and_watched() {
 fn oom_watch_ends_when_the_cgroup_goes() {
     let cg = new_cgroup("gone");
     let watch = cg.oom_watch().unwrap();
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| watch.next());
-        cg.remove().unwrap();
-        assert_eq!(watcher.join().unwrap().unwrap(), None);
-    });
+    let (removed, next) = next_during(&watch, || cg.remove());
+    removed.expect("remove");
+    assert_eq!(next, None);
+    assert_eq!(watch.next().unwrap(), None, "ended for good");
 }

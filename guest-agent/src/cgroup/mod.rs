@@ -246,7 +246,7 @@ impl Cgroup {
 
     /// A watch of the cgroup's OOM kills (see [`OomWatch::next`]).
     pub fn oom_watch(&self) -> Result<OomWatch, CgroupError> {
-        OomWatch::new(self.path.join("memory.events"))
+        OomWatch::new(&self.path)
     }
 
     /// Kills everything left (cgroup.kill), waits until cgroup.events says `populated 0`

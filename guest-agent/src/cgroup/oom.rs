@@ -28,6 +28,17 @@ pub fn parse_oom_kills(text: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+fn add_watch(inotify: &OwnedFd, path: &Path, mask: u32) -> Result<(), CgroupError> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_error("watching", path)(io::Error::other(e)))?;
+    // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), c_path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io_error("watching", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -44,32 +55,26 @@ pub struct OomWatch {
     stop: OwnedFd,
     /// The count last returned (or seen when the watch began).
     last: AtomicU64,
-    /// The watched file is gone (the kernel sent IN_DELETE_SELF or IN_IGNORED).
+    /// The cgroup is gone.
     ended: AtomicBool,
 }
 
 impl OomWatch {
-    /// Starts watching `events` (a cgroup's memory.events).
-    pub(super) fn new(events: PathBuf) -> Result<Self, CgroupError> {
+    /// Starts watching the memory.events of the cgroup `dir`, and `dir`'s parent: kernfs
+    /// notifies neither a file's watch nor the directory's own (IN_DELETE_SELF) when a cgroup
+    /// is removed, but rmdir(2) sends the parent's watch IN_DELETE. Any wake-up finding
+    /// memory.events gone ends the watch.
+    pub(super) fn new(dir: &Path) -> Result<Self, CgroupError> {
+        let events = dir.join("memory.events");
         // SAFETY: plain syscalls with flags only; the results are checked by `owned`.
         let inotify = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) })
             .map_err(io_error("inotify_init1 for", &events))?;
         // SAFETY: as above.
         let stop = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })
             .map_err(io_error("eventfd for", &events))?;
-        let c_path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
-            .map_err(|e| io_error("watching", &events)(io::Error::other(e)))?;
-        // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                inotify.as_raw_fd(),
-                c_path.as_ptr(),
-                libc::IN_MODIFY | libc::IN_DELETE_SELF,
-            )
-        };
-        if wd < 0 {
-            return Err(io_error("watching", &events)(io::Error::last_os_error()));
-        }
+        add_watch(&inotify, &events, libc::IN_MODIFY)?;
+        let parent = dir.parent().unwrap_or(dir);
+        add_watch(&inotify, parent, libc::IN_DELETE | libc::IN_ONLYDIR)?;
         let last = AtomicU64::new(read_oom_kills(&events)?);
         Ok(Self {
             events,
@@ -140,7 +145,8 @@ impl OomWatch {
         self.drain()
     }
 
-    /// Reads the pending inotify events; false if the watched file is gone.
+    /// Reads the pending inotify events; false if a watch ended (IN_IGNORED: the parent or
+    /// the file itself is gone).
     fn drain(&self) -> Result<bool, CgroupError> {
         let mut buf = [0u8; 4096];
         // SAFETY: reads into a live buffer of the length given.
@@ -156,7 +162,7 @@ impl OomWatch {
             // byte buffer's alignment.
             let ev: libc::inotify_event =
                 unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at).cast()) };
-            if ev.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF) != 0 {
+            if ev.mask & libc::IN_IGNORED != 0 {
                 self.ended.store(true, Ordering::Relaxed);
                 return Ok(false);
             }
