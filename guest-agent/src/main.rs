@@ -9,6 +9,7 @@
 //! request's rootfs device (e.g. a loop device).
 
 mod bench;
+pub mod cgroup;
 mod container;
 mod init;
 mod reaper;
