@@ -12,6 +12,7 @@ mod bench;
 pub mod cgroup;
 mod container;
 mod init;
+mod limits;
 mod reaper;
 mod server;
 mod stdio;

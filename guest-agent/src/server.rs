@@ -17,7 +17,8 @@ use moat_protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::container::{self, pty, Isolation, Process};
+use crate::container::{self, pty, ContainerError, Isolation, Process};
+use crate::limits::{self, ContainerCgroup};
 use crate::reaper::Reaper;
 use crate::stdio::{spawn_pump, spawn_stdin, FrameWriter};
 
@@ -203,21 +204,34 @@ impl Server {
         if self.session.is_some() {
             return self.error(ErrorKind::InvalidRequest, "a process was already started");
         }
-        // The cgroup placement of the container's init goes in this hook (the cgroup part).
-        let placed = |_pid| Ok(());
+        if let Err(e) = moat_spec::validate(&req.spec, None) {
+            return self.error(ErrorKind::InvalidRequest, e.to_string());
+        }
+        let cgroup = match limits::prepare(req, self.config.isolation) {
+            Ok(cgroup) => cgroup,
+            Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
+        };
+        let placed = |pid| match &cgroup {
+            Some(c) => c.add(pid).map_err(ContainerError::from),
+            None => Ok(()),
+        };
         let process = match container::start(req, self.config.isolation, &self.reaper, placed) {
             Ok(process) => process,
             Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
         };
         let started = AgentMessage::Started { pid: process.pid };
         self.writer.control(&started).map_err(ServerError::Send)?;
-        let session = self.watch(process).map_err(ServerError::Setup)?;
+        if let Some(c) = &cgroup {
+            c.watch_ooms(Arc::clone(&self.writer))
+                .map_err(ServerError::Setup)?;
+        }
+        let session = self.watch(process, cgroup).map_err(ServerError::Setup)?;
         self.session = Some(session);
         Ok(())
     }
 
     /// Starts the stdio threads and the waiter for `process`.
-    fn watch(&self, process: Process) -> io::Result<Session> {
+    fn watch(&self, process: Process, cgroup: Option<Arc<ContainerCgroup>>) -> io::Result<Session> {
         let exited = Arc::new(AtomicBool::new(false));
         let stdin = spawn_stdin(process.stdin, Arc::clone(&exited))?;
         let mut pumps = Vec::new();
@@ -240,6 +254,10 @@ impl Server {
                 kill.kill(Some(pid));
                 for pump in pumps {
                     let _ = pump.join();
+                }
+                // OOM kills the watch has not reported yet come before the exit.
+                if let Some(c) = &cgroup {
+                    c.report_ooms(&writer);
                 }
                 // If this fails the reader sees the broken connection too.
                 let _ = writer.control(&AgentMessage::Exited { status });

@@ -36,6 +36,9 @@ pub enum ContainerError {
     /// The request asks for something the agent's mode cannot do.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The container's init could not be moved into its cgroup.
+    #[error("moving the container into its cgroup")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// The root could not be prepared.
     #[error("cannot prepare the container root")]
     Rootfs(#[from] RootfsError),
@@ -71,7 +74,7 @@ impl ContainerError {
             ) => ErrorKind::InvalidRequest,
             Self::Volume(VolumeError::Mount { .. }) => ErrorKind::Internal,
             Self::Volume(_) => ErrorKind::InvalidRequest,
-            Self::Rootfs(_) | Self::Spawn { .. } => ErrorKind::Internal,
+            Self::Rootfs(_) | Self::Spawn { .. } | Self::Cgroup(_) => ErrorKind::Internal,
             Self::Child { failure, .. } => exec_error_kind(*failure),
         }
     }

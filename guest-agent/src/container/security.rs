@@ -396,12 +396,17 @@ mod tests {
             p.set_rlimits(Some(vec![r]));
         });
         assert!(refused(&s).contains("soft limit above the hard limit"));
+        let mut rule = oci_spec::runtime::LinuxSyscall::default();
+        rule.set_names(vec!["fooo".into()]);
+        let mut seccomp = LinuxSeccomp::default();
+        seccomp.set_syscalls(Some(vec![rule]));
         let mut s = Spec::default();
-        s.linux_mut()
-            .as_mut()
-            .unwrap()
-            .set_seccomp(Some(LinuxSeccomp::default()));
-        assert_eq!(refused(&s), "linux.seccomp: not wired yet");
+        s.linux_mut().as_mut().unwrap().set_seccomp(Some(seccomp));
+        assert!(
+            refused(&s).contains("unknown syscall \"fooo\""),
+            "{}",
+            refused(&s)
+        );
     }
 
     /// A hand-written filter: uname(2) fails with EPERM, everything else is allowed.
