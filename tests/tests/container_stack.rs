@@ -231,7 +231,7 @@ fn a_memory_hog_is_oom_killed_and_reported() {
             "dd",
             "if=/dev/zero",
             "of=/dev/null",
-            "bs=256M",
+            "bs=128M",
             "count=1",
         ],
         None,
@@ -314,7 +314,7 @@ fn the_container_sees_only_its_own_processes_hostname_and_mounts() {
         return;
     }
     let script = "for p in /proc/[0-9]*; do printf '%s ' ${p#/proc/}; done; echo; hostname; \
-        cat /proc/self/uid_map; grep -c -E ' /run/moat| /newroot' /proc/self/mountinfo";
+        cat /proc/self/uid_map; grep -c -E ' /run/moat| /newroot' /proc/self/mountinfo || true";
     let o = sh(&["--hostname", "tenant-a"], script);
     o.expect_code(0);
     let lines: Vec<String> = o.out().lines().map(str::to_owned).collect();
@@ -374,6 +374,6 @@ fn a_read_only_volume_is_mounted_and_refuses_writes() {
     );
     o.expect_code(0);
     let out = o.out();
-    assert!(out.starts_with("moat-probe\n"), "{}", o.diagnostics());
+    assert!(out.lines().any(|l| l == "moat-probe"), "{}", o.diagnostics());
     assert!(out.contains("Read-only file system"), "{}", o.diagnostics());
 }
