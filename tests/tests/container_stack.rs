@@ -374,6 +374,10 @@ fn a_read_only_volume_is_mounted_and_refuses_writes() {
     );
     o.expect_code(0);
     let out = o.out();
-    assert!(out.lines().any(|l| l == "moat-probe"), "{}", o.diagnostics());
+    assert!(
+        out.lines().any(|l| l == "moat-probe"),
+        "{}",
+        o.diagnostics()
+    );
     assert!(out.contains("Read-only file system"), "{}", o.diagnostics());
 }
