@@ -235,8 +235,8 @@ pub fn volume_mountpoint(index: usize) -> String {
 /// one the image.
 pub const MAX_VOLUMES: usize = 17;
 
-/// An OCI spec with only the process set: `args`, `env`, `cwd`, (uid, gid), and a terminal of
-/// (rows, cols) when `terminal` is given.
+/// An OCI spec with only the process set (`args`, `env`, `cwd`, (uid, gid), and a terminal of
+/// (rows, cols) when `terminal` is given): what the agent's host test mode runs (tests only).
 pub fn basic_spec(
     args: &[String],
     env: &[String],
@@ -269,6 +269,10 @@ pub fn basic_spec(
             .build()
             .ok(),
     );
+    // oci-spec's defaults (mounts, namespaces, hostname...) need the guest mode.
+    spec.set_linux(None);
+    spec.set_mounts(None);
+    spec.set_hostname(None);
     spec
 }
 
