@@ -101,6 +101,8 @@ fn create_apply_remove() {
     assert_eq!(read("cpu.weight"), "20\n");
     assert_eq!(read("pids.max"), "42\n");
     assert_eq!(cg.oom_kills().unwrap(), 0);
+    // Cgroups a container makes under its own go with it.
+    std::fs::create_dir_all(cg.path().join("sub/subsub")).unwrap();
     let path = cg.path().to_owned();
     cg.remove().expect("remove");
     assert!(!path.exists());
