@@ -13,6 +13,7 @@ const BPF_CGROUP_DEVICE: u32 = 6;
 /// Only GPL-compatible programs may call GPL-only helpers; this one calls no helper at all.
 const LICENSE: &std::ffi::CStr = c"Apache-2.0";
 const LOG_SIZE: usize = 64 * 1024;
+const LOG_TAIL: usize = 2048;
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr` (fields up to `expected_attach_type`; the
 /// kernel takes the size given and treats the rest as zero).
@@ -55,13 +56,28 @@ pub struct LoadError {
 
 /// Loads the device program; returns its fd. On a failure the load is repeated with the
 /// verifier's log on, for the error (with the log on from the start, a long verification
-/// could fail only because the log buffer filled up).
+/// could fail only because the log buffer filled up); the error keeps the first errno.
 pub fn load_device_program(insns: &[Insn]) -> Result<OwnedFd, LoadError> {
-    load(insns, false).or_else(|first| match load(insns, true) {
+    let first = match load(insns, false) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    match load(insns, true) {
         Ok(fd) => Ok(fd),
-        Err(with_log) if with_log.log.is_empty() => Err(first),
-        Err(with_log) => Err(with_log),
-    })
+        Err(with_log) => Err(LoadError {
+            source: first.source,
+            log: log_tail(&with_log.log),
+        }),
+    }
+}
+
+/// The end of a verifier log (where it says why), at most [`LOG_TAIL`] bytes.
+fn log_tail(log: &str) -> String {
+    let mut start = log.len().saturating_sub(LOG_TAIL);
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    log[start..].to_owned()
 }
 
 fn load(insns: &[Insn], with_log: bool) -> Result<OwnedFd, LoadError> {

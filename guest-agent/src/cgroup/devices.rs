@@ -43,7 +43,6 @@ pub struct Insn {
 // Opcode parts (linux/bpf_common.h, linux/bpf.h).
 pub(crate) const LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
 pub(crate) const ALU64_MOV_K: u8 = 0xb7;
-pub(crate) const ALU64_MOV_X: u8 = 0xbf;
 pub(crate) const ALU64_AND_K: u8 = 0x57;
 pub(crate) const ALU64_AND_X: u8 = 0x5f;
 pub(crate) const ALU64_OR_K: u8 = 0x47;
@@ -56,14 +55,15 @@ pub(crate) const JMP_EXIT: u8 = 0x95;
 // Registers: r1 = ctx on entry, r0 = verdict.
 const R0: u8 = 0;
 const R1: u8 = 1;
-/// Requested access bits.
-const R_ACCESS: u8 = 2;
-/// Device type (DEV_BLOCK / DEV_CHAR).
-const R_TYPE: u8 = 3;
-const R_MAJOR: u8 = 4;
-const R_MINOR: u8 = 5;
+/// The context field a test looks at, loaded afresh for every test (see [`rule_insns`]).
+const R_FIELD: u8 = 2;
 /// Access bits granted so far to this device.
 const R_GRANTED: u8 = 6;
+
+// Offsets in `struct bpf_cgroup_dev_ctx`.
+const CTX_ACCESS_TYPE: i16 = 0;
+const CTX_MAJOR: i16 = 4;
+const CTX_MINOR: i16 = 8;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
@@ -149,50 +149,56 @@ pub fn rules(devices: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError> {
 
 /// The instructions of one rule: its match tests (each jumping past the rule on a mismatch),
 /// then the update of the granted bits.
+///
+/// Each test loads its context field again instead of keeping it in a register from the
+/// start: a register that a passed test proved equal to a constant would make later tests of
+/// it decided in advance, which makes the verifier track that constant precisely and explore
+/// each rule once per earlier match (quadratic in the rules; 1000 rules then exceed its budget
+/// of a million instructions). Loaded afresh, the fields are dead where the rules join, and
+/// the verifier prunes every path but one.
 fn rule_insns(rule: &Rule) -> Vec<Insn> {
-    let tests: Vec<(u8, u32)> = [
-        (R_TYPE, rule.dev_type),
-        (R_MAJOR, rule.major),
-        (R_MINOR, rule.minor),
-    ]
-    .into_iter()
-    .filter_map(|(reg, value)| value.map(|v| (reg, v)))
-    .collect();
-    let update = if rule.allow {
+    let mut out = Vec::new();
+    let mut jumps = Vec::new();
+    let field = |offset| insn(LDX_MEM_W, R_FIELD, R1, offset, 0);
+    if let Some(dev_type) = rule.dev_type {
+        out.push(field(CTX_ACCESS_TYPE));
+        out.push(insn(ALU64_AND_K, R_FIELD, 0, 0, 0xffff));
+        jumps.push(out.len());
+        out.push(insn(JMP_JNE_K, R_FIELD, 0, 0, dev_type as i32));
+    }
+    for (offset, value) in [(CTX_MAJOR, rule.major), (CTX_MINOR, rule.minor)] {
+        if let Some(value) = value {
+            out.push(field(offset));
+            jumps.push(out.len());
+            out.push(insn(JMP_JNE_K, R_FIELD, 0, 0, value as i32));
+        }
+    }
+    out.push(if rule.allow {
         insn(ALU64_OR_K, R_GRANTED, 0, 0, rule.access as i32)
     } else {
         // Sign-extended: clears the rule's bits, keeps every other bit.
         insn(ALU64_AND_K, R_GRANTED, 0, 0, !(rule.access as i32))
-    };
-    let mut out = Vec::with_capacity(tests.len() + 1);
-    for (i, (reg, value)) in tests.iter().enumerate() {
-        let skip = (tests.len() - i) as i16; // the remaining tests and the update
-        out.push(insn(JMP_JNE_K, *reg, 0, skip, *value as i32));
+    });
+    for at in jumps {
+        out[at].off = (out.len() - at - 1) as i16; // to the next rule
     }
-    out.push(update);
     out
 }
 
-/// The whole program: load the context, walk the rules, compare.
+/// The whole program: walk the rules, then compare the access asked for with the granted.
 pub fn program(rules: &[Rule]) -> Vec<Insn> {
-    let mut p = vec![
-        insn(LDX_MEM_W, R_ACCESS, R1, 0, 0),
-        insn(ALU64_MOV_X, R_TYPE, R_ACCESS, 0, 0),
-        insn(ALU64_AND_K, R_TYPE, 0, 0, 0xffff),
-        insn(ALU64_RSH_K, R_ACCESS, 0, 0, 16),
-        insn(LDX_MEM_W, R_MAJOR, R1, 4, 0),
-        insn(LDX_MEM_W, R_MINOR, R1, 8, 0),
-        insn(ALU64_MOV_K, R_GRANTED, 0, 0, 0),
-    ];
+    let mut p = vec![insn(ALU64_MOV_K, R_GRANTED, 0, 0, 0)];
     for rule in rules {
         p.extend(rule_insns(rule));
     }
     p.extend([
         // Allowed iff (requested & !granted) == 0.
+        insn(LDX_MEM_W, R_FIELD, R1, CTX_ACCESS_TYPE, 0),
+        insn(ALU64_RSH_K, R_FIELD, 0, 0, 16),
         insn(ALU64_XOR_K, R_GRANTED, 0, 0, -1),
-        insn(ALU64_AND_X, R_ACCESS, R_GRANTED, 0, 0),
+        insn(ALU64_AND_X, R_FIELD, R_GRANTED, 0, 0),
         insn(ALU64_MOV_K, R0, 0, 0, 0),
-        insn(JMP_JEQ_K, R_ACCESS, 0, 1, 0),
+        insn(JMP_JEQ_K, R_FIELD, 0, 1, 0),
         insn(JMP_EXIT, 0, 0, 0, 0),
         insn(ALU64_MOV_K, R0, 0, 0, 1),
         insn(JMP_EXIT, 0, 0, 0, 0),

@@ -25,7 +25,6 @@ fn run(prog: &[Insn], dev_type: u32, access: u32, major: u32, minor: u32) -> u64
                 r[dst] = u64::from(ctx[usize::try_from(i.off).unwrap() / 4]);
             }
             ALU64_MOV_K => r[dst] = imm,
-            ALU64_MOV_X => r[dst] = r[src],
             ALU64_AND_K => r[dst] &= imm,
             ALU64_AND_X => r[dst] &= r[src],
             ALU64_OR_K => r[dst] |= imm,
@@ -232,10 +231,11 @@ fn refusals_name_the_rule() {
 
 #[test]
 fn program_shape() {
-    // 7 to load the context, one test per given type/major/minor + one update per rule, 7 to end.
+    // 1 to start, 2 insns per major or minor test + 3 per type test + 1 update per rule, 9 to
+    // end.
     let p = compile(DOCKER);
-    let tests = 1 + 1 + 3 * 8 + 2 + 3;
-    assert_eq!(p.len(), 7 + tests + 13 + 7);
+    let tests = 3 * 12 + 2 * (2 * 8 + 1 + 2);
+    assert_eq!(p.len(), 1 + tests + 13 + 9);
     assert!(
         p.iter().all(|i| i.code != JMP_JNE_K || i.off > 0),
         "jumps go forward only"

@@ -101,6 +101,8 @@ fn create_apply_remove() {
     assert_eq!(read("cpu.weight"), "20\n");
     assert_eq!(read("pids.max"), "42\n");
     assert_eq!(cg.oom_kills().unwrap(), 0);
+    // Cgroups a container makes under its own go with it.
+    std::fs::create_dir_all(cg.path().join("sub/subsub")).unwrap();
     let path = cg.path().to_owned();
     cg.remove().expect("remove");
     assert!(!path.exists());
@@ -282,4 +284,25 @@ fn oom_watch_ends_when_the_cgroup_goes() {
     removed.expect("remove");
     assert_eq!(next, None);
     assert_eq!(watch.next().unwrap(), None, "ended for good");
+}
+
+#[test]
+#[ignore = "needs root on a cgroup v2 host: run in tests/nested/run"]
+fn verifier_takes_a_long_rule_list() {
+    // 1000 rules of every shape: the verifier must not run out of its complexity budget.
+    let rules: Vec<String> = (0..1000)
+        .map(|i| match i % 4 {
+            0 => format!(
+                r#"{{"allow": true, "type": "c", "major": {i}, "minor": 1, "access": "r"}}"#
+            ),
+            1 => format!(r#"{{"allow": false, "type": "b", "major": {i}, "access": "w"}}"#),
+            2 => format!(r#"{{"allow": true, "type": "c", "minor": {i}, "access": "rwm"}}"#),
+            _ => r#"{"allow": true, "type": "a", "access": "m"}"#.to_owned(),
+        })
+        .collect();
+    let cg = new_cgroup("long");
+    let json = format!(r#"{{"devices": [{}]}}"#, rules.join(","));
+    cg.apply(&resources(&json))
+        .expect("load and attach 1000 rules");
+    cg.remove().unwrap();
 }

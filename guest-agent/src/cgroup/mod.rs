@@ -250,7 +250,8 @@ impl Cgroup {
     }
 
     /// Kills everything left (cgroup.kill), waits until cgroup.events says `populated 0`
-    /// (at most [`KILL_TIMEOUT`]), removes the directory.
+    /// (at most [`KILL_TIMEOUT`]), removes the directory and any cgroups the container made
+    /// under it.
     pub fn remove(self) -> Result<(), CgroupError> {
         let kill = self.path.join("cgroup.kill");
         write_file(&kill, "1").map_err(io_error("writing", &kill))?;
@@ -267,8 +268,24 @@ impl Cgroup {
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(self.fd);
-        std::fs::remove_dir(&self.path).map_err(io_error("removing", &self.path))
+        remove_tree(&self.path)
     }
+}
+
+/// Removes an empty cgroup and its descendants, deepest first (the only directories in a
+/// cgroup are child cgroups; its files go with it).
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error("listing", dir))? {
+        let entry = entry.map_err(io_error("listing", dir))?;
+        if entry
+            .file_type()
+            .map_err(io_error("listing", dir))?
+            .is_dir()
+        {
+            remove_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io_error("removing", dir))
 }
 
 /// Opens a stand-in directory as a cgroup (unit tests).

@@ -96,7 +96,8 @@ impl OomWatch {
             let count = match read_oom_kills(&self.events) {
                 Ok(count) => count,
                 Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                    return Ok(None)
+                    self.ended.store(true, Ordering::Relaxed);
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
