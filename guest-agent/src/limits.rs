@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread;
 
 use moat_protocol::{AgentMessage, ErrorKind, RunRequest};
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::container::Isolation;
@@ -63,6 +63,50 @@ fn is_empty(r: &LinuxResources) -> bool {
     copy == LinuxResources::default()
 }
 
+/// `r` (or no limits), where a missing or empty `devices` list becomes runc's default: deny
+/// everything but null, zero, full, random, urandom, tty, console, ptmx and the ptys. No spec
+/// ever leaves the container's devices unfiltered; `--privileged` asks for all explicitly.
+fn with_device_defaults(r: Option<&LinuxResources>) -> LinuxResources {
+    let mut r = r.cloned().unwrap_or_default();
+    if r.devices().as_ref().is_none_or(|d| d.is_empty()) {
+        r.set_devices(Some(default_device_rules()));
+    }
+    r
+}
+
+fn device_rule(kind: LinuxDeviceType, major: Option<i64>, minor: Option<i64>) -> LinuxDeviceCgroup {
+    let mut rule = LinuxDeviceCgroup::default();
+    rule.set_allow(true);
+    rule.set_typ(Some(kind));
+    rule.set_major(major);
+    rule.set_minor(minor);
+    rule.set_access(Some("rwm".into()));
+    rule
+}
+
+fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let mut deny = LinuxDeviceCgroup::default();
+    deny.set_allow(false);
+    deny.set_typ(Some(LinuxDeviceType::A));
+    deny.set_access(Some("rwm".into()));
+    let char_dev = |major, minor| device_rule(LinuxDeviceType::C, Some(major), minor);
+    let mut rules = vec![deny];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
+        rules.push(char_dev(major, Some(minor)));
+    }
+    rules.push(char_dev(136, None));
+    rules
+}
+
 /// Creates the cgroup of `req`'s container and applies its limits; `None` in the host test
 /// mode, which has no cgroup of its own and refuses any limit.
 pub fn prepare(
@@ -87,12 +131,10 @@ pub fn prepare(
         return Ok(None);
     }
     let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), PARENT, &req.id)?;
-    if let Some(r) = resources {
-        if let Err(e) = cgroup.apply(r) {
-            // Nothing runs in it yet; a failed removal only leaves an empty directory.
-            let _ = cgroup.remove();
-            return Err(e.into());
-        }
+    if let Err(e) = cgroup.apply(&with_device_defaults(resources)) {
+        // Nothing runs in it yet; a failed removal only leaves an empty directory.
+        let _ = cgroup.remove();
+        return Err(e.into());
     }
     Ok(Some(Arc::new(ContainerCgroup {
         cgroup,
@@ -143,4 +185,24 @@ impl ContainerCgroup {
 /// that cannot start is one line on the console.
 fn warn(e: &CgroupError) {
     eprintln!("moat-agent: no OOM watch for the container: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_device_rules_become_the_default_allowlist() {
+        for r in [None, Some(LinuxResources::default())] {
+            let rules = with_device_defaults(r.as_ref()).devices().clone().unwrap();
+            assert!(!rules[0].allow());
+            assert_eq!(rules[0].typ(), Some(LinuxDeviceType::A));
+            assert_eq!(rules.len(), 10);
+            assert!(rules[1..].iter().all(|r| r.allow()));
+        }
+        let mut given = LinuxResources::default();
+        given.set_devices(Some(vec![device_rule(LinuxDeviceType::A, None, None)]));
+        let kept = with_device_defaults(Some(&given));
+        assert_eq!(kept.devices().as_ref().unwrap().len(), 1);
+    }
 }

@@ -1,5 +1,6 @@
-//! `moat run --bundle DIR`: an OCI bundle (config.json + its root directory) runs as is, and a
-//! bundle whose root the agent must refuse is refused with the reason. Each test boots a VM.
+//! `moat run --bundle DIR`: an OCI bundle (config.json + its root directory) runs as is (a spec
+//! without device rules still gets the default device filter), and a bundle whose root the agent
+//! must refuse is refused with the reason. Each test boots a VM.
 
 use std::path::Path;
 
@@ -13,7 +14,9 @@ fn make_rootfs(root: &Path) {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for applet in ["sh", "cat", "echo", "hostname", "id", "grep", "touch", "wc"] {
+    for applet in [
+        "sh", "cat", "echo", "hostname", "id", "grep", "touch", "wc", "mknod",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
 }
@@ -30,9 +33,9 @@ fn write_config(bundle: &Path, script: &str) {
             "user": { "uid": 0, "gid": 0 },
             "noNewPrivileges": true,
             "capabilities": {
-                "bounding": ["CAP_KILL"],
-                "effective": ["CAP_KILL"],
-                "permitted": ["CAP_KILL"]
+                "bounding": ["CAP_KILL", "CAP_MKNOD"],
+                "effective": ["CAP_KILL", "CAP_MKNOD"],
+                "permitted": ["CAP_KILL", "CAP_MKNOD"]
             }
         },
         "mounts": [
@@ -62,15 +65,16 @@ fn a_bundle_runs_as_is() {
     write_config(
         bundle.path(),
         "echo from-bundle; hostname; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
-         cat /proc/timer_list | wc -c; touch /x 2>&1",
+         cat /proc/timer_list | wc -c; touch /x 2>&1; \
+         mknod /dev/disk b 254 0 && cat /dev/disk 2>&1",
     );
     let dir = bundle.path().to_str().unwrap();
     let o = moat(&["run", "--bundle", dir], None);
     o.expect_code(1);
     assert_eq!(
         o.out(),
-        "from-bundle\nbundled\nCapEff:\t0000000000000020\nNoNewPrivs:\t1\n0\n\
-         touch: /x: Read-only file system\n",
+        "from-bundle\nbundled\nCapEff:\t0000000008000020\nNoNewPrivs:\t1\n0\n\
+         touch: /x: Read-only file system\ncat: can't open '/dev/disk': Operation not permitted\n",
         "{}",
         o.diagnostics()
     );
