@@ -206,7 +206,11 @@ impl RunArgs {
                     dir: dir.clone(),
                     source,
                 })?;
-                let seccomp = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+                let seccomp = bundle
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.seccomp().as_ref());
                 if let Some(seccomp) = seccomp {
                     moat_oci_seccomp::validate(seccomp)
                         .map_err(|e| ConfigError::Seccomp(e.to_string()))?;

@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use moat_protocol::{AGENT_VSOCK_PORT, HOST_CID};
 
 use crate::container::Isolation;
+use crate::limits;
 use crate::reaper::{self, Reaper};
 use crate::server::{self, source_chain, Config, KillScope, ServerError};
 use crate::syscall::{Linux, Syscall};
@@ -135,6 +136,7 @@ fn boot() -> Result<(), InitError> {
     let config = Config {
         isolation: Isolation::Container,
         kill: KillScope::Everything,
+        cgroup_root: limits::GUEST_CGROUP_ROOT,
     };
     server::serve(conn, config, reaper)?;
     Ok(())

@@ -4,18 +4,18 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use moat_protocol::{AgentMessage, ErrorKind, RunRequest};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::container::Isolation;
 use crate::stdio::FrameWriter;
 
 /// Where the guest's cgroup2 hierarchy is mounted (init.rs).
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The parent of every container's cgroup.
 const PARENT: &str = "containers";
 
@@ -48,9 +48,9 @@ impl LimitsError {
     }
 }
 
-/// The container's cgroup and the OOM kills already reported.
+/// The container's cgroup (until it is removed) and the OOM kills already reported.
 pub struct ContainerCgroup {
-    cgroup: Cgroup,
+    cgroup: Mutex<Option<Cgroup>>,
     reported: AtomicU64,
 }
 
@@ -65,12 +65,22 @@ fn is_empty(r: &LinuxResources) -> bool {
 
 /// `r` (or no limits), where a missing or empty `devices` list becomes runc's default: deny
 /// everything but null, zero, full, random, urandom, tty, console, ptmx and the ptys. No spec
-/// ever leaves the container's devices unfiltered; `--privileged` asks for all explicitly.
-fn with_device_defaults(r: Option<&LinuxResources>) -> LinuxResources {
+/// ever leaves the container's devices unfiltered; `--privileged` asks for all explicitly. The
+/// nodes `linux.devices` creates are allowed too (as runc does), after the spec's rules.
+fn with_device_defaults(r: Option<&LinuxResources>, nodes: &[LinuxDevice]) -> LinuxResources {
     let mut r = r.cloned().unwrap_or_default();
-    if r.devices().as_ref().is_none_or(|d| d.is_empty()) {
-        r.set_devices(Some(default_device_rules()));
+    let mut rules = match r.devices() {
+        Some(d) if !d.is_empty() => d.clone(),
+        _ => default_device_rules(),
+    };
+    for node in nodes {
+        let kind = match node.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            _ => LinuxDeviceType::C,
+        };
+        rules.push(device_rule(kind, Some(node.major()), Some(node.minor())));
     }
+    r.set_devices(Some(rules));
     r
 }
 
@@ -112,6 +122,7 @@ fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
 pub fn prepare(
     req: &RunRequest,
     isolation: Isolation,
+    root: &str,
 ) -> Result<Option<Arc<ContainerCgroup>>, LimitsError> {
     let linux = req.spec.linux().as_ref();
     if linux.and_then(|l| l.cgroups_path().as_ref()).is_some() {
@@ -130,27 +141,35 @@ pub fn prepare(
         }
         return Ok(None);
     }
-    let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), PARENT, &req.id)?;
-    if let Err(e) = cgroup.apply(&with_device_defaults(resources)) {
+    let cgroup = Cgroup::create(Path::new(root), PARENT, &req.id)?;
+    let nodes = linux
+        .and_then(|l| l.devices().as_deref())
+        .unwrap_or_default();
+    if let Err(e) = cgroup.apply(&with_device_defaults(resources, nodes)) {
         // Nothing runs in it yet; a failed removal only leaves an empty directory.
         let _ = cgroup.remove();
         return Err(e.into());
     }
     Ok(Some(Arc::new(ContainerCgroup {
-        cgroup,
+        cgroup: Mutex::new(Some(cgroup)),
         reported: AtomicU64::new(0),
     })))
 }
 
 impl ContainerCgroup {
+    fn with<T>(&self, f: impl FnOnce(&Cgroup) -> T) -> Option<T> {
+        let guard = self.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(f)
+    }
+
     /// Moves `pid` (the container's init, before it runs anything) into the cgroup.
     pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
-        self.cgroup.add(pid)
+        self.with(|c| c.add(pid)).unwrap_or(Ok(()))
     }
 
     /// Sends [`AgentMessage::Oom`] if the cgroup counted OOM kills not reported yet.
     pub fn report_ooms(&self, writer: &FrameWriter) {
-        let Ok(count) = self.cgroup.oom_kills() else {
+        let Some(Ok(count)) = self.with(Cgroup::oom_kills) else {
             return;
         };
         if self.reported.fetch_max(count, Ordering::AcqRel) < count {
@@ -159,15 +178,24 @@ impl ContainerCgroup {
         }
     }
 
-    /// Reports OOM kills as they happen, from a thread of its own, until the cgroup is gone or
-    /// the watch fails (the waiter reports the last ones before `Exited` anyway).
+    /// Reports OOM kills as they happen, from a thread of its own, until the cgroup is removed
+    /// or the watch fails (the waiter reports the last ones before `Exited` anyway).
     pub fn watch_ooms(self: &Arc<Self>, writer: Arc<FrameWriter>) -> std::io::Result<()> {
-        let watch = match self.cgroup.oom_watch() {
-            Ok(watch) => watch,
-            Err(e) => {
-                warn(&e);
+        let watch = match self.with(Cgroup::oom_watch) {
+            Some(Ok(watch)) => watch,
+            // No memory controller (the host test mode): nothing to watch.
+            Some(Err(_))
+                if !self
+                    .with(|c| c.path().join("memory.events").exists())
+                    .unwrap_or(false) =>
+            {
                 return Ok(());
             }
+            Some(Err(e)) => {
+                warn("no OOM watch for the container", &e);
+                return Ok(());
+            }
+            None => return Ok(()),
         };
         let me = Arc::clone(self);
         thread::Builder::new()
@@ -179,12 +207,20 @@ impl ContainerCgroup {
             })
             .map(drop)
     }
+
+    /// Kills what is left in the cgroup and removes it (once; later calls do nothing).
+    pub fn remove(&self) {
+        let taken = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Err(e)) = taken.map(Cgroup::remove) {
+            warn("removing the container's cgroup", &e);
+        }
+    }
 }
 
-/// The agent has no log subscriber (its console stays quiet unless something is wrong): a watch
-/// that cannot start is one line on the console.
-fn warn(e: &CgroupError) {
-    eprintln!("moat-agent: no OOM watch for the container: {e}");
+/// The agent has no log subscriber (its console stays quiet unless something is wrong): one
+/// line on the console.
+fn warn(what: &str, e: &CgroupError) {
+    eprintln!("moat-agent: {what}: {e}");
 }
 
 #[cfg(test)]
@@ -194,7 +230,10 @@ mod tests {
     #[test]
     fn missing_device_rules_become_the_default_allowlist() {
         for r in [None, Some(LinuxResources::default())] {
-            let rules = with_device_defaults(r.as_ref()).devices().clone().unwrap();
+            let rules = with_device_defaults(r.as_ref(), &[])
+                .devices()
+                .clone()
+                .unwrap();
             assert!(!rules[0].allow());
             assert_eq!(rules[0].typ(), Some(LinuxDeviceType::A));
             assert_eq!(rules.len(), 10);
@@ -202,7 +241,20 @@ mod tests {
         }
         let mut given = LinuxResources::default();
         given.set_devices(Some(vec![device_rule(LinuxDeviceType::A, None, None)]));
-        let kept = with_device_defaults(Some(&given));
+        let kept = with_device_defaults(Some(&given), &[]);
         assert_eq!(kept.devices().as_ref().unwrap().len(), 1);
+        let mut tun = LinuxDevice::default();
+        tun.set_typ(LinuxDeviceType::C);
+        tun.set_major(10);
+        tun.set_minor(200);
+        let rules = with_device_defaults(None, &[tun])
+            .devices()
+            .clone()
+            .unwrap();
+        let last = rules.last().unwrap();
+        assert_eq!(
+            (last.allow(), last.major(), last.minor()),
+            (true, Some(10), Some(200))
+        );
     }
 }

@@ -22,6 +22,7 @@ mod vsock;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use anyhow::{bail, Context};
 
@@ -58,6 +59,13 @@ fn test_connect(target: &str, isolation: Isolation) -> anyhow::Result<()> {
     let config = Config {
         isolation,
         kill: KillScope::Group,
+        // A hybrid host (cgroup v1 controllers) has its cgroup2 hierarchy here; the
+        // controllers it lacks are simply not enabled, and limits on them are refused.
+        cgroup_root: if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            "/sys/fs/cgroup/unified"
+        } else {
+            limits::GUEST_CGROUP_ROOT
+        },
     };
     server::serve(conn, config, reaper)?;
     Ok(())

@@ -65,6 +65,8 @@ pub struct Config {
     pub isolation: Isolation,
     /// What to kill on exit.
     pub kill: KillScope,
+    /// The cgroup v2 hierarchy containers get their cgroup in (guest mode).
+    pub cgroup_root: &'static str,
 }
 
 /// How the conversation ended.
@@ -207,7 +209,7 @@ impl Server {
         if let Err(e) = moat_spec::validate(&req.spec, None) {
             return self.error(ErrorKind::InvalidRequest, e.to_string());
         }
-        let cgroup = match limits::prepare(req, self.config.isolation) {
+        let cgroup = match limits::prepare(req, self.config.isolation, self.config.cgroup_root) {
             Ok(cgroup) => cgroup,
             Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
         };
@@ -217,7 +219,12 @@ impl Server {
         };
         let process = match container::start(req, self.config.isolation, &self.reaper, placed) {
             Ok(process) => process,
-            Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
+            Err(e) => {
+                if let Some(c) = &cgroup {
+                    c.remove();
+                }
+                return self.error(e.kind(), format!("{e}{}", source_chain(&e)));
+            }
         };
         let started = AgentMessage::Started { pid: process.pid };
         self.writer.control(&started).map_err(ServerError::Send)?;
@@ -255,9 +262,11 @@ impl Server {
                 for pump in pumps {
                     let _ = pump.join();
                 }
-                // OOM kills the watch has not reported yet come before the exit.
+                // OOM kills the watch has not reported yet come before the exit; then the
+                // cgroup goes (which ends the watch).
                 if let Some(c) = &cgroup {
                     c.report_ooms(&writer);
+                    c.remove();
                 }
                 // If this fails the reader sees the broken connection too.
                 let _ = writer.control(&AgentMessage::Exited { status });

@@ -175,8 +175,8 @@ pub enum Exit {
 
 /// The host mode's child, in the agent's root: sets the process up and execs; returns only on
 /// failure. The container's init runs the same for its command.
-pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Failure {
-    match setup_process(sys, plan, stdio) {
+pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio, err: RawFd) -> Failure {
+    match setup_process(sys, plan, stdio, err) {
         Ok(()) => exec(sys, plan),
         Err(failure) => failure,
     }
@@ -191,6 +191,7 @@ pub fn run_init(
     plan: &ExecPlan,
     container: &ContainerPlan,
     stdio: ChildStdio,
+    err: RawFd,
 ) -> Exit {
     if let Err(failure) = setup_container(sys, plan, container) {
         return Exit::Failed(failure);
@@ -200,8 +201,12 @@ pub fn run_init(
     // `run` (system calls on the prepared plan) and then execs or reports and `_exit`s.
     match unsafe { sys.clone_process(fork) } {
         Err(e) => Exit::Failed(Failure::at(Stage::Init)(e)),
-        Ok(0) => Exit::Failed(run(sys, plan, stdio)),
+        Ok(0) => Exit::Failed(run(sys, plan, stdio, err)),
         Ok(command) => {
+            // The copies of the agent's descriptors (the stdin pipe's write end, the
+            // connection, the cgroup's directory) go first: nothing in the container may reach
+            // them, not even through /proc/1/fd. The error pipe stays for a failure below.
+            close_all_but(sys, 0, err);
             // Nothing in the container keeps more privilege than the command: the init only
             // waits, forwards signals and reaps.
             let ids = Ids {
@@ -215,9 +220,7 @@ pub fn run_init(
                 let _ = sys.kill(command, libc::SIGKILL);
                 return Exit::Failed(failure);
             }
-            // The copies of the agent's descriptors (the stdin pipe's write end, the error
-            // pipe, the connection) must not outlive the command's exec.
-            sys.close_from(0);
+            sys.close_range(err, err);
             Exit::Code(supervise(sys, command))
         }
     }
@@ -250,10 +253,18 @@ fn setup_container(sys: &dyn Syscall, plan: &ExecPlan, c: &ContainerPlan) -> Res
 
 /// The command's part: default signals, its own session (with the pty as controlling terminal),
 /// stdio, limits, privileges and ids, working directory, and the seccomp filter last.
-fn setup_process(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Result<(), Failure> {
+fn setup_process(
+    sys: &dyn Syscall,
+    plan: &ExecPlan,
+    stdio: ChildStdio,
+    err: RawFd,
+) -> Result<(), Failure> {
     sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
     sys.setsid().map_err(Failure::at(Stage::Session))?;
     install_stdio(sys, stdio)?;
+    // Only stdio and the (close-on-exec) error pipe are left: no descriptor of the agent's
+    // can serve as a way out of the root, e.g. as a working directory under /proc/self/fd.
+    close_all_but(sys, 3, err);
     apply_limits(sys, &plan.security)?;
     let ids = Ids {
         uid: plan.uid,
@@ -262,7 +273,25 @@ fn setup_process(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio) -> Resul
     };
     drop_privileges(sys, &plan.security, &ids)?;
     sys.chdir(&plan.cwd).map_err(Failure::at(Stage::Cwd))?;
+    // A working directory outside the root (through a descriptor or a mount) is refused.
+    match sys.cwd_in_root() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Failure::at(Stage::Cwd)(io::Error::from_raw_os_error(
+                libc::EPERM,
+            )))
+        }
+        Err(e) => return Err(Failure::at(Stage::Cwd)(e)),
+    }
     load_seccomp_last(sys, &plan.security)
+}
+
+/// Closes every descriptor from `first` on except `keep`.
+fn close_all_but(sys: &dyn Syscall, first: RawFd, keep: RawFd) {
+    if keep > first {
+        sys.close_range(first, keep - 1);
+    }
+    sys.close_range(first.max(keep + 1), RawFd::MAX);
 }
 
 fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {

@@ -6,6 +6,7 @@ use crate::container::security::{SeccompProgram, Security};
 use crate::container::{plan, spec};
 use crate::syscall::mock::Recorder;
 use oci_spec::runtime::Spec;
+use std::os::fd::RawFd;
 
 fn plan(args: &[&str], cwd: &str) -> ExecPlan {
     let spec = ProcessSpec {
@@ -37,6 +38,9 @@ const PIPES: ChildStdio = ChildStdio::Pipes {
     stderr: 12,
 };
 
+/// The error pipe's write end.
+const ERR: RawFd = 9;
+
 fn pos(lines: &[String], needle: &str) -> usize {
     lines
         .iter()
@@ -56,6 +60,7 @@ fn isolated_sequence() {
         &plan(&["echo", "hi"], "/work/dir"),
         &container(),
         PIPES,
+        ERR,
     );
     assert_eq!(
         exit,
@@ -148,14 +153,18 @@ fn isolated_sequence() {
         ]
     );
     assert_eq!(
-        command[5],
+        command[5..7],
+        ["close_range 3 8", "close_range 10 2147483647"]
+    );
+    assert_eq!(
+        command[7],
         format!("setrlimit {} 1024 1024", libc::RLIMIT_NOFILE)
     );
     assert_eq!(
-        command[6],
+        command[8],
         format!("prctl {} 1 0", libc::PR_SET_NO_NEW_PRIVS)
     );
-    assert_eq!(command[7], format!("prctl {} 1 0", libc::PR_SET_KEEPCAPS));
+    assert_eq!(command[9], format!("prctl {} 1 0", libc::PR_SET_KEEPCAPS));
     // The default bounding set is AUDIT_WRITE, KILL and NET_BIND_SERVICE.
     let drop = format!("prctl {} ", libc::PR_CAPBSET_DROP);
     let dropped = command.iter().filter(|l| l.starts_with(&drop)).count();
@@ -177,6 +186,7 @@ fn isolated_sequence() {
         3
     );
     assert!(pos("capset") < pos("chdir /work/dir"));
+    assert_eq!(pos("chdir /work/dir") + 1, pos("getcwd"));
     assert!(command[command.len() - 2].starts_with("execve /usr/bin/echo [\"echo\", \"hi\"]"));
     assert!(command[command.len() - 1].starts_with("execve /bin/echo"));
 }
@@ -197,7 +207,7 @@ fn seccomp_is_last_with_no_new_privs_else_before_the_id_change() {
             filter: filter.clone(),
             flags: 0,
         });
-        run(&sys, &plan, PIPES);
+        run(&sys, &plan, PIPES, ERR);
         let lines = sys.lines();
         let seccomp = pos(&lines, "seccomp 0 1");
         if nnp {
@@ -235,7 +245,7 @@ fn user_namespace_init_becomes_root_and_binds_devices() {
     let c = spec::build(&s, &|_| false).unwrap();
     assert_ne!(c.clone_flags & libc::CLONE_NEWUSER as libc::c_ulong, 0);
     let sys = Recorder::default();
-    run_init(&sys, &plan(&["true"], "/"), &c, PIPES);
+    run_init(&sys, &plan(&["true"], "/"), &c, PIPES, ERR);
     let lines = sys.lines();
     assert_eq!(lines[2..4], ["setgid 0", "setuid 0"]);
     let null = pos(&lines, "mknod /run/moat/root/dev/null 100644 0:0");
@@ -251,17 +261,19 @@ fn init_drops_privileges_closes_descriptors_then_supervises() {
     sys.clone_pid.set(2);
     sys.signals.borrow_mut().push_back(libc::SIGCHLD);
     sys.children.borrow_mut().push_back((2, 3 << 8));
-    let exit = run_init(&sys, &plan(&["false"], "/"), &container(), PIPES);
+    let exit = run_init(&sys, &plan(&["false"], "/"), &container(), PIPES, ERR);
     assert_eq!(exit, Exit::Code(3));
     let lines = sys.lines();
     let clone = pos(&lines, "clone");
     let after = &lines[clone + 1..];
-    assert_eq!(after[0], format!("prctl {} 1 0", libc::PR_SET_NO_NEW_PRIVS));
+    // The agent's descriptors go before anything else; the error pipe stays until the end.
+    assert_eq!(after[..2], ["close_range 0 8", "close_range 10 2147483647"]);
+    assert_eq!(after[2], format!("prctl {} 1 0", libc::PR_SET_NO_NEW_PRIVS));
     assert!(pos(after, "setuid 1000") < pos(after, "capset"));
     assert_eq!(
         after[after.len() - 4..],
         [
-            "close_from 0",
+            "close_range 9 9",
             "wait_signal 17",
             "reap 2 0x300",
             "reap none"
@@ -275,17 +287,21 @@ fn host_mode_skips_namespaces_and_mounts() {
     run(
         &sys,
         &plan(&["/bin/true"], "/"),
-        ChildStdio::Pty { slave: 9 },
+        ChildStdio::Pty { slave: 8 },
+        ERR,
     );
     assert_eq!(
-        sys.lines()[..6],
+        sys.lines()[..8],
         [
             "reset_signals",
             "setsid",
-            "tiocsctty 9",
-            "dup2 9 0",
-            "dup2 9 1",
-            "dup2 9 2"
+            "tiocsctty 8",
+            "dup2 8 0",
+            "dup2 8 1",
+            "dup2 8 2",
+            // Everything but stdio and the error pipe is closed before anything else.
+            "close_range 3 8",
+            "close_range 10 2147483647",
         ]
     );
     assert!(!sys
@@ -298,7 +314,7 @@ fn host_mode_skips_namespaces_and_mounts() {
 fn path_lookup_semantics() {
     // Nothing found anywhere: ENOENT.
     let sys = Recorder::default();
-    let f = run(&sys, &plan(&["nope"], "/"), PIPES);
+    let f = run(&sys, &plan(&["nope"], "/"), PIPES, ERR);
     assert_eq!(
         f,
         Failure {
@@ -318,7 +334,7 @@ fn path_lookup_semantics() {
     sys.executable
         .borrow_mut()
         .push(("/usr/bin/x".into(), libc::EACCES));
-    let f = run(&sys, &plan(&["x"], "/"), PIPES);
+    let f = run(&sys, &plan(&["x"], "/"), PIPES, ERR);
     assert_eq!(
         f,
         Failure {
@@ -331,7 +347,7 @@ fn path_lookup_semantics() {
     sys.executable
         .borrow_mut()
         .push(("/usr/bin/x".into(), libc::ENOEXEC));
-    let f = run(&sys, &plan(&["x"], "/"), PIPES);
+    let f = run(&sys, &plan(&["x"], "/"), PIPES, ERR);
     assert_eq!(
         f,
         Failure {
@@ -351,7 +367,7 @@ fn path_lookup_semantics() {
 #[test]
 fn failures_stop_at_their_stage() {
     let sys = Recorder::failing("pivot_root", libc::EINVAL);
-    let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES);
+    let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES, ERR);
     let failure = |stage, errno| Exit::Failed(Failure { stage, errno });
     assert_eq!(exit, failure(Stage::Root, libc::EINVAL));
     assert!(!sys
@@ -360,12 +376,12 @@ fn failures_stop_at_their_stage() {
         .any(|l| l.starts_with("execve") || l.starts_with("clone")));
     for call in ["catch_signals", "clone"] {
         let sys = Recorder::failing(call, libc::EAGAIN);
-        let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES);
+        let exit = run_init(&sys, &plan(&["true"], "/"), &container(), PIPES, ERR);
         assert_eq!(exit, failure(Stage::Init, libc::EAGAIN));
         assert!(!sys.lines().iter().any(|l| l.starts_with("execve")));
     }
     let sys = Recorder::failing("setuid", libc::EPERM);
-    let f = run(&sys, &plan(&["true"], "/"), PIPES);
+    let f = run(&sys, &plan(&["true"], "/"), PIPES, ERR);
     assert_eq!(
         f,
         Failure {
@@ -374,7 +390,7 @@ fn failures_stop_at_their_stage() {
         }
     );
     let sys = Recorder::failing("chdir /nowhere", libc::ENOENT);
-    let f = run(&sys, &plan(&["true"], "/nowhere"), PIPES);
+    let f = run(&sys, &plan(&["true"], "/nowhere"), PIPES, ERR);
     assert_eq!(
         f,
         Failure {

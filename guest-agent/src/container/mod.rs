@@ -300,11 +300,12 @@ impl Launch<'_> {
                 // never returns here.
                 match unsafe { Linux.clone_process(flags)? } {
                     0 => {
+                        let err = err_w.as_raw_fd();
                         Linux.close(sync_w.as_raw_fd());
                         let exit = match Linux.read_byte(sync_r.as_raw_fd()) {
                             Ok(true) => match container {
-                                Some(c) => child::run_init(&Linux, plan, c, stdio),
-                                None => Exit::Failed(child::run(&Linux, plan, stdio)),
+                                Some(c) => child::run_init(&Linux, plan, c, stdio, err),
+                                None => Exit::Failed(child::run(&Linux, plan, stdio, err)),
                             },
                             _ => Exit::Code(127),
                         };

@@ -226,16 +226,29 @@ impl Syscall for Linux {
         }
     }
 
-    fn close_from(&self, first: RawFd) {
+    fn close_range(&self, first: RawFd, last: RawFd) {
+        if first > last || first < 0 {
+            return;
+        }
         // SAFETY: close_range takes no pointers; the caller no longer uses these descriptors.
-        let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+        let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last as libc::c_uint, 0) };
         if ret < 0 {
             // Kernels before 5.9: close the range of descriptors the agent can have one by one.
-            for fd in first..FALLBACK_CLOSE_LIMIT {
+            for fd in first..=last.min(FALLBACK_CLOSE_LIMIT) {
                 // SAFETY: as above; closing a descriptor that is not open is just EBADF.
                 unsafe { libc::close(fd) };
             }
         }
+    }
+    fn cwd_in_root(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 4096];
+        // SAFETY: the kernel writes at most `buf.len()` bytes into our stack buffer. The raw
+        // system call, because libc's getcwd turns an unreachable directory into ENOENT.
+        let ret = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(buf[0] == b'/')
     }
     fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
         let how = OpenHow {
@@ -482,7 +495,7 @@ struct CapData {
     inheritable: u32,
 }
 
-/// How far [`Syscall::close_from`] closes without close_range(2): the agent's descriptors
+/// How far [`Syscall::close_range`] closes without close_range(2): the agent's descriptors
 /// (connection, pipes, a pty) are few and low-numbered.
 const FALLBACK_CLOSE_LIMIT: RawFd = 1024;
 

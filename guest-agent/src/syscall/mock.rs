@@ -200,8 +200,12 @@ impl Syscall for Recorder {
         }
         Ok(child)
     }
-    fn close_from(&self, first: RawFd) {
-        let _ = self.record(format!("close_from {first}"));
+    fn close_range(&self, first: RawFd, last: RawFd) {
+        let _ = self.record(format!("close_range {first} {last}"));
+    }
+    fn cwd_in_root(&self) -> io::Result<bool> {
+        self.record("getcwd".into())?;
+        Ok(true)
     }
     fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
         self.record(format!("open_in_root {root} {} {flags:#o}", s(path)))?;

@@ -117,8 +117,11 @@ pub trait Syscall {
     /// waitpid(-1, WNOHANG): a child that has ended and its raw wait status, `None` if none has
     /// yet.
     fn reap_any(&self) -> io::Result<Option<(libc::pid_t, libc::c_int)>>;
-    /// Closes every descriptor from `first` on.
-    fn close_from(&self, first: RawFd);
+    /// Closes the descriptors `first..=last`.
+    fn close_range(&self, first: RawFd, last: RawFd);
+    /// The raw getcwd(2) system call: whether the working directory is reachable from the
+    /// root (the kernel answers "(unreachable)/..." for a directory outside it).
+    fn cwd_in_root(&self) -> io::Result<bool>;
     /// openat2(2) of `path` under the directory `root` with `RESOLVE_IN_ROOT` (symlinks and
     /// `..` cannot leave it) and `RESOLVE_NO_MAGICLINKS`; `flags` are added to `O_CLOEXEC`.
     fn open_in_root(&self, root: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<RawFd>;

@@ -260,7 +260,7 @@ fn isolated_refusals() {
     linux.set_sysctl(Some(
         [("kernel.panic".into(), "1".into())].into_iter().collect(),
     ));
-    refused(s, "linux.sysctl[kernel.panic]");
+    refused(s, "linux.sysctl[\"kernel.panic\"]");
     let mut s = base;
     let linux = s.linux_mut().as_mut().unwrap();
     let mut ns = linux.namespaces().clone().unwrap();
