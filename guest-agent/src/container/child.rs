@@ -214,8 +214,8 @@ pub fn run_init(
                 gid: plan.gid,
                 groups: &plan.groups,
             };
-            let dropped = drop_privileges(sys, &plan.security, &ids)
-                .and_then(|()| load_seccomp_last(sys, &plan.security));
+            let dropped = drop_privileges(sys, &plan.init_security, &ids)
+                .and_then(|()| load_seccomp_last(sys, &plan.init_security));
             if let Err(failure) = dropped {
                 let _ = sys.kill(command, libc::SIGKILL);
                 return Exit::Failed(failure);

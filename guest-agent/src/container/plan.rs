@@ -92,6 +92,8 @@ impl ProcessSpec {
 pub struct ExecPlan {
     /// Limits and privileges.
     pub security: Security,
+    /// What the container's init drops to once the command runs ([`Security::for_init`]).
+    pub init_security: Security,
     /// User id.
     pub uid: libc::uid_t,
     /// Group id.
@@ -158,6 +160,7 @@ pub fn build(process: &ProcessSpec, security: Security) -> Result<ExecPlan, Plan
         .map(|d| cstring(d, "the working directory"))
         .collect::<Result<_, _>>()?;
     Ok(ExecPlan {
+        init_security: security.for_init()?,
         security,
         uid: process.uid,
         gid: process.gid,

@@ -53,6 +53,74 @@ pub struct Security {
     pub seccomp: Option<SeccompProgram>,
 }
 
+impl Security {
+    /// What the container's init drops to after forking the command: the command's ids,
+    /// capabilities and no_new_privs, but its own fixed filter ([`init_seccomp_program`]) when
+    /// the command is filtered, so that no profile can break the init's loop.
+    pub fn for_init(&self) -> Result<Self, PlanError> {
+        let seccomp = match self.seccomp {
+            Some(_) => Some(init_seccomp_program()?),
+            None => None,
+        };
+        Ok(Self {
+            umask: None,
+            rlimits: Vec::new(),
+            oom_score_adj: None,
+            caps: self.caps.clone(),
+            no_new_privs: self.no_new_privs,
+            seccomp,
+        })
+    }
+}
+
+/// The only system calls the container's init makes once the command runs (waiting for signals,
+/// passing them on, reaping, exiting); anything else fails with EPERM.
+const INIT_SYSCALLS: [&str; 12] = [
+    "rt_sigtimedwait",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "restart_syscall",
+    "wait4",
+    "waitid",
+    "kill",
+    "close",
+    "close_range",
+    "getpid",
+    "exit",
+    "exit_group",
+];
+
+/// The init's own filter: [`INIT_SYSCALLS`] and nothing else.
+pub fn init_seccomp_program() -> Result<SeccompProgram, PlanError> {
+    use oci_spec::runtime::{LinuxSeccompAction, LinuxSyscall};
+    let mut allow = LinuxSyscall::default();
+    allow.set_names(INIT_SYSCALLS.iter().map(|s| s.to_string()).collect());
+    allow.set_action(LinuxSeccompAction::ScmpActAllow);
+    let mut filter = oci_spec::runtime::LinuxSeccomp::default();
+    filter.set_default_action(LinuxSeccompAction::ScmpActErrno);
+    filter.set_syscalls(Some(vec![allow]));
+    compile(&filter)
+}
+
+/// Compiles an OCI seccomp section into the agent's form.
+fn compile(seccomp: &oci_spec::runtime::LinuxSeccomp) -> Result<SeccompProgram, PlanError> {
+    let program = moat_oci_seccomp::compile(seccomp)?;
+    let filter = program
+        .filter
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    Ok(SeccompProgram {
+        filter,
+        flags: program.flags,
+    })
+}
+
 const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
 
 fn refuse(field: &str, why: &str) -> PlanError {
@@ -101,26 +169,12 @@ impl Security {
 }
 
 /// Validates and compiles `linux.seccomp` (moat-oci-seccomp) into the program the command
-/// and the container's init install; `None` when the spec has no filter.
+/// installs; `None` when the spec has no filter.
 pub fn seccomp_program(spec: &Spec) -> Result<Option<SeccompProgram>, PlanError> {
     let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
         return Ok(None);
     };
-    let program = moat_oci_seccomp::compile(seccomp)?;
-    let filter = program
-        .filter
-        .iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
-    Ok(Some(SeccompProgram {
-        filter,
-        flags: program.flags,
-    }))
+    compile(seccomp).map(Some)
 }
 
 fn refuse_unsupported(p: &Process) -> Result<(), PlanError> {
@@ -366,6 +420,22 @@ mod tests {
         let sec = Security::from_oci(&s).unwrap();
         assert_eq!(sec.caps.bounding, (1 << 40) | 1);
         assert_eq!(sec.oom_score_adj.as_deref(), Some(&b"-17"[..]));
+    }
+
+    #[test]
+    fn the_init_gets_its_own_filter_only_when_the_command_is_filtered() {
+        let filtered = Security {
+            seccomp: Some(SeccompProgram {
+                filter: vec![],
+                flags: 0,
+            }),
+            no_new_privs: true,
+            ..Security::default()
+        };
+        let init = filtered.for_init().unwrap();
+        assert!(init.no_new_privs);
+        assert!(init.seccomp.unwrap().filter.len() > INIT_SYSCALLS.len());
+        assert!(Security::default().for_init().unwrap().seccomp.is_none());
     }
 
     #[test]

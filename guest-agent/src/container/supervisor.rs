@@ -43,12 +43,21 @@ const fn init_signals() -> [libc::c_int; 53] {
     out
 }
 
+/// The container's exit code when its init cannot wait for signals any more.
+pub const INIT_FAILED: i32 = 255;
+
 /// The init's loop: passes signals on to `command`, reaps every child, and returns the exit code
 /// once `command` has ended: its own, or 128 + the signal that killed it.
 pub fn supervise(sys: &dyn Syscall, command: libc::pid_t) -> i32 {
     loop {
-        let Ok(signo) = sys.wait_signal(&INIT_SIGNALS) else {
-            continue;
+        let signo = match sys.wait_signal(&INIT_SIGNALS) {
+            Ok(signo) => signo,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            // The init cannot wait any more: end the container rather than spin.
+            Err(_) => {
+                let _ = sys.kill(command, libc::SIGKILL);
+                return INIT_FAILED;
+            }
         };
         if signo != libc::SIGCHLD {
             // The command may have ended already: ESRCH is fine.
