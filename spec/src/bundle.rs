@@ -65,6 +65,23 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, BundleError> {
         source,
     };
     validate(&spec, Some(dir)).map_err(invalid)?;
+    for (i, mount) in spec.mounts().iter().flatten().enumerate() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if bind {
+            return Err(invalid(SpecError {
+                field: format!("mounts[{i}].source"),
+                problem: "a bundle's bind mounts cannot reach the guest (moat has no shared \
+                          filesystem): use moat run -v with an ext4 image or a read-only \
+                          directory"
+                    .into(),
+            }));
+        }
+    }
     let root = spec
         .root()
         .as_ref()

@@ -39,6 +39,12 @@ const IPC_SYSCTLS: [&str; 8] = [
 /// Checks `spec`; with `bundle`, also that its root and relative mount sources stay inside it.
 pub fn validate(spec: &Spec, bundle: Option<&Path>) -> Result<(), SpecError> {
     check_version(spec.version())?;
+    if spec.hooks().is_some() {
+        return fail(
+            "hooks",
+            "not supported: moat runs no hooks (the container's host is its own VM)",
+        );
+    }
     check_root(spec, bundle)?;
     check_process(spec)?;
     check_mounts(spec)?;
@@ -142,8 +148,9 @@ fn check_process(spec: &Spec) -> Result<(), SpecError> {
             format!("{} must be an absolute path without ..", cwd.display()),
         );
     }
-    if cwd.starts_with("/proc/self/fd") || cwd.starts_with("/proc/thread-self/fd") {
-        return fail("process.cwd", "must not be under /proc/self/fd");
+    if cwd == "/proc" || cwd.starts_with("/proc/") {
+        // /proc/self/fd/N, /proc/1/cwd and the like lead out of the container's root.
+        return fail("process.cwd", "must not be under /proc");
     }
     for (i, limit) in process.rlimits().iter().flatten().enumerate() {
         if limit.soft() > limit.hard() {

@@ -473,3 +473,25 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn workdir_under_proc() {
+    // /proc/2/fd/N would be a descriptor of the command's: a way out of the root.
+    let name = unique_name("cwdproc");
+    let o = run_named(&name, &["-w", "/proc/2/fd/3"]);
+    assert_refused(&o, &name, "process.cwd: ");
+}
+
+bundle_case!(bundle_hooks, "hooks", |v| v["hooks"] =
+    json!({"prestart": [{"path": "/bin/true"}]}));
+
+bundle_case!(
+    bundle_bind_mount,
+    "mounts[0].source",
+    |v| v["mounts"] =
+        json!([{"destination": "/x", "type": "bind", "source": "data", "options": ["rbind"]}])
+);
+
+bundle_case!(bundle_cwd_proc_pid_fd, "process.cwd", |v| v["process"]
+    ["cwd"] =
+    json!("/proc/2/fd/3"));

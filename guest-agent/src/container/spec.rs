@@ -414,13 +414,32 @@ fn devices(linux: &Linux, fills_dev: bool) -> Result<Vec<DevNode>, PlanError> {
         };
         let number = |v: i64| u32::try_from(v).map_err(|_| refuse(field, "bad major/minor"));
         let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
-        let mut node = dev_node(&path, kind | mode, number(d.major())?, number(d.minor())?)?;
+        let (major, minor) = (number(d.major())?, number(d.minor())?);
+        let mut node = dev_node(&path, kind | mode, major, minor)?;
+        // In a user namespace the node is the guest's bound in: find it by its numbers (the
+        // container's path may be another name).
+        if let Some(guest) = guest_node(kind, major, minor) {
+            node.guest = cstring(&guest, field)?;
+        }
         if d.uid().is_some() || d.gid().is_some() {
             node.owner = Some((d.uid().unwrap_or(0), d.gid().unwrap_or(0)));
         }
         out.push(node);
     }
     Ok(out)
+}
+
+/// The guest's /dev path of the device `major:minor` (sysfs `uevent`'s DEVNAME), if it has one.
+fn guest_node(kind: libc::mode_t, major: u32, minor: u32) -> Option<String> {
+    let class = match kind {
+        libc::S_IFCHR => "char",
+        libc::S_IFBLK => "block",
+        _ => return None,
+    };
+    let uevent =
+        std::fs::read_to_string(format!("/sys/dev/{class}/{major}:{minor}/uevent")).ok()?;
+    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+    (!name.contains("..")).then(|| format!("/dev/{name}"))
 }
 
 /// Checks a sysctl key is namespaced in the namespaces the container has.
