@@ -209,6 +209,9 @@ impl Server {
         if let Err(e) = moat_spec::validate(&req.spec, None) {
             return self.error(ErrorKind::InvalidRequest, e.to_string());
         }
+        if let Err(e) = container::check(req, self.config.isolation) {
+            return self.error(e.kind(), format!("{e}{}", source_chain(&e)));
+        }
         let cgroup = match limits::prepare(req, self.config.isolation, self.config.cgroup_root) {
             Ok(cgroup) => cgroup,
             Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),

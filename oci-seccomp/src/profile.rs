@@ -268,7 +268,7 @@ impl DockerProfile {
             let field = format!("syscalls[{i}]");
             // Checks the action, errnoRet and args here, so that errors carry the profile's index.
             if let Some(oci) = oci_rule(rule, &field)? {
-                lower_rule(&oci, self.default_errno_ret, &field).map_err(ProfileError::Invalid)?;
+                lower_rule(&oci, &field).map_err(ProfileError::Invalid)?;
             }
             check_condition(rule.includes.as_ref(), &format!("{field}.includes"))?;
             check_condition(rule.excludes.as_ref(), &format!("{field}.excludes"))?;

@@ -129,7 +129,7 @@ pub(crate) fn lower(s: &LinuxSeccomp) -> Result<Filter, CompileError> {
     let mut syscalls: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
     for (i, rule) in s.syscalls().iter().flatten().enumerate() {
         let field = format!("{FIELD}.syscalls[{i}]");
-        let lowered = lower_rule(rule, s.default_errno_ret(), &field)?;
+        let lowered = lower_rule(rule, &field)?;
         for nr in numbers(rule.names(), &field)? {
             syscalls
                 .entry(nr)
@@ -203,15 +203,12 @@ fn numbers(names: &[String], field: &str) -> Result<Vec<u32>, CompileError> {
 
 /// One OCI rule as compiler rules: conditions on distinct arguments are ANDed into one rule;
 /// when an argument repeats, each condition becomes a rule of its own (ORed), as runc does.
-pub(crate) fn lower_rule(
-    rule: &LinuxSyscall,
-    default_errno: Option<u32>,
-    field: &str,
-) -> Result<Vec<Rule>, CompileError> {
+pub(crate) fn lower_rule(rule: &LinuxSyscall, field: &str) -> Result<Vec<Rule>, CompileError> {
+    // A rule's ERRNO without errnoRet is EPERM (the runtime spec), not defaultErrnoRet.
     let ret = action_ret(
         rule.action(),
         rule.errno_ret(),
-        default_errno,
+        None,
         &format!("{field}.action"),
     )?;
     let args = rule.args().as_deref().unwrap_or_default();
@@ -408,7 +405,8 @@ mod tests {
         assert_eq!(
             (ret(0), ret(1), ret(2), ret(3)),
             (
-                RET_ERRNO | 38,
+                // A rule without errnoRet answers EPERM; defaultErrnoRet is the default's.
+                RET_ERRNO | 1,
                 RET_ERRNO | 42,
                 RET_TRACE | 7,
                 RET_KILL_PROCESS

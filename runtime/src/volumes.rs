@@ -116,9 +116,20 @@ fn dev_minor(dev: u64) -> i64 {
     ((dev & 0xff) | ((dev >> 12) & !0xff)) as i64
 }
 
-/// A `--device`: the host node's type and numbers (the guest kernel numbers its standard
-/// devices the same way), made at the container path.
+/// A `--device`: `/dev/vda`, `/dev/vdb`... are the guest's own disks (the image, the volumes);
+/// any other path is a host node whose type and numbers are used (the guest kernel numbers its
+/// standard devices, e.g. /dev/kmsg or /dev/net/tun, the same way), made at the container path.
 pub fn resolve_device(arg: &DeviceArg) -> Result<moat_spec::Device, VolumeError> {
+    if let Some((major, minor)) = arg.host.to_str().and_then(moat_spec::guest_disk_numbers) {
+        return Ok(moat_spec::Device {
+            path: arg.container.clone(),
+            block: true,
+            major,
+            minor,
+            file_mode: 0o660,
+            access: arg.access.clone(),
+        });
+    }
     let meta = std::fs::metadata(&arg.host)
         .map_err(|e| VolumeError::DeviceUnreadable(arg.host.clone(), e))?;
     let kind = meta.file_type();
@@ -256,6 +267,13 @@ mod tests {
             (d.block, d.major, d.minor, d.path.as_str()),
             (false, 1, 3, "/dev/mynull")
         );
+        let disk = DeviceArg {
+            host: "/dev/vdb".into(),
+            container: "/dev/xvdb".into(),
+            access: "r".into(),
+        };
+        let d = resolve_device(&disk).unwrap();
+        assert_eq!((d.block, d.major, d.minor), (true, 254, 16));
         let not_dev = DeviceArg {
             host: "/etc/hostname".into(),
             ..null

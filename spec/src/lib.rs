@@ -14,6 +14,6 @@ pub mod validate;
 
 pub use build::{BindMount, Device, RunOptions};
 pub use bundle::{load_bundle, Bundle, BundleError};
-pub use parse::ParseError;
+pub use parse::{guest_disk_numbers, ParseError};
 pub use resources::{Limits, LimitsError};
 pub use validate::{validate, SpecError};

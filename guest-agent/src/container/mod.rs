@@ -167,6 +167,21 @@ fn is_file(path: &str) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
 }
 
+/// Everything [`start`] checks before it mounts anything, without side effects: the caller
+/// runs it before it creates the container's cgroup, so that a refused spec leaves nothing.
+pub fn check(req: &RunRequest, isolation: Isolation) -> Result<(), ContainerError> {
+    let process = ProcessSpec::from_oci(&req.spec)?;
+    plan::build(&process, Security::from_oci(&req.spec)?)?;
+    match isolation {
+        Isolation::None => refuse_in_host_mode(req),
+        Isolation::Container => {
+            spec::build(&req.spec, &|_| false)?;
+            volumes::check(&req.volumes)?;
+            Ok(())
+        }
+    }
+}
+
 /// Validates the spec, mounts the volumes and the root (in [`Isolation::Container`]), then
 /// starts the process of `req`. `placed` is called with the pid of the container's init (of
 /// the process in the host mode) after the user namespace's id maps are written and before it
