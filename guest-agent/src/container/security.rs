@@ -66,7 +66,7 @@ impl Security {
             umask: None,
             rlimits: Vec::new(),
             oom_score_adj: None,
-            caps: self.caps.clone(),
+            caps: self.caps,
             no_new_privs: self.no_new_privs,
             seccomp,
         })
