@@ -54,8 +54,8 @@ pub struct Security {
 }
 
 impl Security {
-    /// What the container's init drops to after forking the command: the command's ids,
-    /// capabilities and no_new_privs, but its own fixed filter ([`init_seccomp_program`]) when
+    /// What the container's init drops to after forking the command: the command's ids and
+    /// capabilities, no_new_privs, and its own fixed filter ([`init_seccomp_program`]) when
     /// the command is filtered, so that no profile can break the init's loop.
     pub fn for_init(&self) -> Result<Self, PlanError> {
         let seccomp = match self.seccomp {
@@ -67,7 +67,9 @@ impl Security {
             rlimits: Vec::new(),
             oom_score_adj: None,
             caps: self.caps,
-            no_new_privs: self.no_new_privs,
+            // The init never execs, so no_new_privs costs it nothing, and it lets the init load
+            // its filter last, after its capabilities are gone, whatever the command's setting.
+            no_new_privs: true,
             seccomp,
         })
     }
@@ -429,10 +431,11 @@ mod tests {
                 filter: vec![],
                 flags: 0,
             }),
-            no_new_privs: true,
+            no_new_privs: false,
             ..Security::default()
         };
         let init = filtered.for_init().unwrap();
+        // Always set, so the init's filter is loaded after its capabilities are gone.
         assert!(init.no_new_privs);
         assert!(init.seccomp.unwrap().filter.len() > INIT_SYSCALLS.len());
         assert!(Security::default().for_init().unwrap().seccomp.is_none());
