@@ -5,11 +5,10 @@ Measures, N times each: `moat run -- true` end to end; moat-vmm and QEMU microvm
 same kernel and initramfs until the agent resets the VM (`moat.bench=reset`); VM exits by type
 (moat-vmm's own --stats, and the host kernel's view through `perf kvm stat`); the VMMs' resident
 memory outside guest memory. Progress goes to stderr, the Markdown report to stdout.
-Python 3 standard library only.
+The report's tables are in report.py. Python 3 standard library only.
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -23,11 +22,19 @@ import tempfile
 import threading
 import time
 
+import report
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_MIB = 256
 BENCH_WORD = "moat.bench=reset"
 SAMPLE_SECONDS = 0.01
 RUN_TIMEOUT = 90
+# The `moat run -- true` variants, alternated round by round: the default container stack, the
+# stack without seccomp filter, masked paths or dropped capabilities, and with limits written.
+MOAT_RUN_FLAGS = ([], ["--privileged"], ["--cpus", "1", "-m", "128m", "--pids-limit", "64"])
+# The runtime's debug event carrying the time from Run sent to Started read.
+SETUP_LOG = "warn,moat_runtime::session=debug"
+SETUP_US = re.compile(r"container started.*\bsetup_us=(\d+)")
 
 
 def log(msg):
@@ -41,26 +48,6 @@ def base_cmdline():
     if not m:
         sys.exit("bench: BASE_CMDLINE not found in vmm/src/boot.rs")
     return m.group(1)
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-def pct(values, p):
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, -(-p * len(s) // 100) - 1))
-    return s[k]
-
-
-def summary(values):
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "p90": pct(values, 90),
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 # --- memory sampling --------------------------------------------------------------------------
@@ -196,6 +183,7 @@ class Setup:
         # keyboard-controller reset loop before falling back to a triple fault. reboot=t goes
         # straight to the triple fault, which -no-reboot turns into QEMU's exit.
         self.qemu_cmdline = self.cmdline.replace("reboot=k", "reboot=t")
+        self.guest_mib = GUEST_MIB
         self.serial = 0
         self.failures = []
 
@@ -212,11 +200,12 @@ class Setup:
         self.serial += 1
         return os.path.join(self.work, f"{stem}-{self.serial}")
 
-    def moat_run(self):
+    def moat_run(self, flags):
         env = dict(os.environ, MOAT_VMM=self.vmm, MOAT_ASSETS_DIR=self.assets)
         env.setdefault("MOAT_KERNEL", self.kernel)
         env.setdefault("MOAT_INITRAMFS", self.initramfs)
-        return [self.moat, "run", "--", "true"], env
+        env["RUST_LOG"] = SETUP_LOG
+        return [self.moat, "run", *flags, "--", "true"], env
 
     def vmm_boot(self):
         stats = self.next_path("stats") + ".json"
@@ -291,17 +280,43 @@ def median_exits(runs):
 # --- the measurements -------------------------------------------------------------------------
 
 
-def measure_moat_run(setup, n):
-    cmd, env = setup.moat_run()
-    times = []
+def setup_seconds(errlog):
+    """The runtime's Run-to-Started time from its debug log, or None."""
+    with open(errlog, encoding="utf-8", errors="replace") as f:
+        m = SETUP_US.search(f.read())
+    return int(m.group(1)) / 1e6 if m else None
+
+
+def moat_run_once(setup, flags, i, out):
+    cmd, env = setup.moat_run(flags)
+    name = " ".join(cmd[1:])
+    errlog = setup.next_path("moat-err")
+    seconds, rc, _ = run_timed(cmd, errlog, env)
+    if rc != 0:
+        setup.failures.append(f"`moat {name}` #{i + 1}: exit {rc} after {seconds:.1f} s")
+        return
+    out["times"].append(seconds)
+    setup_s = setup_seconds(errlog)
+    if setup_s is None:
+        log(f"moat {name} #{i + 1}: no setup_us in the runtime's log")
+    else:
+        out["setup"].append(setup_s)
+    log(f"moat {name} #{i + 1}: {seconds:.3f} s, Run to Started {setup_s} s")
+
+
+def measure_moat_runs(setup, n):
+    """Each variant of MOAT_RUN_FLAGS n times, after one uncounted run (page cache); round i
+    starts with variant i mod 3, so that load drift hits all alike.
+    Returns [(flags, {"times": [s], "setup": [s]})]."""
+    runs = [(flags, {"times": [], "setup": []}) for flags in MOAT_RUN_FLAGS]
+    cmd, env = setup.moat_run([])
+    seconds, rc, _ = run_timed(cmd, setup.next_path("moat-err"), env)
+    log(f"warm-up moat run -- true (not counted): {seconds:.3f} s, exit {rc}")
     for i in range(n):
-        seconds, rc, _ = run_timed(cmd, setup.next_path("moat-err"), env)
-        log(f"moat run -- true #{i + 1}: {seconds:.3f} s, exit {rc}")
-        if rc == 0:
-            times.append(seconds)
-        else:
-            setup.failures.append(f"`moat run -- true` #{i + 1}: exit {rc} after {seconds:.1f} s")
-    return times
+        k = i % len(runs)
+        for flags, out in runs[k:] + runs[:k]:
+            moat_run_once(setup, flags, i, out)
+    return runs
 
 
 def vmm_once(setup, i, out):
@@ -408,171 +423,13 @@ def measure_runc(n):
     return times
 
 
-# --- the report -------------------------------------------------------------------------------
-
-
-def first_line(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return "?"
-    return out.splitlines()[0].strip() if out else "?"
-
-
-def machine(setup):
-    cpu = "?"
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    kvm = [m for m in ("kvm_amd", "kvm_intel", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")]
-    nested = ""
-    for m in kvm:
-        p = f"/sys/module/{m}/parameters/nested"
-        if os.path.exists(p):
-            nested = f" nested={open(p, encoding='ascii').read().strip()}"
-    where = "nested test host L1 (QEMU TCG, -cpu EPYC,+svm,+npt)"
-    if os.environ.get("MOAT_NESTED_L1") != "1":
-        where = "native KVM"
-    commit = first_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        ["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
-    return [
-        ("where", where),
-        ("kernel", f"{platform.release()}, KVM module {','.join(kvm) or '?'}{nested}"),
-        ("CPU", f"{cpu}, {os.cpu_count()} CPUs"),
-        ("moat commit", commit + (" (with uncommitted changes)" if dirty else "")),
-        ("guest kernel", f"{setup.kernel} ({os.path.getsize(setup.kernel) // 1024} KiB)"),
-        ("initramfs", f"{setup.initramfs} ({os.path.getsize(setup.initramfs) // 1024} KiB)"),
-        ("guest", f"1 vCPU, {GUEST_MIB} MiB, no devices but the serial port (and i8042 in moat)"),
-        ("moat-vmm command line", f"`{setup.cmdline}`"),
-        ("QEMU command line", f"`{setup.qemu_cmdline}` (microvm has no i8042)"),
-        ("QEMU", first_line([setup.qemu, "--version"])),
-        ("perf", first_line([setup.perf, "--version"]) if setup.perf else "not installed"),
-    ]
-
-
-def ms(seconds):
-    return f"{seconds * 1000:.0f}"
-
-
-def timing_table(rows):
-    out = ["| what | runs | median ms | p90 ms | min ms | max ms |", "|---|---|---|---|---|---|"]
-    for name, times in rows:
-        if times:
-            s = summary(times)
-            out.append(
-                f"| {name} | {s['n']} | {ms(s['median'])} | {ms(s['p90'])} | "
-                f"{ms(s['min'])} | {ms(s['max'])} |"
-            )
-    return out
-
-
-def own_stats_table(stats):
-    if not stats:
-        return ["No successful moat-vmm run."]
-    keys = [k for k, v in stats[0].items() if isinstance(v, int)]
-    out = ["| counter | median | min | max |", "|---|---|---|---|"]
-    for k in keys:
-        vals = [s[k] for s in stats]
-        if max(vals) == 0:
-            continue
-        out.append(f"| {k} | {statistics.median(vals):.0f} | {min(vals)} | {max(vals)} |")
-    return out
-
-
-def exits_table(vmm, qemu, top=12):
-    def total(t):
-        return sum(v[0] for v in t.values()) if t else 0
-
-    out = [
-        "| exit reason | moat-vmm | QEMU microvm | moat-vmm avg µs | QEMU avg µs |",
-        "|---|---|---|---|---|",
-        f"| **total** | **{total(vmm):.0f}** | **{total(qemu):.0f}** | | |",
-    ]
-    reasons = sorted(
-        set(vmm or {}) | set(qemu or {}),
-        key=lambda r: -max((vmm or {}).get(r, (0,))[0], (qemu or {}).get(r, (0,))[0]),
-    )
-    for r in reasons[:top]:
-        a = (vmm or {}).get(r, (0, 0, 0))
-        b = (qemu or {}).get(r, (0, 0, 0))
-        out.append(f"| {r} | {a[0]:.0f} | {b[0]:.0f} | {a[2]:.1f} | {b[2]:.1f} |")
-    if len(reasons) > top:
-        out.append(f"| ({len(reasons) - top} more reasons) | | | | |")
-    return out
-
-
-def mib(kb):
-    return f"{kb / 1024:.2f}"
-
-
-def memory_table(rows):
-    out = [
-        "| VMM | peak RSS outside guest memory (sampled) | VmHWM − peak guest RSS | "
-        "guest memory touched | peak total RSS (wait4, timed runs) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, mems, maxrss in rows:
-        mems = [m for m in mems if m]
-        if not mems or not maxrss:
-            continue
-        peak = statistics.median(m["peak_other_kb"] for m in mems)
-        hwm = [m["hwm_minus_guest_kb"] for m in mems if m["hwm_minus_guest_kb"] is not None]
-        guest = statistics.median(m["peak_guest_kb"] for m in mems)
-        hwm_s = f"{mib(statistics.median(hwm))} MiB" if hwm else "?"
-        out.append(
-            f"| {name} | {mib(peak)} MiB | {hwm_s} | {mib(guest)} MiB | "
-            f"{mib(statistics.median(maxrss))} MiB |"
-        )
-    return out
-
-
-def report(setup, args, results):
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# moat benchmark, {now}", ""]
-    lines += [f"- {k}: {v}" for k, v in machine(setup)]
-    lines += ["", f"## Wall time (median of {args.runs})", ""]
-    lines += timing_table(
-        [
-            ("`moat run -- true` (end to end)", results["moat_run"]),
-            ("moat-vmm: process start to exit, boot to agent reset", results["vmm_times"]),
-            ("QEMU microvm: process start to exit, same boot", results["qemu_times"]),
-            ("`runc run` busybox `/bin/true` (shared kernel)", results.get("runc")),
-        ]
-    )
-    if setup.failures:
-        lines += ["", "Failed runs (left out of the table above):", ""]
-        lines += [f"- {f}" for f in setup.failures]
-    lines += ["", "## VM exits by reason (host kernel's view: `perf kvm stat`)", ""]
-    if results["perf_vmm"] or results["perf_qemu"]:
-        lines += [f"Median of {args.perf_runs} recorded boots each (separate from the timed runs).", ""]
-        lines += exits_table(results["perf_vmm"], results["perf_qemu"])
-    else:
-        lines.append("perf kvm stat was not available.")
-    lines += ["", f"## moat-vmm's own exit counts (`--stats`, {args.runs} runs)", ""]
-    lines += own_stats_table(results["vmm_stats"])
-    lines += ["", f"## Resident memory (medians; {args.mem_runs} sampled boots each)", ""]
-    lines += memory_table(
-        [
-            ("moat-vmm", results["vmm_mems"], results["vmm_maxrss"]),
-            ("QEMU microvm", results["qemu_mems"], results["qemu_maxrss"]),
-        ]
-    )
-    lines.append("")
-    return "\n".join(lines)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=10, help="timed runs of each (default 10)")
     p.add_argument("--perf-runs", type=int, default=3, help="perf kvm stat runs (default 3)")
     p.add_argument("--mem-runs", type=int, default=3, help="smaps-sampled runs (default 3)")
     p.add_argument("--bin-dir", default=os.path.join(REPO, "target/release"))
-    p.add_argument("--skip-moat-run", action="store_true", help="leave out `moat run -- true`")
+    p.add_argument("--skip-moat-run", action="store_true", help="leave out the `moat run` rows")
     p.add_argument(
         "--runc-only", action="store_true", help="only the `runc run` baseline (on the host)"
     )
@@ -583,20 +440,20 @@ def main():
         times = measure_runc(args.runs)
         if times:
             lines = ["", f"## Shared-kernel baseline on the outer host ({platform.release()})", ""]
-            lines += timing_table([("`runc run` busybox `/bin/true`", times)])
+            lines += report.timing_table([("`runc run` busybox `/bin/true`", times)])
             print("\n".join(lines) + "\n", flush=True)
         return
     setup = Setup(args)
     setup.check()
     log(f"work dir {setup.work}; {args.runs} runs each")
-    results = {"moat_run": None}
+    results = {"moat_runs": []}
     if not args.skip_moat_run:
-        results["moat_run"] = measure_moat_run(setup, args.runs)
+        results["moat_runs"] = measure_moat_runs(setup, args.runs)
     measure_boots(setup, args.runs, results)
     measure_memory(setup, args.mem_runs, results)
     results["perf_vmm"], results["perf_qemu"] = measure_perf(setup, args.perf_runs)
     results["runc"] = measure_runc(args.runs)
-    print(report(setup, args, results), flush=True)
+    print(report.report(setup, args, results), flush=True)
     shutil.rmtree(setup.work, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Instant;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameError,
@@ -233,6 +234,7 @@ impl Session {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         let oom = oom_notice(&request);
+        let sent = Instant::now();
         self.send(&HostMessage::Run(Box::new(request)))?;
         let reader = self.stream.try_clone().map_err(SessionError::Thread)?;
         let agent_tx = tx.clone();
@@ -247,7 +249,10 @@ impl Session {
             let event = events.recv().unwrap_or(Event::AgentGone(None));
             match event {
                 Event::Agent(AgentMessage::Started { pid }) if !started => {
-                    tracing::debug!(pid, "container started");
+                    // From Run sent to Started read: the agent's container setup up to the
+                    // exec, plus one round trip on the channel (bench/ reads this).
+                    let setup_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    tracing::debug!(pid, setup_us, "container started");
                     started = true;
                     self.start_stdin(stdin.take(), tx)?;
                 }
