@@ -313,8 +313,9 @@ fn the_container_sees_only_its_own_processes_hostname_and_mounts() {
     if !vm_available("the_container_sees_only_its_own_processes_hostname_and_mounts") {
         return;
     }
-    // The shell's own descriptors (a builtin glob: no other process) are only its stdio: none
-    // of the agent's reached the container; the init has closed all of its own.
+    // The shell's own descriptors (a builtin glob: no other process) are its stdio and the
+    // directory the glob is reading (3, the lowest free number): none of the agent's reached the
+    // container. The init has closed all of its own.
     let script = "for p in /proc/[0-9]*; do printf '%s ' ${p#/proc/}; done; echo; hostname; \
         cat /proc/self/uid_map; grep -c -E ' /run/moat| /newroot' /proc/self/mountinfo; \
         for f in /proc/self/fd/*; do printf '%s ' ${f##*/}; done; echo; \
@@ -327,7 +328,7 @@ fn the_container_sees_only_its_own_processes_hostname_and_mounts() {
     let map: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(map, ["0", "0", "4294967295"], "{}", o.diagnostics());
     assert_eq!(lines[3], "0", "{}", o.diagnostics());
-    assert_eq!(lines[4].trim(), "0 1 2", "{}", o.diagnostics());
+    assert_eq!(lines[4].trim(), "0 1 2 3", "{}", o.diagnostics());
     assert_eq!(lines[5], "0", "{}", o.diagnostics());
 }
 
