@@ -197,14 +197,16 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
         return;
     }
     // The bomb runs in the background for 10 s; then the shell kills everything it can and
-    // reads the cgroup with builtins only (forks may still fail): pids.max, and how often the
-    // limit refused a fork. The run ending normally shows the agent still answers.
+    // reads the cgroup with builtins (forks may still fail): pids.max, and how often the limit
+    // refused a fork. Then a second command (a fork and an exec) runs again, and the run ending
+    // normally shows the agent (outside the container's cgroup) still answers.
     let script = "read m < /sys/fs/cgroup/pids.max; echo $m; \
         sleep 10 & s=$!; \
         ( b() { b | b & }; b ) 2>/dev/null & \
         wait $s; \
         for i in 1 2 3 4 5 6 7 8 9 10; do kill -9 -1 2>/dev/null; done; \
-        read e < /sys/fs/cgroup/pids.events; echo events $e";
+        read e < /sys/fs/cgroup/pids.events; echo events $e; \
+        until cat /sys/fs/cgroup/pids.max 2>/dev/null; do kill -9 -1 2>/dev/null; done";
     let o = sh(&["--pids-limit", "64"], script);
     o.expect_code(0);
     let out = o.out();
@@ -215,6 +217,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pids.events line\n{}", o.diagnostics()));
     assert!(hits > 0, "{}", o.diagnostics());
+    assert!(out.ends_with("\n64\n"), "{}", o.diagnostics());
 }
 
 #[test]
