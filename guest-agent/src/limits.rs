@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use moat_protocol::{AgentMessage, ErrorKind, RunRequest};
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxResources};
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::container::Isolation;
@@ -71,50 +71,24 @@ fn with_device_defaults(r: Option<&LinuxResources>, nodes: &[LinuxDevice]) -> Li
     let mut r = r.cloned().unwrap_or_default();
     let mut rules = match r.devices() {
         Some(d) if !d.is_empty() => d.clone(),
-        _ => default_device_rules(),
+        _ => moat_spec::standard_device_rules(),
     };
     for node in nodes {
         let kind = match node.typ() {
             LinuxDeviceType::B => LinuxDeviceType::B,
             _ => LinuxDeviceType::C,
         };
-        rules.push(device_rule(kind, Some(node.major()), Some(node.minor())));
+        let (major, minor) = (Some(node.major()), Some(node.minor()));
+        rules.push(moat_spec::device_rule(
+            true,
+            Some(kind),
+            major,
+            minor,
+            "rwm",
+        ));
     }
     r.set_devices(Some(rules));
     r
-}
-
-fn device_rule(kind: LinuxDeviceType, major: Option<i64>, minor: Option<i64>) -> LinuxDeviceCgroup {
-    let mut rule = LinuxDeviceCgroup::default();
-    rule.set_allow(true);
-    rule.set_typ(Some(kind));
-    rule.set_major(major);
-    rule.set_minor(minor);
-    rule.set_access(Some("rwm".into()));
-    rule
-}
-
-fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
-    let mut deny = LinuxDeviceCgroup::default();
-    deny.set_allow(false);
-    deny.set_typ(Some(LinuxDeviceType::A));
-    deny.set_access(Some("rwm".into()));
-    let char_dev = |major, minor| device_rule(LinuxDeviceType::C, Some(major), minor);
-    let mut rules = vec![deny];
-    for (major, minor) in [
-        (1, 3),
-        (1, 5),
-        (1, 7),
-        (1, 8),
-        (1, 9),
-        (5, 0),
-        (5, 1),
-        (5, 2),
-    ] {
-        rules.push(char_dev(major, Some(minor)));
-    }
-    rules.push(char_dev(136, None));
-    rules
 }
 
 /// Creates the cgroup of `req`'s container and applies its limits; `None` in the host test
@@ -240,7 +214,9 @@ mod tests {
             assert!(rules[1..].iter().all(|r| r.allow()));
         }
         let mut given = LinuxResources::default();
-        given.set_devices(Some(vec![device_rule(LinuxDeviceType::A, None, None)]));
+        given.set_devices(Some(vec![moat_spec::device_rule(
+            true, None, None, None, "rwm",
+        )]));
         let kept = with_device_defaults(Some(&given), &[]);
         assert_eq!(kept.devices().as_ref().unwrap().len(), 1);
         let mut tun = LinuxDevice::default();

@@ -270,34 +270,19 @@ impl RunOptions {
             .collect()
     }
 
-    /// Docker's device cgroup: deny all; mknod of any; the standard nodes; then `--device`s.
+    /// Docker's device cgroup: the standard rules, mknod of any node, tun, then `--device`s.
     fn device_rules(&self) -> Vec<LinuxDeviceCgroup> {
         if self.privileged {
-            return vec![rule(true, None, None, None, "rwm")];
+            return vec![device_rule(true, None, None, None, "rwm")];
         }
         use LinuxDeviceType::{B, C};
-        let mut rules = vec![
-            rule(false, None, None, None, "rwm"),
-            rule(true, Some(C), None, None, "m"),
-            rule(true, Some(B), None, None, "m"),
-        ];
-        for (major, minor) in [
-            (1, 3),
-            (1, 5),
-            (1, 7),
-            (1, 8),
-            (1, 9),
-            (5, 0),
-            (5, 1),
-            (5, 2),
-        ] {
-            rules.push(rule(true, Some(C), Some(major), Some(minor), "rwm"));
-        }
-        rules.push(rule(true, Some(C), Some(136), None, "rwm"));
-        rules.push(rule(true, Some(C), Some(10), Some(200), "rwm"));
+        let mut rules = standard_device_rules();
+        rules.push(device_rule(true, Some(C), None, None, "m"));
+        rules.push(device_rule(true, Some(B), None, None, "m"));
+        rules.push(device_rule(true, Some(C), Some(10), Some(200), "rwm"));
         for d in &self.devices {
             let typ = if d.block { B } else { C };
-            rules.push(rule(
+            rules.push(device_rule(
                 true,
                 Some(typ),
                 Some(d.major),
@@ -343,7 +328,29 @@ fn linux_device(d: &Device) -> LinuxDevice {
     dev
 }
 
-fn rule(
+/// runc's default device rules (what a spec without any gets in the guest): deny everything
+/// but null, zero, full, random, urandom, tty, console, ptmx and the ptys.
+pub fn standard_device_rules() -> Vec<LinuxDeviceCgroup> {
+    use LinuxDeviceType::C;
+    let mut rules = vec![device_rule(false, None, None, None, "rwm")];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
+        rules.push(device_rule(true, Some(C), Some(major), Some(minor), "rwm"));
+    }
+    rules.push(device_rule(true, Some(C), Some(136), None, "rwm"));
+    rules
+}
+
+/// One device cgroup rule; no `typ` means all (`a`).
+pub fn device_rule(
     allow: bool,
     typ: Option<LinuxDeviceType>,
     major: Option<i64>,
