@@ -1,4 +1,4 @@
-use oci_spec::runtime::{Capability, LinuxDeviceType, LinuxNamespaceType};
+use oci_spec::runtime::{Capability, Linux, LinuxDeviceType, LinuxNamespaceType};
 
 use super::*;
 use crate::parse::{parse_tmpfs, Throttle};
@@ -21,6 +21,12 @@ fn mount_of<'a>(spec: &'a Spec, dst: &str) -> &'a Mount {
         .iter()
         .find(|m| m.destination().to_str() == Some(dst))
         .expect(dst)
+}
+
+/// `linux.resources.devices`.
+fn device_rules(linux: &Linux) -> &[LinuxDeviceCgroup] {
+    let resources = linux.resources().as_ref().unwrap();
+    resources.devices().as_deref().unwrap()
 }
 
 fn options_of(m: &Mount) -> Vec<&str> {
@@ -66,13 +72,7 @@ fn docker_defaults() {
     for dst in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"] {
         mount_of(&spec, dst);
     }
-    let rules = linux
-        .resources()
-        .as_ref()
-        .unwrap()
-        .devices()
-        .as_ref()
-        .unwrap();
+    let rules = device_rules(linux);
     assert!(!rules[0].allow() && rules[0].typ() == Some(LinuxDeviceType::A));
     let allowed: Vec<_> = rules[1..]
         .iter()
@@ -121,13 +121,7 @@ fn privileged() {
     assert!(linux.seccomp().is_none());
     assert!(linux.masked_paths().as_ref().unwrap().is_empty());
     assert!(linux.readonly_paths().as_ref().unwrap().is_empty());
-    let rules = linux
-        .resources()
-        .as_ref()
-        .unwrap()
-        .devices()
-        .as_ref()
-        .unwrap();
+    let rules = device_rules(linux);
     assert_eq!(rules.len(), 1);
     assert!(rules[0].allow());
     assert!(options_of(mount_of(&spec, "/sys")).contains(&"rw"));
@@ -215,13 +209,7 @@ fn mounts_devices_limits_and_the_rest() {
     assert_eq!(process.rlimits().as_ref().unwrap().len(), 1);
     let linux = spec.linux().as_ref().unwrap();
     assert_eq!(linux.devices().as_ref().unwrap()[0].major(), 10);
-    let rules = linux
-        .resources()
-        .as_ref()
-        .unwrap()
-        .devices()
-        .as_ref()
-        .unwrap();
+    let rules = device_rules(linux);
     let last = rules.last().unwrap();
     assert_eq!(
         (last.major(), last.minor(), last.access().as_deref()),
