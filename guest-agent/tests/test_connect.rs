@@ -378,21 +378,7 @@ fn isolated_request(
     readonly: bool,
     process: ProcessSpec,
 ) -> (Host, Loop, Result<i32, (ErrorKind, String)>) {
-    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
-    let dev = Loop::attach(&image);
-    let mut host = Host::start_with(&["--isolated"]);
-    let req = RunRequest {
-        id: "iso".into(),
-        rootfs: RootfsSpec {
-            device: dev.0.clone(),
-            fstype: "ext4".into(),
-            upper_mib: 64,
-        },
-        volumes: vec![],
-        spec: process.to_oci(Some("box"), readonly),
-    };
-    let started = host.run_request(req);
-    (host, dev, started)
+    isolated_spec_request(process.to_oci(Some("box"), readonly), vec![])
 }
 
 /// Sends `spec` (with `volumes`) to an isolated agent.
