@@ -208,9 +208,8 @@ mod tests {
         let sys = Recorder::default();
         mount_basics(&sys).unwrap();
         let targets: Vec<String> = sys
-            .lines()
+            .lines_starting("mount")
             .iter()
-            .filter(|l| l.starts_with("mount"))
             .map(|l| l.split(' ').nth(2).unwrap().to_string())
             .collect();
         assert_eq!(

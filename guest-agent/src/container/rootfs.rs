@@ -162,11 +162,7 @@ mod tests {
     fn writable_root_sequence() {
         let sys = Recorder::default();
         prepare(&sys, &spec(), false, None).unwrap();
-        let mounts: Vec<String> = sys
-            .lines()
-            .into_iter()
-            .filter(|l| l.starts_with("mount"))
-            .collect();
+        let mounts = sys.lines_starting("mount");
         assert_eq!(
             mounts,
             [

@@ -127,11 +127,7 @@ mod tests {
             vol("/dev/vdc", "erofs", "/run/moat-volumes/1", true),
         ];
         mount_all(&sys, &vols).unwrap();
-        let mounts: Vec<String> = sys
-            .lines()
-            .into_iter()
-            .filter(|l| l.starts_with("mount"))
-            .collect();
+        let mounts = sys.lines_starting("mount");
         assert_eq!(
             mounts,
             [

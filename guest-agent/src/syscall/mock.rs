@@ -77,6 +77,16 @@ impl Recorder {
         self.calls.borrow().clone()
     }
 
+    /// The recorded calls whose line starts with `prefix` (e.g. every `mount`).
+    pub fn lines_starting(&self, prefix: &str) -> Vec<String> {
+        let calls = self.calls.borrow();
+        calls
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     fn record(&self, line: String) -> io::Result<()> {
         let failure = self
             .fail
