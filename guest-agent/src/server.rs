@@ -209,9 +209,10 @@ impl Server {
         if let Err(e) = moat_spec::validate(&req.spec, None) {
             return self.error(ErrorKind::InvalidRequest, e.to_string());
         }
-        if let Err(e) = container::check(req, self.config.isolation) {
-            return self.error(e.kind(), format!("{e}{}", source_chain(&e)));
-        }
+        let checked = match container::check(req, self.config.isolation) {
+            Ok(checked) => checked,
+            Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
+        };
         let cgroup = match limits::prepare(req, self.config.isolation, self.config.cgroup_root) {
             Ok(cgroup) => cgroup,
             Err(e) => return self.error(e.kind(), format!("{e}{}", source_chain(&e))),
@@ -220,15 +221,16 @@ impl Server {
             Some(c) => c.add(pid).map_err(ContainerError::from),
             None => Ok(()),
         };
-        let process = match container::start(req, self.config.isolation, &self.reaper, placed) {
-            Ok(process) => process,
-            Err(e) => {
-                if let Some(c) = &cgroup {
-                    c.remove();
+        let process =
+            match container::start(req, checked, self.config.isolation, &self.reaper, placed) {
+                Ok(process) => process,
+                Err(e) => {
+                    if let Some(c) = &cgroup {
+                        c.remove();
+                    }
+                    return self.error(e.kind(), format!("{e}{}", source_chain(&e)));
                 }
-                return self.error(e.kind(), format!("{e}{}", source_chain(&e)));
-            }
-        };
+            };
         let started = AgentMessage::Started { pid: process.pid };
         self.writer.control(&started).map_err(ServerError::Send)?;
         if let Some(c) = &cgroup {

@@ -167,43 +167,45 @@ fn is_file(path: &str) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
 }
 
-/// Everything [`start`] checks before it mounts anything, without side effects: the caller
-/// runs it before it creates the container's cgroup, so that a refused spec leaves nothing.
-pub fn check(req: &RunRequest, isolation: Isolation) -> Result<(), ContainerError> {
+/// A request that passed every check [`start`] can make before it mounts anything.
+pub struct Checked {
+    process: ProcessSpec,
+    plan: ExecPlan,
+}
+
+/// Checks `req` without side effects and prepares its plan (the seccomp programs compiled):
+/// the caller runs it before it creates the container's cgroup, so that a refused spec leaves
+/// nothing.
+pub fn check(req: &RunRequest, isolation: Isolation) -> Result<Checked, ContainerError> {
     let process = ProcessSpec::from_oci(&req.spec)?;
-    plan::build(&process, Security::from_oci(&req.spec)?)?;
+    let plan = plan::build(&process, Security::from_oci(&req.spec)?)?;
     match isolation {
-        Isolation::None => refuse_in_host_mode(req),
+        Isolation::None => refuse_in_host_mode(req)?,
         Isolation::Container => {
             spec::build(&req.spec, &|_| false)?;
             volumes::check(&req.volumes)?;
-            Ok(())
         }
     }
+    Ok(Checked { process, plan })
 }
 
-/// Validates the spec, mounts the volumes and the root (in [`Isolation::Container`]), then
-/// starts the process of `req`. `placed` is called with the pid of the container's init (of
-/// the process in the host mode) after the user namespace's id maps are written and before it
-/// goes on: the caller moves it into its cgroup there.
+/// Mounts the volumes and the root of the [`check`]ed `req` (in [`Isolation::Container`]),
+/// then starts its process. `placed` is called with the pid of the container's init (of the
+/// process in the host mode) after the user namespace's id maps are written and before it goes
+/// on: the caller moves it into its cgroup there.
 pub fn start(
     req: &RunRequest,
+    checked: Checked,
     isolation: Isolation,
     reaper: &Reaper,
     placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
 ) -> Result<Process, ContainerError> {
-    let process = ProcessSpec::from_oci(&req.spec)?;
-    let plan = plan::build(&process, Security::from_oci(&req.spec)?)?;
+    let Checked { process, plan } = checked;
     let container = match isolation {
-        Isolation::None => {
-            refuse_in_host_mode(req)?;
-            None
-        }
+        Isolation::None => None,
         Isolation::Container => {
-            // Everything is checked before anything is mounted.
-            spec::build(&req.spec, &|_| false)?;
-            volumes::check(&req.volumes)?;
             volumes::mount_all(&Linux, &req.volumes)?;
+            // Built again now that the volumes are mounted: a bind of a file needs a file.
             let container = spec::build(&req.spec, &is_file)?;
             let readonly = req
                 .spec
