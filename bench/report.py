@@ -15,6 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --- statistics -------------------------------------------------------------------------------
 
 
+def asset_name(path):
+    """The asset's path from its assets folder on (no path of the machine the bench ran on)."""
+    parts = os.path.normpath(path).split(os.sep)
+    return os.path.join(*parts[-2:]) if len(parts) >= 2 else path
+
+
 def pct(values, p):
     """Nearest-rank percentile."""
     s = sorted(values)
@@ -69,8 +75,8 @@ def machine(setup):
         ("kernel", f"{platform.release()}, KVM module {','.join(kvm) or '?'}{nested}"),
         ("CPU", f"{cpu}, {os.cpu_count()} CPUs"),
         ("moat commit", commit + (" (with uncommitted changes)" if dirty else "")),
-        ("guest kernel", f"{setup.kernel} ({os.path.getsize(setup.kernel) // 1024} KiB)"),
-        ("initramfs", f"{setup.initramfs} ({os.path.getsize(setup.initramfs) // 1024} KiB)"),
+        ("guest kernel", f"{asset_name(setup.kernel)} ({os.path.getsize(setup.kernel) // 1024} KiB)"),
+        ("initramfs", f"{asset_name(setup.initramfs)} ({os.path.getsize(setup.initramfs) // 1024} KiB)"),
         ("guest", f"1 vCPU, {setup.guest_mib} MiB, no devices but the serial port (and i8042 in moat)"),
         ("moat-vmm command line", f"`{setup.cmdline}`"),
         ("QEMU command line", f"`{setup.qemu_cmdline}` (microvm has no i8042)"),

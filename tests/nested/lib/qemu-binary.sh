@@ -1,12 +1,22 @@
 # shellcheck shell=bash
-# The QEMU that runs L1: Debian's bookworm-backports build (QEMU 10), unpacked once into the
-# cache and run from there; the system's qemu-system-x86 (7.2) stays installed as it is. With
-# QEMU 7.2, L1 froze in about one long test run in five (tests/nested/README.md).
-# MOAT_NESTED_QEMU=PATH picks another QEMU. Sourced by tests/nested/run.
+# The QEMU that runs L1: QEMU 10 or newer. With QEMU 7.2, L1 froze in about one long test run in
+# five (tests/nested/README.md). The system's qemu-system-x86_64 when it is new enough (a machine
+# whose QEMU comes from bookworm-backports, scripts/deps.sh); otherwise Debian's
+# bookworm-backports build, unpacked once into the cache and run from there, with the system's
+# older QEMU left installed as it is. MOAT_NESTED_QEMU=PATH picks another QEMU. Sourced by
+# tests/nested/run.
 #
 # Sets: QEMU_BIN.
 
 QEMU_RELEASE=bookworm-backports
+QEMU_MIN_MAJOR=10
+
+# Prints the system's qemu-system-x86_64 when its major version is QEMU_MIN_MAJOR or newer.
+system_qemu() {
+  local major
+  major=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+  [[ -n $major ]] && ((major >= QEMU_MIN_MAJOR)) && command -v qemu-system-x86_64
+}
 
 # Downloads and unpacks qemu-system-x86 from QEMU_RELEASE into the cache. Prints the binary.
 download_qemu() {
@@ -37,6 +47,7 @@ ensure_qemu() {
   local done_file
   QEMU_BIN=${MOAT_NESTED_QEMU:-}
   [[ -z $QEMU_BIN ]] || return 0
+  QEMU_BIN=$(system_qemu) && return 0
   for done_file in "$NESTED_CACHE"/qemu-*/.complete; do
     [[ -e $done_file ]] && QEMU_BIN=$(dirname "$done_file")/usr/bin/qemu-system-x86_64
   done
