@@ -10,6 +10,7 @@ use moat_runtime::config::{
     parse_user, parse_vm_cpus, parse_workdir, vm_cpus_for, AssetOverrides, ConfigError, EnvArg,
     Rootfs, RunConfig, User,
 };
+use moat_runtime::disks::{parse_storage_opt, DEFAULT_STORAGE_BYTES};
 use moat_runtime::run::{volume_mountpoint, MAX_VOLUMES};
 use moat_runtime::volumes::{check_volume, resolve_device, Volume};
 use moat_spec::parse::{
@@ -162,6 +163,9 @@ pub struct RunArgs {
     /// Make a device node in the container
     #[arg(long, value_name = "HOST[:CONTAINER[:rwm]]", value_parser = parse_device)]
     pub device: Vec<DeviceArg>,
+    /// Writable layer: size=SIZE (default 10g; a sparse disk on the host, removed with the run)
+    #[arg(long, value_name = "size=SIZE", value_parser = parse_storage_opt)]
+    pub storage_opt: Vec<u64>,
     /// Run an OCI bundle (config.json and its root directory) as is, instead of IMAGE and CMD
     #[arg(long, value_name = "DIR", conflicts_with_all = SPEC_FLAGS)]
     pub bundle: Option<PathBuf>,
@@ -229,6 +233,11 @@ impl RunArgs {
             rootfs,
             spec,
             volumes,
+            storage_bytes: self
+                .storage_opt
+                .last()
+                .copied()
+                .unwrap_or(DEFAULT_STORAGE_BYTES),
             cpus,
             memory_mib,
             interactive: self.interactive,

@@ -236,7 +236,7 @@ fn volumes_become_disks_and_binds() {
         args.extend(["-v", spec.as_str()]);
     }
     let err = parse_run(&args).unwrap().into_config().unwrap_err();
-    assert!(matches!(err, ConfigError::TooManyVolumes(17)), "{err}");
+    assert!(matches!(err, ConfigError::TooManyVolumes(16)), "{err}");
     args.truncate(2 * MAX_VOLUMES);
     assert_eq!(config(&args).volumes.len(), MAX_VOLUMES);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -145,7 +145,13 @@ fn boot() -> Result<(), InitError> {
 /// Writes one line to the kernel log at error level (shown on the console even with `quiet`),
 /// or to stderr if the log cannot be opened.
 fn fatal(err: &InitError) {
-    let line = format!("<3>moat-agent: {err}{}\n", source_chain(err));
+    log_error(&format!("{err}{}", source_chain(err)));
+}
+
+/// Writes `message` as one `moat-agent:` line to the kernel log at error level, or to stderr
+/// if the log cannot be opened.
+pub fn log_error(message: &str) {
+    let line = format!("<3>moat-agent: {message}\n");
     let written = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/kmsg")
@@ -155,12 +161,13 @@ fn fatal(err: &InitError) {
     }
 }
 
-/// Kills everything, syncs and restarts the machine, which ends the VM. Never returns.
+/// Kills everything, unmounts (or makes read-only) every filesystem it mounted, syncs and
+/// restarts the machine, which ends the VM. Never returns.
 pub fn power_off() -> ! {
     KillScope::Everything.kill(None);
-    // SAFETY: sync and reboot take no pointers. As PID 1 we hold CAP_SYS_BOOT.
+    crate::unmount::release_all(&Linux);
+    // SAFETY: reboot takes no pointers. As PID 1 we hold CAP_SYS_BOOT.
     unsafe {
-        libc::sync();
         libc::reboot(libc::LINUX_REBOOT_CMD_RESTART);
     }
     // reboot only returns on failure; PID 1 must not exit, so wait for the end.

@@ -17,6 +17,7 @@ mod reaper;
 mod server;
 mod stdio;
 mod syscall;
+mod unmount;
 mod vsock;
 
 use std::fs::File;

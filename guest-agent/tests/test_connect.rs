@@ -153,7 +153,7 @@ impl Host {
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                upper_mib: 64,
+                upper: moat_protocol::UpperLayer::Memory { mib: 64 },
             },
             volumes: vec![],
             spec: process.to_oci(None, false),
@@ -394,7 +394,7 @@ fn isolated_spec_request(
         rootfs: RootfsSpec {
             device: dev.0.clone(),
             fstype: "ext4".into(),
-            upper_mib: 64,
+            upper: moat_protocol::UpperLayer::Memory { mib: 64 },
         },
         volumes,
         spec,

@@ -19,11 +19,11 @@ pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LE
 pub use message::{decode, encode};
 pub use message::{
     AgentMessage, ErrorKind, ExitStatus, HostMessage, MessageError, RootfsSpec, RunRequest,
-    VolumeSpec, VOLUMES_DIR,
+    UpperLayer, VolumeSpec, VOLUMES_DIR,
 };
 
 /// Version of the protocol spoken by this build; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent connects to on the host (CID 2).
 pub const AGENT_VSOCK_PORT: u32 = 1024;

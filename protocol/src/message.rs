@@ -24,12 +24,29 @@ pub enum MessageError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
     /// Guest block device holding the image, e.g. `/dev/vda`. Always mounted read-only; unless
-    /// the spec's `root.readonly` is set, writes go to an overlay upper layer on a tmpfs.
+    /// the spec's `root.readonly` is set, writes go to an overlay upper layer ([`Self::upper`]).
     pub device: String,
     /// Filesystem type of the image, e.g. `ext4`.
     pub fstype: String,
-    /// Size bound of the writable overlay upper layer, in MiB.
-    pub upper_mib: u64,
+    /// Where the overlay's upper layer lives (not used for a read-only root).
+    pub upper: UpperLayer,
+}
+
+/// The backing of a container's writable layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpperLayer {
+    /// An ext4 scratch disk, e.g. `/dev/vdc`: the VM's writable layers, one directory per
+    /// container (`containers/<id>/`), mounted at `/run/moat/rw`; its size is the bound.
+    Disk {
+        /// Guest block device.
+        device: String,
+    },
+    /// A tmpfs of this many MiB in guest memory (the agent's host test mode).
+    Memory {
+        /// Size bound in MiB.
+        mib: u64,
+    },
 }
 
 /// A volume: a guest block device the agent mounts at `mountpoint` in the guest before the
@@ -185,7 +202,9 @@ mod tests {
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                upper_mib: 64,
+                upper: UpperLayer::Disk {
+                    device: "/dev/vdc".into(),
+                },
             },
             volumes: vec![VolumeSpec {
                 device: "/dev/vdb".into(),

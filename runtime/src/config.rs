@@ -330,6 +330,8 @@ pub struct RunConfig {
     pub spec: oci_spec::runtime::Spec,
     /// Volumes, attached as `/dev/vdb`, `/dev/vdc`... in this order.
     pub volumes: Vec<crate::volumes::Volume>,
+    /// Size of the writable layer's disk in bytes (`--storage-opt size=`).
+    pub storage_bytes: u64,
     /// vCPUs of the VM.
     pub cpus: u8,
     /// VM memory in MiB.

@@ -13,6 +13,8 @@ pub mod assets;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod disks;
+pub mod locks;
 pub mod run;
 pub mod session;
 pub mod signals;

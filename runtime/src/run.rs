@@ -8,18 +8,18 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
-use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest, VolumeSpec};
+use moat_protocol::{ErrorKind, ExitStatus, RootfsSpec, RunRequest, UpperLayer, VolumeSpec};
 use oci_spec::runtime as oci;
 
 use crate::assets::{AssetError, Assets};
 use crate::boot::{self, BootError, Logs};
-use crate::config::{ConfigError, Rootfs, RunConfig};
+use crate::config::{ConfigError, RunConfig};
+use crate::disks::{vm_disks, DiskError, VmDisks, DATA_ROOT};
 use crate::session::{Event, Outcome, Session, SessionError, Stdio, EVENT_QUEUE};
 use crate::signals::SignalForwarder;
 use crate::state::{StateDir, StateError, STATE_ROOT};
 use crate::terminal::{self, RawMode};
-use crate::vmm::{self, Disk, JailSpec, VmSpec, VmmError, VmmProcess};
-use crate::volumes::{pack_directory, VolumeError, VolumeSource};
+use crate::vmm::{self, JailSpec, VmSpec, VmmError, VmmProcess};
 use moat_jail::uids::{UidError, UidSlot};
 use moat_jail::{IdError, JailId};
 
@@ -78,12 +78,9 @@ pub enum RunError {
         /// The agent's message.
         message: String,
     },
-    /// No image was located for the run.
-    #[error("no image {0:?} located")]
-    NoImage(String),
-    /// A volume or the bundle's root could not be packed.
+    /// The disks (image, volumes, writable layer) could not be assembled.
     #[error(transparent)]
-    Volume(#[from] VolumeError),
+    Disk(#[from] DiskError),
     /// A file in the state directory could not be created.
     #[error("cannot create {}", path.display())]
     CreateFile {
@@ -140,6 +137,8 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 pub struct RuntimeOptions {
     /// Parent of the state directories.
     pub state_root: PathBuf,
+    /// Where data that outlives a process lives (the writable layers' disks).
+    pub data_root: PathBuf,
     /// How long the guest gets to boot and connect.
     pub boot_timeout: Duration,
     /// Skip `moat-vmm probe` (only for tests of later failure paths).
@@ -169,6 +168,9 @@ impl RuntimeOptions {
         };
         Ok(Self {
             state_root: PathBuf::from(STATE_ROOT),
+            data_root: var("MOAT_DATA_ROOT")
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| PathBuf::from(DATA_ROOT), PathBuf::from),
             boot_timeout,
             skip_probe: var("MOAT_SKIP_PROBE").as_deref() == Some("1"),
             log_dir: var("MOAT_LOG_DIR")
@@ -182,7 +184,7 @@ impl RuntimeOptions {
 }
 
 /// The agent's request for `config`, with the terminal size when it runs on one.
-fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
+fn run_request(config: &RunConfig, upper: UpperLayer, size: (u16, u16)) -> RunRequest {
     let mut spec = config.spec.clone();
     if let Some(process) = spec.process_mut() {
         if config.tty {
@@ -213,17 +215,11 @@ fn run_request(config: &RunConfig, size: (u16, u16)) -> RunRequest {
         rootfs: RootfsSpec {
             device: ROOT_DEVICE.into(),
             fstype: "ext4".into(),
-            upper_mib: 64,
+            upper,
         },
         volumes,
         spec,
     }
-}
-
-/// The guest device of volume `index`: `/dev/vdb` for the first (the image is `/dev/vda`).
-pub fn volume_device(index: usize) -> String {
-    let letter = char::from(b'b' + index as u8);
-    format!("/dev/vd{letter}")
 }
 
 /// Where the agent mounts volume `index` in the guest (the source of its bind mount).
@@ -231,9 +227,7 @@ pub fn volume_mountpoint(index: usize) -> String {
     format!("{}/{index}", moat_protocol::VOLUMES_DIR)
 }
 
-/// Most volumes a VM takes: moat-vmm has 19 virtio devices (GSIs 5..=23), one is the vsock and
-/// one the image.
-pub const MAX_VOLUMES: usize = 17;
+pub use crate::disks::{volume_device, MAX_VOLUMES};
 
 /// An OCI spec with only the process set (`args`, `env`, `cwd`, (uid, gid), and a terminal of
 /// (rows, cols) when `terminal` is given): what the agent's host test mode runs (tests only).
@@ -276,52 +270,16 @@ pub fn basic_spec(
     spec
 }
 
-/// The VM's disks: the root filesystem (`/dev/vda`, read-only), then the volumes; host
-/// directories are packed into ext4 images in the state directory first.
-fn disks(config: &RunConfig, assets: &Assets, state: &StateDir) -> Result<Vec<Disk>, RunError> {
-    if config.volumes.len() > MAX_VOLUMES {
-        return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
-    }
-    let root = match &config.rootfs {
-        Rootfs::Image(name) => assets
-            .image
-            .clone()
-            .ok_or_else(|| RunError::NoImage(name.clone()))?,
-        Rootfs::Directory(dir) => {
-            let image = state.path().join("rootfs.ext4");
-            pack_directory(dir, &image, "rootfs")?;
-            image
-        }
-    };
-    let mut disks = vec![Disk {
-        path: root,
-        readonly: true,
-    }];
-    for (i, volume) in config.volumes.iter().enumerate() {
-        let path = match &volume.source {
-            VolumeSource::ImageFile(path) => path.clone(),
-            VolumeSource::Directory(dir) => {
-                let image = state.path().join(format!("volume-{i}.ext4"));
-                pack_directory(dir, &image, "volume")?;
-                image
-            }
-        };
-        disks.push(Disk {
-            path,
-            readonly: volume.readonly,
-        });
-    }
-    Ok(disks)
-}
-
 /// Where the uid slots live under the state root (`.uids` cannot be a container id).
 const UID_SLOTS: &str = ".uids";
 
 /// A started VM. Dropping it kills the VMM's process group and reaps it, removes its cgroup,
-/// frees its uid slot, then removes the state directory (fields drop in declaration order).
+/// frees its uid slot, releases its volumes and removes its scratch disk, then removes the
+/// state directory (fields drop in declaration order).
 struct Vm {
     vmm: VmmProcess,
     _jail: Option<JailGuard>,
+    disks: VmDisks,
     state: StateDir,
 }
 
@@ -412,12 +370,19 @@ fn boot_vm(
     } else {
         (None, None, state.vsock_uds(), state.console_log())
     };
+    let disks = vm_disks(
+        config,
+        assets,
+        &state,
+        &options.data_root,
+        &options.state_root,
+    )?;
     let spec = VmSpec {
         kernel: assets.kernel.clone(),
         initramfs: assets.initramfs.clone(),
         cpus: config.cpus,
         memory_mib: config.memory_mib,
-        disks: disks(config, assets, &state)?,
+        disks: disks.disks.clone(),
         vsock_uds,
         console_log,
         jail,
@@ -426,6 +391,7 @@ fn boot_vm(
     let vm = Vm {
         vmm: VmmProcess::spawn(&assets.vmm, &spec.args()?, &log, options.jail)?,
         _jail: guard,
+        disks,
         state,
     };
     let pid = vm.vmm.pid().as_raw_nonzero().get();
@@ -466,7 +432,8 @@ pub fn run(
     };
     let size = terminal::window_size().unwrap_or(terminal::DEFAULT_SIZE);
     let mut session = Session::new(stream);
-    let outcome = session.run(run_request(config, size), stdio, &events, &tx);
+    let request = run_request(config, vm.disks.upper.clone(), size);
+    let outcome = session.run(request, stdio, &events, &tx);
     tracing::debug!(?outcome, "container done");
     drop(raw);
     match outcome {

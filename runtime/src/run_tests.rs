@@ -13,7 +13,7 @@ use moat_protocol::{
 };
 
 use super::*;
-use crate::config::AssetOverrides;
+use crate::config::{AssetOverrides, Rootfs};
 use crate::testutil::{fake_vmm, TempDir};
 
 #[test]
@@ -68,6 +68,7 @@ fn config(id: &str, tty: bool) -> RunConfig {
         rootfs: Rootfs::Image("busybox".into()),
         spec,
         volumes: vec![],
+        storage_bytes: 64 << 20,
         cpus: 2,
         memory_mib: 128,
         interactive: false,
@@ -78,7 +79,11 @@ fn config(id: &str, tty: bool) -> RunConfig {
 
 #[test]
 fn request_carries_the_config() {
-    let req = run_request(&config("c1", false), (50, 120));
+    let req = run_request(
+        &config("c1", false),
+        UpperLayer::Memory { mib: 8 },
+        (50, 120),
+    );
     assert_eq!(req.id, "c1");
     assert_eq!(req.rootfs.device, "/dev/vda");
     let p = req.spec.process().clone().unwrap();
@@ -89,7 +94,11 @@ fn request_carries_the_config() {
     assert_eq!((p.user().uid(), p.user().gid()), (1000, 100));
     assert_eq!((p.terminal(), p.console_size()), (Some(false), None));
     assert_eq!(req.spec.hostname().as_deref(), Some("box"));
-    let req = run_request(&config("c1", true), (50, 120));
+    let req = run_request(
+        &config("c1", true),
+        UpperLayer::Memory { mib: 8 },
+        (50, 120),
+    );
     let p = req.spec.process().clone().unwrap();
     let size = p.console_size().unwrap();
     assert_eq!(
@@ -108,7 +117,7 @@ fn request_carries_the_volumes() {
             readonly,
         });
     }
-    let req = run_request(&c, (50, 120));
+    let req = run_request(&c, UpperLayer::Memory { mib: 8 }, (50, 120));
     assert_eq!(req.volumes.len(), 2);
     assert_eq!(
         (req.volumes[0].device.as_str(), req.volumes[0].readonly),
@@ -136,7 +145,7 @@ fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --console-log) vmdir=$(dirname "$2");;
-    --disk) disk="$2";;
+    --disk) disk=${disk:-$2};;
     --jail-id) id="$2";;
     --jail-base) base="$2";;
     --uid) uid="$2";;
@@ -176,6 +185,7 @@ fn setup(name: &str) -> Setup {
     };
     let options = RuntimeOptions {
         state_root: tmp.path().join("run"),
+        data_root: tmp.path().join("data"),
         boot_timeout: Duration::from_secs(20),
         skip_probe: false,
         log_dir: None,
@@ -208,6 +218,8 @@ impl Setup {
     /// Asserts that the state dir is gone, the fake VMM no longer runs and no uid slot is held.
     fn assert_clean(&self, id: &str) {
         assert!(!self.state(id).exists(), "state dir left behind");
+        let scratch = self.options.data_root.join(format!("scratch/{id}.ext4"));
+        assert!(!scratch.exists(), "scratch disk left behind");
         let needle = self.tmp.path().to_string_lossy().into_owned();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();

@@ -35,7 +35,7 @@ fn request(terminal: bool) -> RunRequest {
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            upper_mib: 64,
+            upper: moat_protocol::UpperLayer::Memory { mib: 64 },
         },
         volumes: vec![],
         spec: crate::run::basic_spec(

@@ -58,7 +58,7 @@ fn request_on(args: &[&str], terminal: Option<(u16, u16)>) -> RunRequest {
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            upper_mib: 64,
+            upper: moat_protocol::UpperLayer::Memory { mib: 64 },
         },
         volumes: vec![],
         spec: basic_spec(&args, &env, "/", (0, 0), terminal),

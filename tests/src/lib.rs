@@ -300,6 +300,20 @@ pub fn assert_nothing_left(name: &str) {
         pids.is_empty(),
         "moat-vmm processes left behind for {name}: {pids:?}"
     );
+    let scratch = scratch_disk(name);
+    assert!(
+        !scratch.exists(),
+        "scratch disk {} left behind",
+        scratch.display()
+    );
+}
+
+/// Where the writable layer's disk of the run named `name` lives (docs/storage.md).
+pub fn scratch_disk(name: &str) -> PathBuf {
+    let root = std::env::var_os("MOAT_DATA_ROOT")
+        .filter(|r| !r.is_empty())
+        .map_or_else(|| PathBuf::from("/var/lib/moat"), PathBuf::from);
+    root.join("scratch").join(format!("{name}.ext4"))
 }
 
 /// A unique container name for a test.

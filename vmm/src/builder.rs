@@ -118,6 +118,8 @@ struct Machine {
     /// (window base, GSI) of each virtio device, in attach order.
     virtio: Vec<(u64, u32)>,
     counters: Vec<CounterSource>,
+    /// The writable disks' files, synced when the VM ends.
+    writable_disks: Vec<File>,
 }
 
 impl Machine {
@@ -147,6 +149,9 @@ impl Machine {
     fn attach_disks(&mut self, config: &VmConfig) -> Result<(), BuildError> {
         for (i, disk) in config.disks.iter().enumerate() {
             let block = Block::new(&disk.path, disk.read_only)?;
+            if !disk.read_only {
+                self.writable_disks.push(block.sync_handle(&disk.path)?);
+            }
             let counters = block.counters();
             let name = format!("vd{}", char::from(b'a' + i as u8));
             self.attach_virtio(block)?;
@@ -275,6 +280,8 @@ pub struct Vm {
     exits_rx: Receiver<VmExit>,
     cmdline: String,
     counters: Vec<CounterSource>,
+    /// The writable disks' files: synced when the VM ends, after the guest's last write.
+    writable_disks: Vec<File>,
     /// Opened when the VM is built (a jailed VMM can no longer create files when it ends).
     stats_file: Option<(PathBuf, File)>,
     /// The filters, unless `--no-seccomp`.
@@ -312,6 +319,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         subscribers: 0,
         virtio: Vec::new(),
         counters: Vec::new(),
+        writable_disks: Vec::new(),
     };
     let serial = machine.attach_legacy(config, &stats, &exits_tx)?;
     machine.attach_disks(config)?;
@@ -350,6 +358,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         exits_rx,
         cmdline,
         counters: machine.counters,
+        writable_disks: machine.writable_disks,
         stats_file,
         seccomp,
         violate_seccomp_in: config.violate_seccomp_in,
@@ -394,6 +403,7 @@ impl Vm {
         if let Err(e) = serial.flush() {
             tracing::warn!(error = %e, "cannot flush the console log");
         }
+        self.sync_disks();
         self.write_stats();
         Ok(exit)
     }
@@ -402,6 +412,16 @@ impl Vm {
     pub fn stats_json(&self) -> String {
         let devices: Vec<DeviceCounters> = self.counters.iter().map(|read| read()).collect();
         self.stats.to_json(&devices)
+    }
+
+    /// Makes what the guest wrote to each writable disk durable before the VMM exits (a guest
+    /// that flushed has this already; one that did not gets it here).
+    fn sync_disks(&self) {
+        for file in &self.writable_disks {
+            if let Err(e) = file.sync_data() {
+                tracing::warn!(error = %e, "cannot sync a disk");
+            }
+        }
     }
 
     fn write_stats(&self) {

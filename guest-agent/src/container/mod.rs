@@ -213,7 +213,7 @@ pub fn start(
                 .as_ref()
                 .is_some_and(|r| r.readonly() == Some(true));
             let owner = container.userns.as_ref().map(|m| m.root);
-            rootfs::prepare(&Linux, &req.rootfs, readonly, owner)?;
+            rootfs::prepare(&Linux, &req.rootfs, &req.id, readonly, owner)?;
             rootfs::check_pseudo_dirs()?;
             Some(container)
         }

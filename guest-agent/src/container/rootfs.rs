@@ -1,11 +1,12 @@
 //! The container's root, prepared by the agent before it forks: the image device read-only,
 //! a tiny tmpfs that supplies the mount points the image may lack, and (unless the root is
-//! read-only) a tmpfs upper layer, all joined by overlayfs at [`ROOT`].
+//! read-only) an upper layer in the container's own directory on the VM's scratch disk (or a
+//! tmpfs in the host test mode), all joined by overlayfs at [`ROOT`].
 
 use std::ffi::{CStr, CString};
 use std::io;
 
-use moat_protocol::RootfsSpec;
+use moat_protocol::{RootfsSpec, UpperLayer};
 
 use crate::syscall::Syscall;
 
@@ -15,9 +16,8 @@ pub const ROOT: &CStr = c"/run/moat/root";
 const BASE: &CStr = c"/run/moat";
 const LOWER: &CStr = c"/run/moat/lower";
 const SKEL: &CStr = c"/run/moat/skel";
-const RW: &CStr = c"/run/moat/rw";
-const UPPER: &CStr = c"/run/moat/rw/upper";
-const WORK: &CStr = c"/run/moat/rw/work";
+/// Where the writable layer's backing (scratch disk or tmpfs) is mounted.
+pub const RW: &CStr = c"/run/moat/rw";
 
 /// Mount points every root gets, provided by the skeleton layer under the image.
 const SKEL_DIRS: [&CStr; 3] = [
@@ -38,6 +38,9 @@ pub enum RootfsError {
     /// The filesystem type is not supported.
     #[error("rootfs type {0:?} is not one of ext4, ext2, erofs, squashfs")]
     BadFstype(String),
+    /// The container id cannot name a directory.
+    #[error("container id {0:?} cannot name the container's writable layer directory")]
+    BadId(String),
     /// The image's /proc or /dev is a symlink, which would point the container's mounts
     /// elsewhere.
     #[error("the image's {0} is a symlink")]
@@ -64,16 +67,24 @@ fn mkdir_p(sys: &dyn Syscall, dir: &CStr, mode: libc::mode_t) -> io::Result<()> 
     }
 }
 
-fn validate(spec: &RootfsSpec) -> Result<(CString, CString), RootfsError> {
-    let bad_device = || RootfsError::BadDevice(spec.device.clone());
-    if !spec.device.starts_with("/dev/") || spec.device.contains("/../") {
+fn checked_device(device: &str) -> Result<CString, RootfsError> {
+    let bad_device = || RootfsError::BadDevice(device.to_owned());
+    if !device.starts_with("/dev/") || device.split('/').any(|p| p == "..") {
         return Err(bad_device());
+    }
+    CString::new(device).map_err(|_| bad_device())
+}
+
+fn validate(spec: &RootfsSpec) -> Result<(CString, CString), RootfsError> {
+    let device = checked_device(&spec.device)?;
+    if let UpperLayer::Disk { device } = &spec.upper {
+        checked_device(device)?;
     }
     if !FSTYPES.contains(&spec.fstype.as_str()) {
         return Err(RootfsError::BadFstype(spec.fstype.clone()));
     }
-    let device = CString::new(spec.device.as_str()).map_err(|_| bad_device())?;
-    let fstype = CString::new(spec.fstype.as_str()).map_err(|_| bad_device())?;
+    let fstype = CString::new(spec.fstype.as_str())
+        .map_err(|_| RootfsError::BadFstype(spec.fstype.clone()))?;
     Ok((device, fstype))
 }
 
@@ -83,6 +94,7 @@ fn validate(spec: &RootfsSpec) -> Result<(CString, CString), RootfsError> {
 pub fn prepare(
     sys: &dyn Syscall,
     spec: &RootfsSpec,
+    id: &str,
     readonly: bool,
     owner: Option<(u32, u32)>,
 ) -> Result<(), RootfsError> {
@@ -111,23 +123,65 @@ pub fn prepare(
         .map_err(step("mounting the overlay"))?;
         return Ok(());
     }
-    mkdir_p(sys, RW, 0o755).map_err(step("creating /run/moat"))?;
-    let upper_opts = CString::new(format!("mode=0755,size={}m", spec.upper_mib.max(1)))
-        .map_err(|_| RootfsError::BadDevice(spec.device.clone()))?;
-    sys.mount(Some(c"tmpfs"), RW, Some(c"tmpfs"), 0, Some(&upper_opts))
-        .map_err(step("mounting the writable layer"))?;
-    for dir in [UPPER, WORK] {
-        sys.mkdir(dir, 0o755)
-            .map_err(step("creating the writable layer"))?;
-    }
+    let (upper, work) = writable_layer(sys, spec, id)?;
     if let Some((uid, gid)) = owner {
-        sys.chown(UPPER, uid, gid)
+        sys.chown(&upper, uid, gid)
             .map_err(step("giving the writable layer to container root"))?;
     }
-    let opts =
-        c"lowerdir=/run/moat/lower:/run/moat/skel,upperdir=/run/moat/rw/upper,workdir=/run/moat/rw/work";
-    sys.mount(Some(c"overlay"), ROOT, Some(c"overlay"), 0, Some(opts))
+    let opts = overlay_options(&upper, &work)?;
+    sys.mount(Some(c"overlay"), ROOT, Some(c"overlay"), 0, Some(&opts))
         .map_err(step("mounting the overlay"))
+}
+
+/// Mounts the writable layer's backing at [`RW`] (once per VM for a disk; the container's
+/// directory on it is its own) and makes the container's upper and work directories, or keeps
+/// them as they are (a container started again keeps its writes). Returns them.
+fn writable_layer(
+    sys: &dyn Syscall,
+    spec: &RootfsSpec,
+    id: &str,
+) -> Result<(CString, CString), RootfsError> {
+    if id.is_empty() || id.contains(['/', '\0']) || id == "." || id == ".." {
+        return Err(RootfsError::BadId(id.to_owned()));
+    }
+    mkdir_p(sys, RW, 0o755).map_err(step("creating /run/moat"))?;
+    match &spec.upper {
+        UpperLayer::Disk { device } => {
+            let dev = checked_device(device)?;
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            match sys.mount(Some(&dev), RW, Some(c"ext4"), flags, None) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // mounted for an earlier container
+                other => other.map_err(step("mounting the writable layer's disk"))?,
+            }
+        }
+        UpperLayer::Memory { mib } => {
+            let opts = CString::new(format!("mode=0755,size={}m", (*mib).max(1)))
+                .map_err(|_| RootfsError::BadId(id.to_owned()))?;
+            sys.mount(Some(c"tmpfs"), RW, Some(c"tmpfs"), 0, Some(&opts))
+                .map_err(step("mounting the writable layer"))?;
+        }
+    }
+    let base = format!("{}/containers", RW.to_string_lossy());
+    let dir = format!("{base}/{id}");
+    let path = |s: String| CString::new(s).map_err(|_| RootfsError::BadId(id.to_owned()));
+    let (upper, work) = (path(format!("{dir}/upper"))?, path(format!("{dir}/work"))?);
+    mkdir_p(sys, &path(base)?, 0o700).map_err(step("creating the writable layer"))?;
+    mkdir_p(sys, &path(dir)?, 0o700).map_err(step("creating the writable layer"))?;
+    for d in [&upper, &work] {
+        mkdir_p(sys, d, 0o755).map_err(step("creating the writable layer"))?;
+    }
+    Ok((upper, work))
+}
+
+fn overlay_options(upper: &CStr, work: &CStr) -> Result<CString, RootfsError> {
+    let text = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        LOWER.to_string_lossy(),
+        SKEL.to_string_lossy(),
+        upper.to_string_lossy(),
+        work.to_string_lossy()
+    );
+    CString::new(text).map_err(|_| RootfsError::BadId(String::new()))
 }
 
 /// Refuses an image whose /proc or /dev is a symlink (checked on the assembled root, before
@@ -154,25 +208,30 @@ mod tests {
         RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
-            upper_mib: 64,
+            upper: UpperLayer::Disk {
+                device: "/dev/vdc".into(),
+            },
         }
     }
 
     #[test]
     fn writable_root_sequence() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(), false, None).unwrap();
+        prepare(&sys, &spec(), "c1", false, None).unwrap();
         let mounts = sys.lines_starting("mount");
         assert_eq!(
             mounts,
             [
                 "mount /dev/vda /run/moat/lower ext4 ro -",
                 "mount tmpfs /run/moat/skel tmpfs - mode=0755,size=64k,nr_inodes=16",
-                "mount tmpfs /run/moat/rw tmpfs - mode=0755,size=64m",
+                "mount /dev/vdc /run/moat/rw ext4 nosuid,nodev -",
                 "mount overlay /run/moat/root overlay - lowerdir=/run/moat/lower:/run/moat/skel,\
-             upperdir=/run/moat/rw/upper,workdir=/run/moat/rw/work",
+             upperdir=/run/moat/rw/containers/c1/upper,workdir=/run/moat/rw/containers/c1/work",
             ]
         );
+        assert!(sys
+            .lines()
+            .contains(&"mkdir /run/moat/rw/containers/c1 700".to_string()));
         assert!(sys
             .lines()
             .contains(&"mkdir /run/moat/skel/proc 755".to_string()));
@@ -182,19 +241,43 @@ mod tests {
     #[test]
     fn user_namespace_root_owns_the_writable_layer() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(), false, Some((100000, 100000))).unwrap();
+        prepare(&sys, &spec(), "c1", false, Some((100000, 100000))).unwrap();
         let lines = sys.lines();
         let chown = lines
             .iter()
-            .position(|l| l == "chown /run/moat/rw/upper 100000:100000");
+            .position(|l| l == "chown /run/moat/rw/containers/c1/upper 100000:100000");
         let overlay = lines.iter().position(|l| l.starts_with("mount overlay"));
         assert!(chown.unwrap() < overlay.unwrap(), "{lines:?}");
     }
 
     #[test]
+    fn memory_upper_layer_and_a_second_container_on_the_disk() {
+        let sys = Recorder::default();
+        let mut s = spec();
+        s.upper = UpperLayer::Memory { mib: 64 };
+        prepare(&sys, &s, "c1", false, None).unwrap();
+        assert!(sys
+            .lines()
+            .contains(&"mount tmpfs /run/moat/rw tmpfs - mode=0755,size=64m".to_string()));
+        // The disk is already mounted for an earlier container of the VM.
+        let sys = Recorder::failing("mount /dev/vdc", libc::EBUSY);
+        prepare(&sys, &spec(), "c2", false, None).unwrap();
+        assert!(sys
+            .lines()
+            .iter()
+            .any(|l| l.contains("containers/c2/upper")));
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(matches!(
+                prepare(&Recorder::default(), &spec(), bad, false, None),
+                Err(RootfsError::BadId(_))
+            ));
+        }
+    }
+
+    #[test]
     fn readonly_root_has_no_upper_layer() {
         let sys = Recorder::default();
-        prepare(&sys, &spec(), true, None).unwrap();
+        prepare(&sys, &spec(), "c1", true, None).unwrap();
         let last = sys.lines().pop().unwrap();
         assert_eq!(
             last,
@@ -206,9 +289,9 @@ mod tests {
     #[test]
     fn existing_directories_are_fine_but_mount_errors_stop() {
         let sys = Recorder::failing("mkdir /run/moat ", libc::EEXIST);
-        prepare(&sys, &spec(), false, None).unwrap();
+        prepare(&sys, &spec(), "c1", false, None).unwrap();
         let sys = Recorder::failing("mount /dev/vda", libc::ENXIO);
-        let err = prepare(&sys, &spec(), false, None).unwrap_err();
+        let err = prepare(&sys, &spec(), "c1", false, None).unwrap_err();
         assert!(matches!(
             err,
             RootfsError::Step {
@@ -224,18 +307,18 @@ mod tests {
         let mut s = spec();
         s.device = "vda".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false, None),
+            prepare(&Recorder::default(), &s, "c1", false, None),
             Err(RootfsError::BadDevice(_))
         ));
         s.device = "/dev/../etc/x".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false, None),
+            prepare(&Recorder::default(), &s, "c1", false, None),
             Err(RootfsError::BadDevice(_))
         ));
         let mut s = spec();
         s.fstype = "ext4,upperdir=/".into();
         assert!(matches!(
-            prepare(&Recorder::default(), &s, false, None),
+            prepare(&Recorder::default(), &s, "c1", false, None),
             Err(RootfsError::BadFstype(_))
         ));
     }

@@ -53,6 +53,16 @@ impl Syscall for Linux {
         check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })
     }
 
+    fn umount(&self, target: &CStr) -> io::Result<()> {
+        // SAFETY: `target` is a valid C string for the duration of the call.
+        check(unsafe { libc::umount2(target.as_ptr(), 0) })
+    }
+
+    fn sync(&self) {
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() }
+    }
+
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> io::Result<()> {
         // SAFETY: pivot_root takes two path pointers, both valid C strings here.
         let ret =

@@ -72,6 +72,11 @@ impl Recorder {
         r
     }
 
+    /// Also fails calls starting with `prefix` with `errno`.
+    pub fn fail_also(&self, prefix: &str, errno: i32) {
+        self.fail.borrow_mut().push((prefix.into(), errno));
+    }
+
     /// The recorded calls.
     pub fn lines(&self) -> Vec<String> {
         self.calls.borrow().clone()
@@ -122,6 +127,12 @@ impl Syscall for Recorder {
     }
     fn umount_detach(&self, target: &CStr) -> io::Result<()> {
         self.record(format!("umount {}", s(target)))
+    }
+    fn umount(&self, target: &CStr) -> io::Result<()> {
+        self.record(format!("umount2 {}", s(target)))
+    }
+    fn sync(&self) {
+        let _ = self.record("sync".to_owned());
     }
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> io::Result<()> {
         self.record(format!("pivot_root {} {}", s(new_root), s(put_old)))

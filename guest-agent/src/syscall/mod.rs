@@ -65,6 +65,10 @@ pub trait Syscall {
     ) -> io::Result<()>;
     /// umount2(2) with `MNT_DETACH`.
     fn umount_detach(&self, target: &CStr) -> io::Result<()>;
+    /// umount2(2) without flags: fails with `EBUSY` while the mount is in use.
+    fn umount(&self, target: &CStr) -> io::Result<()>;
+    /// sync(2).
+    fn sync(&self);
     /// pivot_root(2).
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> io::Result<()>;
     /// chroot(2).

@@ -7,8 +7,9 @@
 
 # Modules /init loads, with their dependencies resolved by modprobe from the depmod data that
 # lib/kernel.sh generated. virtio_pci and the 9p stack reach the host's files, overlay makes the
-# root writable in L1, kvm-amd (nested=1) gives the real /dev/kvm.
-L1_MODULES=(virtio_pci 9pnet_virtio 9p overlay kvm-amd)
+# root writable in L1, kvm-amd (nested=1) gives the real /dev/kvm, virtio_blk and ext4 mount the
+# data disk (lib/qemu.sh) at /var/lib/moat.
+L1_MODULES=(virtio_pci 9pnet_virtio 9p overlay kvm-amd virtio_blk ext4)
 
 # busybox applets /init uses (never "busybox" itself: that link would replace the binary).
 L1_APPLETS=(cat chroot echo ifconfig insmod mkdir mount mv poweroff sh sleep sync)

@@ -4,9 +4,23 @@
 
 QEMU_PID='' OUT_PID='' ERR_PID='' QEMU_STATUS=''
 
+# Size of L1's data disk: a sparse ext4 file in the job directory, mounted at /var/lib/moat in
+# L1, so that moat's writable layers live on a disk (page cache) rather than in L1's memory.
+DATA_DISK_SIZE=${MOAT_NESTED_DATA_DISK:-32G}
+
+# Makes the data disk. Prints its path.
+make_data_disk() {
+  local disk=$JOB_DIR/data.img
+  if ! truncate -s "$DATA_DISK_SIZE" "$disk" || ! mkfs.ext4 -q -F -L moat-nested-data "$disk" >&2; then
+    die "cannot make the data disk $disk"
+  fi
+  echo "$disk"
+}
+
 # Starts QEMU (L1) and the two streams of the command's output. Arguments: MiB, vCPUs.
 start_l1() {
-  local console=$JOB_DIR/console.log
+  local console=$JOB_DIR/console.log disk
+  disk=$(make_data_disk)
   # No -nographic: with a file serial it would still put the monitor on our stdin.
   # qboot instead of SeaBIOS: a minimal firmware that gets to the kernel sooner.
   # setpriv --pdeathsig: QEMU dies with us even if we are SIGKILLed.
@@ -16,6 +30,8 @@ start_l1() {
     -bios /usr/share/qemu/qboot.rom -kernel "$L1_KERNEL" -initrd "$L1_INITRD" \
     -append 'console=ttyS0 panic=-1 quiet nokaslr' \
     -serial "file:$console" \
+    -drive "file=$disk,if=none,id=data,format=raw,cache=unsafe,discard=unmap" \
+    -device virtio-blk-pci,drive=data \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$JOB_DIR,mount_tag=job,security_model=none,multidevs=remap" \
     </dev/null >>"$JOB_DIR/qemu.log" 2>&1 &

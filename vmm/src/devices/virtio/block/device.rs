@@ -123,6 +123,17 @@ impl Block {
         })
     }
 
+    /// Another descriptor of the backing file, for syncing it when the VM ends.
+    pub fn sync_handle(&self, path: &Path) -> Result<File, BlockError> {
+        self.backend
+            .file
+            .try_clone()
+            .map_err(|source| BlockError::Open {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
     /// Size of the disk in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
         self.backend.capacity

@@ -1,0 +1,97 @@
+use std::cell::Cell;
+
+use super::*;
+use crate::syscall::mock::Recorder;
+
+/// What the guest's mountinfo looks like with a container root, its writable layer's disk and
+/// two volumes (one read-only).
+const MOUNTINFO: &str = "\
+17 1 0:16 / / rw,relatime - tmpfs tmpfs rw,size=64k
+18 17 0:17 / /proc rw,nosuid,nodev,noexec - proc proc rw
+19 17 0:18 / /sys rw,nosuid,nodev,noexec - sysfs sysfs rw
+20 17 0:5 / /dev rw,nosuid,noexec - devtmpfs devtmpfs rw,mode=755
+21 20 0:19 / /dev/pts rw,nosuid,noexec - devpts devpts rw,gid=5
+22 19 0:20 / /sys/fs/cgroup rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw
+23 17 0:21 / /run rw,nosuid,nodev - tmpfs tmpfs rw,size=1024k
+24 23 254:16 / /run/moat-volumes/0 rw - ext4 /dev/vdb rw
+25 23 254:32 / /run/moat-volumes/my\\040vol ro - ext4 /dev/vdc ro
+26 23 254:0 / /run/moat/lower ro - ext4 /dev/vda ro
+27 23 0:22 / /run/moat/skel rw - tmpfs tmpfs rw,size=64k
+28 23 254:48 / /run/moat/rw rw,nosuid,nodev shared:5 master:1 - ext4 /dev/vdd rw
+29 23 0:23 / /run/moat/root rw - overlay overlay rw,lowerdir=/run/moat/lower
+";
+
+#[test]
+fn parses_mountinfo() {
+    let mounts = parse_mountinfo(MOUNTINFO);
+    assert_eq!(mounts.len(), 13);
+    assert_eq!(
+        mounts[8],
+        Mount {
+            target: "/run/moat-volumes/my vol".into(),
+            fstype: "ext4".into(),
+            readonly: true,
+        }
+    );
+    assert_eq!(mounts[11].target, "/run/moat/rw");
+    assert!(!mounts[11].readonly);
+    assert_eq!(mounts[12].fstype, "overlay");
+    assert!(parse_mountinfo("garbage\n").is_empty());
+}
+
+#[test]
+fn unmounts_newest_first_and_keeps_the_agents_own() {
+    let sys = Recorder::default();
+    let stuck = release(&sys, &parse_mountinfo(MOUNTINFO), &|| {});
+    assert!(stuck.is_empty());
+    assert_eq!(
+        sys.lines(),
+        [
+            "umount2 /run/moat/root",
+            "umount2 /run/moat/rw",
+            "umount2 /run/moat/skel",
+            "umount2 /run/moat/lower",
+            "umount2 /run/moat-volumes/my vol",
+            "umount2 /run/moat-volumes/0",
+            "sync",
+        ]
+    );
+}
+
+#[test]
+fn a_busy_mount_is_tried_again_then_made_read_only() {
+    let sys = Recorder::failing("umount2 /run/moat-volumes/0", libc::EBUSY);
+    let pauses = Cell::new(0);
+    let stuck = release(&sys, &parse_mountinfo(MOUNTINFO), &|| {
+        pauses.set(pauses.get() + 1)
+    });
+    assert!(stuck.is_empty());
+    assert_eq!(pauses.get(), BUSY_TRIES - 1);
+    let lines = sys.lines();
+    let tries = lines
+        .iter()
+        .filter(|l| *l == "umount2 /run/moat-volumes/0")
+        .count();
+    assert_eq!(tries, BUSY_TRIES as usize);
+    let n = lines.len();
+    assert_eq!(
+        lines[n - 2..],
+        ["mount - /run/moat-volumes/0 - ro,remount -", "sync"]
+    );
+}
+
+#[test]
+fn a_read_only_mount_that_will_not_go_is_not_remounted() {
+    let sys = Recorder::failing("umount2 /run/moat/lower", libc::EINVAL);
+    release(&sys, &parse_mountinfo(MOUNTINFO), &|| {});
+    assert!(!sys.lines().iter().any(|l| l.contains("remount")));
+    let sys = Recorder::failing("umount2 /run/moat/rw", libc::EINVAL);
+    sys.fail_also("mount - /run/moat/rw", libc::EBUSY);
+    let stuck = release(&sys, &parse_mountinfo(MOUNTINFO), &|| {});
+    assert_eq!(stuck, ["/run/moat/rw"]);
+    // The others still go, and the sync still happens.
+    assert_eq!(sys.lines().last().unwrap(), "sync");
+    assert!(sys
+        .lines()
+        .contains(&"umount2 /run/moat-volumes/0".to_string()));
+}

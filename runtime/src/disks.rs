@@ -1,0 +1,353 @@
+//! The VM's disks, in guest order: the image (`/dev/vda`, read-only), the volumes (`/dev/vdb`,
+//! `/dev/vdc`... in `-v` order), then the scratch disk that holds the container's writable
+//! layer. Image volumes are locked for the VM's life ([`crate::locks`]); the scratch disk is a
+//! sparse ext4 file under the data root, removed with the run.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use moat_protocol::UpperLayer;
+
+use crate::assets::Assets;
+use crate::config::{ConfigError, Rootfs, RunConfig};
+use crate::locks::{lock_all, Attach, LockError, VolumeLocks};
+use crate::state::StateDir;
+use crate::vmm::Disk;
+use crate::volumes::{pack_directory, VolumeError, VolumeSource};
+
+/// Where moat keeps data that outlives a process (`MOAT_DATA_ROOT` moves it).
+pub const DATA_ROOT: &str = "/var/lib/moat";
+
+/// The writable layer's size unless `--storage-opt size=` says otherwise. The disk is sparse:
+/// it costs host disk only for what the container writes.
+pub const DEFAULT_STORAGE_BYTES: u64 = 10 << 30;
+
+/// The smallest writable layer (ext4 and its journal need room of their own).
+pub const MIN_STORAGE_BYTES: u64 = 32 << 20;
+
+/// The largest writable layer `--storage-opt size=` takes (ext4 with 4 KiB blocks goes further;
+/// this bounds a typo).
+pub const MAX_STORAGE_BYTES: u64 = 16 << 40;
+
+/// Most volumes a VM takes: moat-vmm has 19 virtio devices (GSIs 5..=23); the vsock, the image
+/// and the scratch disk take three.
+pub const MAX_VOLUMES: usize = 16;
+
+/// Errors assembling the disks.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// No image was located for the run.
+    #[error("no image {0:?} located")]
+    NoImage(String),
+    /// Too many volumes.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A directory could not be packed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// A volume is in use or unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A `--storage-opt` value moat does not take.
+    #[error("invalid --storage-opt {0:?}: {1}")]
+    StorageOpt(String, &'static str),
+    /// The scratch disk could not be made.
+    #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
+    Scratch {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The disks of one VM and what keeps them valid: the volume locks and the scratch file.
+#[derive(Debug)]
+pub struct VmDisks {
+    /// In guest order.
+    pub disks: Vec<Disk>,
+    /// The writable layer for the agent's request.
+    pub upper: UpperLayer,
+    _locks: VolumeLocks,
+    _scratch: Option<Scratch>,
+}
+
+/// A scratch disk file, removed when dropped.
+#[derive(Debug)]
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the scratch disk");
+        }
+    }
+}
+
+/// Parses a `--storage-opt` value: `size=SIZE` (b, k, m, g or t), from [`MIN_STORAGE_BYTES`]
+/// to [`MAX_STORAGE_BYTES`]; the writable layer's size in bytes.
+pub fn parse_storage_opt(text: &str) -> Result<u64, DiskError> {
+    let bad = |why| DiskError::StorageOpt(text.to_owned(), why);
+    let Some(value) = text.strip_prefix("size=") else {
+        return Err(bad("the only storage option is size=SIZE (e.g. size=20g)"));
+    };
+    let value = value.trim().to_ascii_lowercase();
+    let value = value
+        .strip_suffix('b')
+        .filter(|v| !v.is_empty())
+        .unwrap_or(&value);
+    let (digits, shift) = match value.chars().last() {
+        Some('k') => (&value[..value.len() - 1], 10),
+        Some('m') => (&value[..value.len() - 1], 20),
+        Some('g') => (&value[..value.len() - 1], 30),
+        Some('t') => (&value[..value.len() - 1], 40),
+        _ => (value, 0),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| bad("expected size=SIZE with a number and an optional unit k, m, g or t"))?;
+    let bytes = number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| bad("too large"))?;
+    if bytes < MIN_STORAGE_BYTES {
+        return Err(bad("the writable layer must be at least 32m"));
+    }
+    if bytes > MAX_STORAGE_BYTES {
+        return Err(bad("the writable layer can be at most 16t"));
+    }
+    Ok(bytes)
+}
+
+/// The guest device of disk `index` (0 is the image, `/dev/vda`).
+pub fn guest_device(index: usize) -> String {
+    let letter = char::from(b'a' + index as u8);
+    format!("/dev/vd{letter}")
+}
+
+/// The guest device of volume `index`: `/dev/vdb` for the first.
+pub fn volume_device(index: usize) -> String {
+    guest_device(index + 1)
+}
+
+/// Assembles the VM's disks: packs directories into ext4 images in the state directory, locks
+/// image volumes, and (unless the root is read-only) creates the scratch disk under
+/// `data_root`.
+pub fn vm_disks(
+    config: &RunConfig,
+    assets: &Assets,
+    state: &StateDir,
+    data_root: &Path,
+    state_root: &Path,
+) -> Result<VmDisks, DiskError> {
+    if config.volumes.len() > MAX_VOLUMES {
+        return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
+    }
+    let root = match &config.rootfs {
+        Rootfs::Image(name) => assets
+            .image
+            .clone()
+            .ok_or_else(|| DiskError::NoImage(name.clone()))?,
+        Rootfs::Directory(dir) => {
+            let image = state.path().join("rootfs.ext4");
+            pack_directory(dir, &image, "rootfs")?;
+            image
+        }
+    };
+    let mut disks = vec![Disk {
+        path: root,
+        readonly: true,
+    }];
+    for (i, volume) in config.volumes.iter().enumerate() {
+        let path = match &volume.source {
+            VolumeSource::ImageFile(path) => path.clone(),
+            VolumeSource::Directory(dir) => {
+                let image = state.path().join(format!("volume-{i}.ext4"));
+                pack_directory(dir, &image, "volume")?;
+                image
+            }
+        };
+        disks.push(Disk {
+            path,
+            readonly: volume.readonly,
+        });
+    }
+    let locks = lock_images(config, state_root)?;
+    let readonly_root = config
+        .spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly() == Some(true));
+    let (upper, scratch) = if readonly_root {
+        (UpperLayer::Memory { mib: 1 }, None)
+    } else {
+        let scratch = create_scratch(data_root, &config.id, config.storage_bytes)?;
+        disks.push(Disk {
+            path: scratch.path.clone(),
+            readonly: false,
+        });
+        let device = guest_device(disks.len() - 1);
+        (UpperLayer::Disk { device }, Some(scratch))
+    };
+    Ok(VmDisks {
+        disks,
+        upper,
+        _locks: locks,
+        _scratch: scratch,
+    })
+}
+
+/// Locks the image-file volumes (packed directories are the run's own).
+fn lock_images(config: &RunConfig, state_root: &Path) -> Result<VolumeLocks, LockError> {
+    let attaches: Vec<Attach<'_>> = config
+        .volumes
+        .iter()
+        .filter_map(|v| match &v.source {
+            VolumeSource::ImageFile(path) => Some(Attach {
+                path,
+                destination: &v.destination,
+                readonly: v.readonly,
+            }),
+            VolumeSource::Directory(_) => None,
+        })
+        .collect();
+    lock_all(&attaches, state_root)
+}
+
+/// Creates `<data_root>/scratch/<id>.ext4`: a sparse file of `bytes` with an empty ext4 (4 MiB
+/// allocated for 10 GiB; about 20 ms). A file left by a run that was killed is replaced: the
+/// caller holds the id's state directory.
+fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, DiskError> {
+    let dir = data_root.join("scratch");
+    let path = dir.join(format!("{id}.ext4"));
+    let failed = |detail: String| DiskError::Scratch {
+        path: path.clone(),
+        detail,
+    };
+    make_private_dir(data_root).map_err(|e| failed(e.to_string()))?;
+    make_private_dir(&dir).map_err(|e| failed(e.to_string()))?;
+    let _ = std::fs::remove_file(&path);
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| failed(e.to_string()))?;
+    let scratch = Scratch { path: path.clone() };
+    file.set_len(bytes).map_err(|e| failed(e.to_string()))?;
+    drop(file);
+    mkfs_scratch(&path).map_err(failed)?;
+    tracing::debug!(path = %path.display(), bytes, "scratch disk created");
+    Ok(scratch)
+}
+
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// `mkfs.ext4` on the sparse file, keeping its size.
+fn mkfs_scratch(path: &Path) -> Result<(), String> {
+    let output = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "moat-scratch", "-m", "0"])
+        // mke2fs discards (punches) a file first, which reads back as zeros: its inode tables
+        // are then marked zeroed, so the guest's ext4 does not zero them in the background.
+        .args(["-E", "lazy_journal_init=1"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs): {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().rfind(|l| !l.trim().is_empty());
+    Err(crate::console::sanitize(
+        line.unwrap_or("mkfs.ext4 failed").trim(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn storage_opts() {
+        assert_eq!(parse_storage_opt("size=128m").unwrap(), 128 << 20);
+        assert_eq!(parse_storage_opt("size=2G").unwrap(), 2 << 30);
+        assert_eq!(parse_storage_opt("size=1gb").unwrap(), 1 << 30);
+        assert_eq!(parse_storage_opt("size=33554432").unwrap(), 32 << 20);
+        for bad in [
+            "size=",
+            "size=1m",
+            "size=-1g",
+            "size=17t",
+            "size=x",
+            "dm.basesize=1g",
+            "size=99999999999t",
+        ] {
+            let err = parse_storage_opt(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid --storage-opt"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn guest_devices() {
+        assert_eq!(guest_device(0), "/dev/vda");
+        assert_eq!(volume_device(0), "/dev/vdb");
+        assert_eq!(volume_device(MAX_VOLUMES - 1), "/dev/vdq");
+        assert_eq!(guest_device(MAX_VOLUMES + 1), "/dev/vdr");
+    }
+
+    #[test]
+    fn scratch_is_sparse_ext4_and_goes_when_dropped() {
+        let tmp = TempDir::new("scratch");
+        let scratch = create_scratch(tmp.path(), "c1", 1 << 30).unwrap();
+        let path = tmp.path().join("scratch/c1.ext4");
+        assert_eq!(scratch.path, path);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        let out = Command::new("dumpe2fs").arg(&path).output().unwrap();
+        let groups = String::from_utf8_lossy(&out.stdout);
+        // No background zeroing in the guest: every group's inode table is marked zeroed.
+        let group_lines = groups
+            .lines()
+            .filter(|l| l.starts_with("Group ") && l.contains("(Blocks"));
+        assert!(group_lines.clone().count() > 1);
+        assert!(
+            group_lines.clone().all(|l| l.contains("ITABLE_ZEROED")),
+            "{groups}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        // Sparse: only the metadata mkfs wrote is allocated.
+        assert!(
+            meta.blocks() * 512 < 64 << 20,
+            "{} bytes",
+            meta.blocks() * 512
+        );
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("moat-scratch"), "{text}");
+        // A leftover of the same id is replaced.
+        std::mem::forget(scratch);
+        let again = create_scratch(tmp.path(), "c1", 64 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 20);
+        drop(again);
+        assert!(!path.exists());
+    }
+}
