@@ -13,6 +13,7 @@ pub mod assets;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod host;
 pub mod run;
 pub mod session;
 pub mod signals;

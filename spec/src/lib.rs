@@ -15,5 +15,5 @@ pub mod validate;
 pub use build::{device_rule, standard_device_rules, BindMount, Device, RunOptions};
 pub use bundle::{load_bundle, Bundle, BundleError};
 pub use parse::{guest_disk_numbers, ParseError};
-pub use resources::{Limits, LimitsError};
+pub use resources::{CpuLimit, Limits, LimitsError};
 pub use validate::{validate, SpecError};
