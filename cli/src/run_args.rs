@@ -105,21 +105,23 @@ pub struct RunArgs {
     /// seccomp=FILE|unconfined, no-new-privileges[=true|false]
     #[arg(long, value_name = "OPT", value_parser = parse_security_opt)]
     pub security_opt: Vec<SecurityOpt>,
-    /// All capabilities and devices, no seccomp, writable /sys: privileged inside its VM only
+    /// All capabilities, every device of the VM, no seccomp, writable /sys: privileged inside its
+    /// VM only
     #[arg(long)]
     pub privileged: bool,
-    /// Memory limit of the container, e.g. 512m (the VM gets this plus 96m, at least 256m)
+    /// Memory limit of the container, at least 6m, e.g. 512m (the VM gets this plus 96m, at least
+    /// 256m)
     #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_memory,
           allow_hyphen_values = true)]
     pub memory: Option<u64>,
-    /// Memory plus swap limit (-1: unlimited swap)
+    /// Memory plus swap limit, at least --memory (-1: unlimited swap)
     #[arg(long, value_name = "SIZE", value_parser = parse_swap, allow_hyphen_values = true)]
     pub memory_swap: Option<i64>,
-    /// Memory soft limit
+    /// Memory soft limit, at least 6m and at most --memory
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_reservation,
           allow_hyphen_values = true)]
     pub memory_reservation: Option<u64>,
-    /// CPU limit of the container, e.g. 0.5 (the VM gets enough vCPUs for it)
+    /// CPU limit of the container, 0.01 to the host's CPUs, e.g. 0.5 (the VM gets enough vCPUs)
     #[arg(long, value_name = "N", value_parser = host::parse_cpus, allow_hyphen_values = true)]
     pub cpus: Option<u64>,
     /// CPU weight (relative to other containers: none in moat's one-container VMs)
@@ -131,7 +133,7 @@ pub struct RunArgs {
     /// CFS period in microseconds
     #[arg(long, value_name = "US", value_parser = parse_cpu_period, allow_hyphen_values = true)]
     pub cpu_period: Option<u64>,
-    /// CPUs the container may use, e.g. 0-1 (the VM gets enough vCPUs for them)
+    /// CPUs the container may use, e.g. 0-1: CPUs the host has (the VM gets enough vCPUs)
     #[arg(long, value_name = "LIST", value_parser = host::parse_cpuset)]
     pub cpuset_cpus: Option<(String, u32)>,
     /// Most processes (-1: unlimited)
