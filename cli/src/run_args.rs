@@ -67,7 +67,8 @@ pub struct RunArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<EnvArg>,
     /// Working directory inside the container (default /)
-    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir)]
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir,
+          allow_hyphen_values = true)]
     pub workdir: Option<String>,
     /// Keep stdin open and forward it to the container
     #[arg(short = 'i', long)]
@@ -79,13 +80,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub rm: bool,
     /// Container name, also its id (default: random)
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    #[arg(long, value_name = "NAME", value_parser = parse_name, allow_hyphen_values = true)]
     pub name: Option<String>,
     /// Numeric user and group to run as
-    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user)]
+    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user,
+          allow_hyphen_values = true)]
     pub user: Option<User>,
     /// Hostname of the container (default: the container id)
-    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname, allow_hyphen_values = true)]
     pub hostname: Option<String>,
     /// Mount the container's root filesystem read-only
     #[arg(long)]

@@ -402,6 +402,18 @@ fn errors_name_the_flag_in_dockers_words() {
         assert!(line.contains(want), "{args:?}: {line:?} lacks {want:?}");
     }
     assert!(error_line(&["--cpus", "4096"]).contains("'--cpus <N>'"));
+    // A value that looks like a flag is still the flag's value (as docker takes it).
+    for (args, flag) in [
+        (&["--name", "-x"][..], "'--name <NAME>'"),
+        (&["--hostname", "-x"], "'--hostname <NAME>'"),
+        (&["-u", "-1"], "'--user <UID[:GID]>'"),
+        (&["-w", "-x"], "'--workdir <DIR>'"),
+        (&["-m", "-1"], "'--memory <SIZE>'"),
+        (&["--vm-cpus", "-1"], "'--vm-cpus <N>'"),
+    ] {
+        let line = error_line(args);
+        assert!(line.contains(flag), "{args:?}: {line}");
+    }
     assert!(error_line(&["--cpu-quota", "5000000"]).starts_with("--cpu-quota needs 50 vCPUs"));
 }
 
