@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use moat_runtime::assets::{current_exe_dir, AssetSearch};
 use moat_runtime::config::Rootfs;
 use moat_runtime::run::EXIT_RUNTIME_ERROR;
@@ -69,18 +69,24 @@ fn run(args: RunArgs) -> Result<i32, RunError> {
     )
 }
 
-/// Parses the command line; help and version exit 0, bad input prints one line and exits 125.
+/// Parses the command line as docker does its own: help, version and a bare `moat` (its usage)
+/// print to stdout and exit 0; bad input prints one line and exits 125.
 fn parse() -> Result<Cli, ExitCode> {
     Cli::try_parse().map_err(|e| {
         use clap::error::ErrorKind;
         match e.kind() {
-            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            ErrorKind::DisplayHelp => {
                 let _ = e.print();
                 ExitCode::SUCCESS
             }
+            // The subcommand's version too is moat's (clap would print `moat-run 0.1.0`).
+            ErrorKind::DisplayVersion => {
+                println!("{}", version());
+                ExitCode::SUCCESS
+            }
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                let _ = e.print();
-                exit_code(EXIT_RUNTIME_ERROR)
+                let _ = Cli::command().print_help();
+                ExitCode::SUCCESS
             }
             _ => {
                 let text = e.to_string();
@@ -90,6 +96,11 @@ fn parse() -> Result<Cli, ExitCode> {
             }
         }
     })
+}
+
+/// What `-V`/`--version` prints, for `moat` and its subcommands alike.
+fn version() -> String {
+    format!("moat {}", env!("CARGO_PKG_VERSION"))
 }
 
 fn exit_code(code: i32) -> ExitCode {
@@ -124,12 +135,28 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bare_moat_and_versions() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["moat"]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        for args in [
+            &["moat", "-V"][..],
+            &["moat", "--version"],
+            &["moat", "run", "-V"],
+        ] {
+            assert_eq!(kind(args), ErrorKind::DisplayVersion, "{args:?}");
+        }
+        assert_eq!(version(), "moat 0.1.0");
     }
 }

@@ -6,20 +6,21 @@ use std::path::PathBuf;
 use clap::Args;
 use moat_runtime::assets::DEFAULT_IMAGE;
 use moat_runtime::config::{
-    self, build_env, check_args, memory_mib, parse_env, parse_hostname, parse_name, parse_size,
-    parse_user, parse_vm_cpus, parse_workdir, vm_cpus_for, AssetOverrides, ConfigError, EnvArg,
-    Rootfs, RunConfig, User,
+    self, build_env, check_args, memory_mib, parse_env, parse_hostname, parse_name, parse_user,
+    parse_vm_cpus, parse_vm_memory, parse_workdir, AssetOverrides, ConfigError, EnvArg, Rootfs,
+    RunConfig, User, MAX_CPUS,
 };
 use moat_runtime::disks::{parse_storage_opt, DEFAULT_STORAGE_BYTES};
+use moat_runtime::host;
 use moat_runtime::run::{volume_mountpoint, MAX_VOLUMES};
 use moat_runtime::volumes::{check_volume, resolve_device, Volume};
 use moat_spec::parse::{
     parse_blkio_weight, parse_capability, parse_cpu_period, parse_cpu_quota, parse_cpu_shares,
-    parse_cpus, parse_cpuset, parse_device, parse_pids_limit, parse_security_opt, parse_swap,
-    parse_sysctl, parse_throttle_bps, parse_throttle_iops, parse_tmpfs, parse_ulimit, parse_userns,
-    parse_volume, CapName, DeviceArg, SecurityOpt, Throttle, TmpfsArg, VolumeArg,
+    parse_device, parse_memory, parse_memory_reservation, parse_pids_limit, parse_security_opt,
+    parse_swap, parse_sysctl, parse_throttle_bps, parse_throttle_iops, parse_tmpfs, parse_ulimit,
+    parse_userns, parse_volume, CapName, DeviceArg, SecurityOpt, Throttle, TmpfsArg, VolumeArg,
 };
-use moat_spec::{BindMount, Limits, RunOptions};
+use moat_spec::{BindMount, CpuLimit, Limits, RunOptions, SpecError};
 use oci_spec::runtime::{PosixRlimit, Spec};
 
 use crate::seccomp::{seccomp_for, SeccompChoice};
@@ -67,7 +68,8 @@ pub struct RunArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<EnvArg>,
     /// Working directory inside the container (default /)
-    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir)]
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = parse_workdir,
+          allow_hyphen_values = true)]
     pub workdir: Option<String>,
     /// Keep stdin open and forward it to the container
     #[arg(short = 'i', long)]
@@ -79,13 +81,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub rm: bool,
     /// Container name, also its id (default: random)
-    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    #[arg(long, value_name = "NAME", value_parser = parse_name, allow_hyphen_values = true)]
     pub name: Option<String>,
     /// Numeric user and group to run as
-    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user)]
+    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user,
+          allow_hyphen_values = true)]
     pub user: Option<User>,
     /// Hostname of the container (default: the container id)
-    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname, allow_hyphen_values = true)]
     pub hostname: Option<String>,
     /// Mount the container's root filesystem read-only
     #[arg(long)]
@@ -105,38 +108,42 @@ pub struct RunArgs {
     /// seccomp=FILE|unconfined, no-new-privileges[=true|false]
     #[arg(long, value_name = "OPT", value_parser = parse_security_opt)]
     pub security_opt: Vec<SecurityOpt>,
-    /// All capabilities and devices, no seccomp, writable /sys: privileged inside its VM only
+    /// All capabilities, every device of the VM, no seccomp, writable /sys: privileged inside its
+    /// VM only
     #[arg(long)]
     pub privileged: bool,
-    /// Memory limit of the container, e.g. 512m (the VM gets this plus 96m, at least 256m)
-    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_size)]
+    /// Memory limit of the container, at least 6m, e.g. 512m (the VM gets this plus 96m, at least
+    /// 256m)
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = parse_memory,
+          allow_hyphen_values = true)]
     pub memory: Option<u64>,
-    /// Memory plus swap limit (-1: unlimited swap)
+    /// Memory plus swap limit, at least --memory (-1: unlimited swap)
     #[arg(long, value_name = "SIZE", value_parser = parse_swap, allow_hyphen_values = true)]
     pub memory_swap: Option<i64>,
-    /// Memory soft limit
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Memory soft limit, at least 6m and at most --memory
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_reservation,
+          allow_hyphen_values = true)]
     pub memory_reservation: Option<u64>,
-    /// CPU limit of the container, e.g. 0.5 (the VM gets enough vCPUs for it)
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    /// CPU limit of the container, 0.01 to the host's CPUs, e.g. 0.5 (the VM gets enough vCPUs)
+    #[arg(long, value_name = "N", value_parser = host::parse_cpus, allow_hyphen_values = true)]
     pub cpus: Option<u64>,
     /// CPU weight (relative to other containers: none in moat's one-container VMs)
-    #[arg(long, value_name = "N", value_parser = parse_cpu_shares)]
+    #[arg(long, value_name = "N", value_parser = parse_cpu_shares, allow_hyphen_values = true)]
     pub cpu_shares: Option<u64>,
     /// CFS quota in microseconds per period
     #[arg(long, value_name = "US", value_parser = parse_cpu_quota, allow_hyphen_values = true)]
     pub cpu_quota: Option<i64>,
     /// CFS period in microseconds
-    #[arg(long, value_name = "US", value_parser = parse_cpu_period)]
+    #[arg(long, value_name = "US", value_parser = parse_cpu_period, allow_hyphen_values = true)]
     pub cpu_period: Option<u64>,
-    /// CPUs the container may use, e.g. 0-1 (the VM gets enough vCPUs for them)
-    #[arg(long, value_name = "LIST", value_parser = parse_cpuset)]
+    /// CPUs the container may use, e.g. 0-1: CPUs the host has (the VM gets enough vCPUs)
+    #[arg(long, value_name = "LIST", value_parser = host::parse_cpuset)]
     pub cpuset_cpus: Option<(String, u32)>,
     /// Most processes (-1: unlimited)
     #[arg(long, value_name = "N", value_parser = parse_pids_limit, allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
     /// Block IO weight, 10 to 1000
-    #[arg(long, value_name = "N", value_parser = parse_blkio_weight)]
+    #[arg(long, value_name = "N", value_parser = parse_blkio_weight, allow_hyphen_values = true)]
     pub blkio_weight: Option<u16>,
     /// Read rate limit of a guest disk (/dev/vda: the image, /dev/vdb...: volumes)
     #[arg(long, value_name = "PATH:RATE", value_parser = parse_throttle_bps)]
@@ -170,10 +177,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = SPEC_FLAGS)]
     pub bundle: Option<PathBuf>,
     /// vCPUs of the VM (default: enough for --cpus / --cpuset-cpus, at least 1)
-    #[arg(long, value_name = "N", value_parser = parse_vm_cpus, help_heading = "VM")]
+    #[arg(long, value_name = "N", value_parser = parse_vm_cpus, help_heading = "VM",
+          allow_hyphen_values = true)]
     pub vm_cpus: Option<u8>,
     /// Memory of the VM (default: --memory + 96m, at least 256m)
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "VM")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_vm_memory, help_heading = "VM",
+          allow_hyphen_values = true)]
     pub vm_memory: Option<u64>,
     /// Guest kernel to boot (overrides MOAT_KERNEL)
     #[arg(long, value_name = "PATH", help_heading = "VM")]
@@ -203,7 +212,7 @@ impl RunArgs {
     /// Nothing is created on the host.
     pub fn into_config(self) -> Result<RunConfig, ConfigError> {
         let id = self.name.clone().unwrap_or_else(config::random_id);
-        let (rootfs, spec, volumes) = match &self.bundle {
+        let (rootfs, spec, volumes, sizing) = match &self.bundle {
             // Validated against its directory by load_bundle.
             Some(dir) => {
                 let bundle = moat_spec::load_bundle(dir).map_err(|source| ConfigError::Bundle {
@@ -219,15 +228,21 @@ impl RunArgs {
                     moat_oci_seccomp::validate(seccomp)
                         .map_err(|e| ConfigError::Seccomp(e.to_string()))?;
                 }
-                (Rootfs::Directory(bundle.rootfs), bundle.spec, vec![])
+                let sizing = Sizing::of_bundle(&bundle.spec);
+                (
+                    Rootfs::Directory(bundle.rootfs),
+                    bundle.spec,
+                    vec![],
+                    sizing,
+                )
             }
             None => {
                 let (rootfs, spec, volumes) = self.image_spec(&id)?;
-                moat_spec::validate(&spec, None)?;
-                (rootfs, spec, volumes)
+                moat_spec::validate(&spec, None).map_err(flag_spec_error)?;
+                (rootfs, spec, volumes, self.sizing())
             }
         };
-        let (cpus, memory_mib) = vm_size(&spec, self.vm_cpus, self.vm_memory)?;
+        let (cpus, memory_mib) = sizing.vm_size(self.vm_cpus, self.vm_memory)?;
         Ok(RunConfig {
             id,
             rootfs,
@@ -336,6 +351,15 @@ impl RunArgs {
         }
     }
 
+    /// The limits that size the VM, named by their flags.
+    fn sizing(&self) -> Sizing {
+        Sizing {
+            limits: self.limits(),
+            cpuset_highest: self.cpuset_cpus.as_ref().map(|(_, highest)| *highest),
+            names: &FLAG_NAMES,
+        }
+    }
+
     /// The last `no-new-privileges` given; true by default.
     fn no_new_privileges(&self) -> bool {
         self.security_opt
@@ -362,37 +386,138 @@ impl RunArgs {
     }
 }
 
-/// The VM's (vCPUs, MiB): as given, else sized from the spec's limits; checked against the
-/// host's memory and the limits (a cpuset or memory limit the VM cannot hold is refused).
-fn vm_size(
-    spec: &Spec,
-    vm_cpus: Option<u8>,
-    vm_memory: Option<u64>,
-) -> Result<(u8, u32), ConfigError> {
-    let limits = moat_spec::resources::limits_of(spec);
-    let highest = moat_spec::resources::cpuset_highest(spec);
-    let cpus = match vm_cpus {
-        Some(n) => n,
-        None => vm_cpus_for(limits.vm_cpus(highest))?,
-    };
-    if let Some(highest) = highest.filter(|h| *h >= u32::from(cpus)) {
-        return Err(ConfigError::CpusetBeyondVm {
-            highest: u64::from(highest),
-            cpus,
-        });
+/// The flag of a refused field of the spec that the flags made.
+fn flag_spec_error(source: SpecError) -> ConfigError {
+    let field = source.field.as_str();
+    let flag = [
+        ("process.cwd", "-w/--workdir"),
+        ("process.user", "-u/--user"),
+        ("process.env", "-e/--env"),
+        ("process.rlimits", "--ulimit"),
+        ("process.capabilities", "--cap-add/--cap-drop"),
+        ("hostname", "--hostname"),
+        ("mounts", "--tmpfs/-v"),
+        ("linux.sysctl", "--sysctl"),
+        ("linux.devices", "--device"),
+    ]
+    .iter()
+    .find(|(prefix, _)| field.starts_with(prefix));
+    match flag {
+        Some((_, flag)) => ConfigError::FlagSpec { flag, source },
+        None => ConfigError::Spec(source),
     }
-    let requested = vm_memory.unwrap_or(limits.vm_memory_mib() << 20);
-    let memory_mib = memory_mib(requested, config::host_memory_bytes())?;
-    if let Some(limit) = limits.memory {
-        let limit_mib = limit.div_ceil(1 << 20);
-        if limit_mib > u64::from(memory_mib) {
-            return Err(ConfigError::LimitAboveVm {
-                limit_mib,
-                vm_mib: memory_mib,
-            });
+}
+
+/// What the user called the limits that size the VM: flags, or a bundle's fields.
+struct LimitNames {
+    memory: &'static str,
+    cpus: &'static str,
+    quota: &'static str,
+    cpuset: &'static str,
+}
+
+const FLAG_NAMES: LimitNames = LimitNames {
+    memory: "--memory",
+    cpus: "--cpus",
+    quota: "--cpu-quota",
+    cpuset: "--cpuset-cpus",
+};
+
+const BUNDLE_NAMES: LimitNames = LimitNames {
+    memory: "linux.resources.memory.limit",
+    cpus: "linux.resources.cpu.quota",
+    quota: "linux.resources.cpu.quota",
+    cpuset: "linux.resources.cpu.cpus",
+};
+
+/// The limits that size a VM, and their names for the errors.
+struct Sizing {
+    limits: Limits,
+    cpuset_highest: Option<u32>,
+    names: &'static LimitNames,
+}
+
+impl Sizing {
+    fn of_bundle(spec: &Spec) -> Self {
+        Self {
+            limits: moat_spec::resources::limits_of(spec),
+            cpuset_highest: moat_spec::resources::cpuset_highest(spec),
+            names: &BUNDLE_NAMES,
         }
     }
-    Ok((cpus, memory_mib))
+
+    /// The VM's (vCPUs, MiB): as given, else sized from the limits; checked against the host's
+    /// memory and the limits (a cpuset or memory limit the VM cannot hold is refused).
+    fn vm_size(
+        &self,
+        vm_cpus: Option<u8>,
+        vm_memory: Option<u64>,
+    ) -> Result<(u8, u32), ConfigError> {
+        let cpus = match vm_cpus {
+            Some(n) => n,
+            None => self.vm_cpus()?,
+        };
+        if let Some(highest) = self.cpuset_highest.filter(|h| *h >= u32::from(cpus)) {
+            return Err(ConfigError::CpusetBeyondVm {
+                limit: self.names.cpuset,
+                highest: u64::from(highest),
+                cpus,
+            });
+        }
+        let memory_mib = self.vm_memory(vm_memory, moat_runtime::host::memory_bytes())?;
+        if let Some(limit) = self.limits.memory {
+            let limit_mib = limit.div_ceil(1 << 20);
+            if limit_mib > u64::from(memory_mib) {
+                return Err(ConfigError::LimitAboveVm {
+                    limit: self.names.memory,
+                    limit_mib,
+                    vm_mib: memory_mib,
+                });
+            }
+        }
+        Ok((cpus, memory_mib))
+    }
+
+    /// The vCPUs the limits need: refused above [`MAX_CPUS`].
+    fn vm_cpus(&self) -> Result<u8, ConfigError> {
+        let (needed, by) = self.limits.vm_cpus_by(self.cpuset_highest);
+        u8::try_from(needed)
+            .ok()
+            .filter(|n| (1..=MAX_CPUS).contains(n))
+            .ok_or(ConfigError::TooManyCpus {
+                limit: match by {
+                    Some(CpuLimit::Cpus) => self.names.cpus,
+                    Some(CpuLimit::Quota) | None => self.names.quota,
+                    Some(CpuLimit::Cpuset) => self.names.cpuset,
+                },
+                needed,
+            })
+    }
+
+    /// The VM's MiB: `--vm-memory`, else from the memory limit; refused above the host's RAM.
+    fn vm_memory(&self, vm_memory: Option<u64>, host_bytes: u64) -> Result<u32, ConfigError> {
+        let host_mib = host_bytes >> 20;
+        let sized = self.limits.vm_memory_mib();
+        let requested = vm_memory.unwrap_or(sized << 20);
+        memory_mib(requested, host_bytes).map_err(|requested_mib| {
+            match (vm_memory, self.limits.memory) {
+                (Some(_), _) => ConfigError::VmMemoryAboveHost {
+                    requested_mib,
+                    host_mib,
+                },
+                (None, Some(limit)) => ConfigError::LimitAboveHost {
+                    limit: self.names.memory,
+                    limit_mib: limit.div_ceil(1 << 20),
+                    vm_mib: sized,
+                    host_mib,
+                },
+                (None, None) => ConfigError::DefaultAboveHost {
+                    vm_mib: sized,
+                    host_mib,
+                },
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -124,6 +124,7 @@ fn process_flags() {
 
 #[test]
 fn limits_size_the_vm() {
+    // Needs 2 online CPUs (--cpus and --cpuset-cpus are checked against the host).
     let c = config(&["--cpus", "1.5", "-m", "1g"]);
     assert_eq!((c.cpus, c.memory_mib), (2, 1024 + 96));
     let cpu = linux(&c)
@@ -138,8 +139,8 @@ fn limits_size_the_vm() {
     assert_eq!(mem.limit(), Some(1 << 30));
     let c = config(&["--cpus", "0.5", "-m", "64m"]);
     assert_eq!((c.cpus, c.memory_mib), (1, 256));
-    let c = config(&["--cpuset-cpus", "0-2"]);
-    assert_eq!(c.cpus, 3);
+    let c = config(&["--cpuset-cpus", "0-1"]);
+    assert_eq!(c.cpus, 2);
     let c = config(&["--vm-cpus", "4", "--vm-memory", "1g", "-m", "128m"]);
     assert_eq!((c.cpus, c.memory_mib), (4, 1024));
     assert_eq!(config(&["--vm-memory", "16m"]).memory_mib, 64);
@@ -305,8 +306,16 @@ fn bad_values_are_refused() {
         &["--vm-cpus", "99"],
         &["--vm-cpus", "1.5"],
         &["--cpus", "0"],
+        &["--cpus", "-1"],
         &["--cpus", "x"],
+        &["--cpus", "64"],
+        &["--cpuset-cpus", "4096"],
         &["-m", "lots"],
+        &["-m", "0"],
+        &["-m", "1k"],
+        &["--memory-reservation", "1k"],
+        &["--vm-memory", "0"],
+        &["-v", "D:/data:rx"],
         &["--name", "-x"],
         &["--name", "a/b"],
         &["-u", "root"],
@@ -326,15 +335,13 @@ fn bad_values_are_refused() {
         assert!(parse_run(bad).is_err(), "{bad:?} accepted");
     }
     for bad in [
-        &["-m", "0"][..],
-        &["-m", "1000000g"],
-        &["--vm-memory", "0"],
+        &["-m", "1000000g"][..],
         &["--vm-memory", "1T"],
-        &["--cpus", "64"],
+        &["--cpu-quota", "5000000"],
         &["--cpus", "1", "--cpu-quota", "50000"],
         &["--memory-swap", "1g"],
         &["-m", "1g", "--vm-memory", "512m"],
-        &["--cpuset-cpus", "3", "--vm-cpus", "2"],
+        &["--cpuset-cpus", "1", "--vm-cpus", "1"],
         &["--sysctl", "vm.swappiness=1"],
         &["--security-opt", "seccomp=/p.json"],
         &["-v", "/nonexistent/dir:/data:ro"],
@@ -348,3 +355,95 @@ fn bad_values_are_refused() {
 }
 
 use moat_runtime::RunError;
+
+/// The one line `moat run ARGS` prints for bad input (clap's, or the run request's chain).
+fn error_line(args: &[&str]) -> String {
+    match parse_run(args) {
+        Err(e) => e.to_string().lines().next().unwrap_or("").to_owned(),
+        Ok(run) => format!("{:#}", anyhow::Error::from(run.into_config().unwrap_err())),
+    }
+}
+
+#[test]
+fn errors_name_the_flag_in_dockers_words() {
+    let n = moat_runtime::host::HostCpus::online().count();
+    let range =
+        format!("Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available");
+    let cases: [(&[&str], &str); 14] = [
+        (&["-m", "1k"], "'--memory <SIZE>': Minimum memory limit allowed is 6MB"),
+        (
+            &["--memory-reservation", "5m"],
+            "'--memory-reservation <SIZE>': Minimum memory reservation allowed is 6MB",
+        ),
+        (
+            &["-m", "64m", "--memory-swap", "32m"],
+            "--memory-swap: Minimum memoryswap limit should be larger than memory limit, see usage",
+        ),
+        (
+            &["--memory-swap", "1g"],
+            "--memory-swap: You should always set the Memory limit when using Memoryswap limit",
+        ),
+        (
+            &["-m", "64m", "--memory-reservation", "128m"],
+            "--memory-reservation: Minimum memory limit can not be less than memory reservation",
+        ),
+        (&["--cpus", "4096"], &range),
+        (&["--cpus", "-1"], &range),
+        (&["--cpus", "0.001"], &range),
+        (&["--cpuset-cpus", "4096"], "'--cpuset-cpus <LIST>': Requested CPUs are not available - requested 4096, available: "),
+        (&["--vm-cpus", "33"], "'--vm-cpus <N>': expected an integer from 1 to 32"),
+        (&["-m", "1000000g"], "--memory of 1024000000 MiB needs a VM of 1024000096 MiB, more than the host's "),
+        (&["--vm-memory", "1000000g"], "--vm-memory of 1024000000 MiB exceeds the host's "),
+        (&["-v", "D:/data:rx"], "'--volume <SRC:DST[:ro|rw]>': invalid mode: rx"),
+        (&["-w", "/proc/1/fd/3"], "-w/--workdir: process.cwd: must not be under /proc"),
+    ];
+    for (args, want) in cases {
+        let line = error_line(args);
+        assert!(line.contains(want), "{args:?}: {line:?} lacks {want:?}");
+    }
+    assert!(error_line(&["--cpus", "4096"]).contains("'--cpus <N>'"));
+    // A value that looks like a flag is still the flag's value (as docker takes it).
+    for (args, flag) in [
+        (&["--name", "-x"][..], "'--name <NAME>'"),
+        (&["--hostname", "-x"], "'--hostname <NAME>'"),
+        (&["-u", "-1"], "'--user <UID[:GID]>'"),
+        (&["-w", "-x"], "'--workdir <DIR>'"),
+        (&["-m", "-1"], "'--memory <SIZE>'"),
+        (&["--vm-cpus", "-1"], "'--vm-cpus <N>'"),
+    ] {
+        let line = error_line(args);
+        assert!(line.contains(flag), "{args:?}: {line}");
+    }
+    assert!(error_line(&["--cpu-quota", "5000000"]).starts_with("--cpu-quota needs 50 vCPUs"));
+}
+
+#[test]
+fn vm_memory_above_the_host_names_what_sized_it() {
+    let sizing = |memory: Option<u64>| Sizing {
+        limits: Limits {
+            memory,
+            ..Default::default()
+        },
+        cpuset_highest: None,
+        names: &FLAG_NAMES,
+    };
+    let host = 512 << 20;
+    let err = |s: Sizing, vm: Option<u64>| s.vm_memory(vm, host).unwrap_err().to_string();
+    assert_eq!(
+        err(sizing(Some(1 << 30)), None),
+        "--memory of 1024 MiB needs a VM of 1120 MiB, more than the host's 512 MiB of RAM (see --vm-memory)"
+    );
+    assert_eq!(
+        err(sizing(None), Some(1 << 30)),
+        "--vm-memory of 1024 MiB exceeds the host's 512 MiB of RAM"
+    );
+    let small_host = 200 << 20;
+    assert_eq!(
+        sizing(None)
+            .vm_memory(None, small_host)
+            .unwrap_err()
+            .to_string(),
+        "the default VM of 256 MiB exceeds the host's 200 MiB of RAM (see --vm-memory)"
+    );
+    assert_eq!(sizing(Some(400 << 20)).vm_memory(None, host).unwrap(), 496);
+}

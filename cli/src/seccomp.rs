@@ -28,15 +28,15 @@ pub fn seccomp_for(
         SeccompChoice::Default => DockerProfile::docker_default(),
         SeccompChoice::Profile(path) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("seccomp profile {}", path.display()))?;
+                .with_context(|| format!("--security-opt seccomp={}", path.display()))?;
             DockerProfile::from_json(&text)
-                .with_context(|| format!("seccomp profile {}", path.display()))?
+                .with_context(|| format!("--security-opt seccomp={}", path.display()))?
         }
     };
     let mut names: Vec<String> = bounding.iter().map(|c| format!("CAP_{c}")).collect();
     names.sort();
     let seccomp = profile.to_oci(&names).with_context(|| match choice {
-        SeccompChoice::Profile(path) => format!("seccomp profile {}", path.display()),
+        SeccompChoice::Profile(path) => format!("--security-opt seccomp={}", path.display()),
         _ => "docker's default seccomp profile".to_string(),
     })?;
     Ok(Some(seccomp))

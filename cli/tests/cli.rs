@@ -50,6 +50,29 @@ fn version_and_help_exit_zero() {
 }
 
 #[test]
+fn bare_moat_prints_usage_and_exits_zero_as_docker() {
+    let out = moat(&[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: moat <COMMAND>"));
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn every_version_flag_prints_moat_and_its_version() {
+    for args in [
+        &["-V"][..],
+        &["--version"],
+        &["run", "-V"],
+        &["run", "--version"],
+    ] {
+        let out = moat(args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        let want = format!("moat {}\n", env!("CARGO_PKG_VERSION"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{args:?}");
+    }
+}
+
+#[test]
 fn bad_input_is_one_line_and_125() {
     for args in [
         &["run", "--cpus", "0"][..],
@@ -61,7 +84,11 @@ fn bad_input_is_one_line_and_125() {
         &["run", "--bundle", "/nonexistent", "busybox"],
         &["run", "-v", "/nonexistent:/data:ro"],
         &["run", "-m", "0"],
+        &["run", "-m", "1k"],
         &["run", "-m", "1T"],
+        &["run", "--cpus", "-1"],
+        &["run", "--cpuset-cpus", "4096"],
+        &["run", "-v", "D:/data:rx"],
         &["run", "--name", "bad/name"],
         &["run", "--frobnicate"],
     ] {

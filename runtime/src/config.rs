@@ -31,40 +31,71 @@ pub enum ConfigError {
     #[error("invalid memory size {0:?}: expected a number with an optional unit b, k, m or g (e.g. 256m)")]
     BadSize(String),
     /// A memory size of zero.
-    #[error("memory size must be greater than zero")]
+    #[error("must be greater than zero")]
     ZeroMemory,
-    /// More memory than the host has.
-    #[error("memory size of {requested_mib} MiB exceeds the host's {host_mib} MiB of RAM")]
-    TooMuchMemory {
+    /// `--vm-memory` above the host's RAM.
+    #[error("--vm-memory of {requested_mib} MiB exceeds the host's {host_mib} MiB of RAM")]
+    VmMemoryAboveHost {
         /// What was asked, in MiB.
         requested_mib: u64,
         /// What the host has, in MiB.
         host_mib: u64,
     },
+    /// A memory limit whose VM would be larger than the host's RAM.
+    #[error("{limit} of {limit_mib} MiB needs a VM of {vm_mib} MiB, more than the host's {host_mib} MiB of RAM (see --vm-memory)")]
+    LimitAboveHost {
+        /// The flag (or a bundle's field).
+        limit: &'static str,
+        /// The limit, in MiB.
+        limit_mib: u64,
+        /// The VM it needs, in MiB.
+        vm_mib: u64,
+        /// What the host has, in MiB.
+        host_mib: u64,
+    },
+    /// The default VM is larger than the host's RAM.
+    #[error(
+        "the default VM of {vm_mib} MiB exceeds the host's {host_mib} MiB of RAM (see --vm-memory)"
+    )]
+    DefaultAboveHost {
+        /// The VM's default size, in MiB.
+        vm_mib: u64,
+        /// What the host has, in MiB.
+        host_mib: u64,
+    },
     /// The vCPU count is not an integer in range.
-    #[error("invalid vm-cpus {0:?}: expected an integer from 1 to {MAX_CPUS}")]
+    #[error("expected an integer from 1 to {MAX_CPUS}")]
     BadCpus(String),
     /// The container's CPU limits need more vCPUs than a VM can have.
-    #[error("the cpu limits need {0} vCPUs; a VM has at most {MAX_CPUS}")]
-    TooManyCpus(u64),
+    #[error("{limit} needs {needed} vCPUs, and a VM has at most {MAX_CPUS} (see --vm-cpus)")]
+    TooManyCpus {
+        /// The flag (or a bundle's field).
+        limit: &'static str,
+        /// The vCPUs it needs.
+        needed: u64,
+    },
     /// `--cpuset-cpus` names a CPU the VM does not have.
-    #[error("--cpuset-cpus names cpu {highest} but the VM has {cpus} vCPUs (see --vm-cpus)")]
+    #[error("{limit} names cpu {highest} but the VM has {cpus} vCPUs (see --vm-cpus)")]
     CpusetBeyondVm {
+        /// The flag (or a bundle's field).
+        limit: &'static str,
         /// The highest CPU named.
         highest: u64,
         /// The VM's vCPUs.
         cpus: u8,
     },
     /// The memory limit does not fit in the VM.
-    #[error("--memory of {limit_mib} MiB does not fit in a VM of {vm_mib} MiB (see --vm-memory)")]
+    #[error("{limit} of {limit_mib} MiB does not fit in a VM of {vm_mib} MiB (see --vm-memory)")]
     LimitAboveVm {
+        /// The flag (or a bundle's field).
+        limit: &'static str,
         /// The container's limit.
         limit_mib: u64,
         /// The VM's memory.
         vm_mib: u32,
     },
     /// More volumes than guest disk names.
-    #[error("too many volumes: at most {0}")]
+    #[error("too many volumes (-v/--volume): at most {0}")]
     TooManyVolumes(usize),
     /// A flag value moat-spec refused.
     #[error(transparent)]
@@ -76,7 +107,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
     /// An OCI bundle cannot be run.
-    #[error("bundle {}", dir.display())]
+    #[error("--bundle {}", dir.display())]
     Bundle {
         /// The bundle directory.
         dir: PathBuf,
@@ -87,6 +118,15 @@ pub enum ConfigError {
     /// The spec is refused.
     #[error(transparent)]
     Spec(#[from] moat_spec::SpecError),
+    /// The spec a flag made is refused.
+    #[error("{flag}")]
+    FlagSpec {
+        /// The flag.
+        flag: &'static str,
+        /// The refused field.
+        #[source]
+        source: moat_spec::SpecError,
+    },
     /// The seccomp choice cannot be applied.
     #[error("{0}")]
     Seccomp(String),
@@ -115,31 +155,23 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
     moat_spec::parse::parse_size(text).map_err(|_| ConfigError::BadSize(text.to_owned()))
 }
 
-/// Turns a requested memory size into the VM's size in MiB: rounded up to whole MiB, raised to
-/// [`MIN_MEMORY_MIB`], and refused when zero or larger than `host_bytes`.
-pub fn memory_mib(requested_bytes: u64, host_bytes: u64) -> Result<u32, ConfigError> {
-    if requested_bytes == 0 {
-        return Err(ConfigError::ZeroMemory);
+/// `--vm-memory`: a size, more than zero.
+pub fn parse_vm_memory(text: &str) -> Result<u64, ConfigError> {
+    match parse_size(text)? {
+        0 => Err(ConfigError::ZeroMemory),
+        bytes => Ok(bytes),
     }
-    let requested_mib = requested_bytes.div_ceil(1 << 20);
-    let host_mib = host_bytes >> 20;
-    if requested_mib > host_mib {
-        return Err(ConfigError::TooMuchMemory {
-            requested_mib,
-            host_mib,
-        });
-    }
-    let mib = requested_mib.max(u64::from(MIN_MEMORY_MIB));
-    u32::try_from(mib).map_err(|_| ConfigError::TooMuchMemory {
-        requested_mib,
-        host_mib,
-    })
 }
 
-/// Total RAM of the host in bytes.
-pub fn host_memory_bytes() -> u64 {
-    let info = rustix::system::sysinfo();
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)))
+/// Turns a requested memory size into the VM's size in MiB: rounded up to whole MiB and raised
+/// to [`MIN_MEMORY_MIB`]; `Err` with the request in MiB when it is larger than `host_bytes`.
+pub fn memory_mib(requested_bytes: u64, host_bytes: u64) -> Result<u32, u64> {
+    let requested_mib = requested_bytes.div_ceil(1 << 20);
+    if requested_mib > host_bytes >> 20 {
+        return Err(requested_mib);
+    }
+    let mib = requested_mib.max(u64::from(MIN_MEMORY_MIB));
+    u32::try_from(mib).map_err(|_| requested_mib)
 }
 
 /// Parses a vCPU count (`--vm-cpus`): an integer from 1 to [`MAX_CPUS`].
@@ -148,15 +180,6 @@ pub fn parse_vm_cpus(text: &str) -> Result<u8, ConfigError> {
         Ok(n) if (1..=MAX_CPUS).contains(&n) => Ok(n),
         _ => Err(ConfigError::BadCpus(text.to_owned())),
     }
-}
-
-/// The VM's vCPUs for a need of `needed` (from the container's limits): refused above
-/// [`MAX_CPUS`].
-pub fn vm_cpus_for(needed: u64) -> Result<u8, ConfigError> {
-    u8::try_from(needed)
-        .ok()
-        .filter(|n| (1..=MAX_CPUS).contains(n))
-        .ok_or(ConfigError::TooManyCpus(needed))
 }
 
 /// Validates a container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}`.
@@ -389,16 +412,14 @@ mod tests {
     #[test]
     fn memory_limits() {
         let host = 24u64 << 30;
-        assert_eq!(memory_mib(256 << 20, host).unwrap(), 256);
-        assert_eq!(memory_mib(1, host).unwrap(), MIN_MEMORY_MIB);
-        assert_eq!(memory_mib((100 << 20) + 1, host).unwrap(), 101);
-        assert!(matches!(memory_mib(0, host), Err(ConfigError::ZeroMemory)));
-        assert!(matches!(
-            memory_mib(1 << 40, host),
-            Err(ConfigError::TooMuchMemory { .. })
-        ));
+        assert_eq!(memory_mib(256 << 20, host), Ok(256));
+        assert_eq!(memory_mib(1, host), Ok(MIN_MEMORY_MIB));
+        assert_eq!(memory_mib((100 << 20) + 1, host), Ok(101));
+        assert_eq!(memory_mib(1 << 40, host), Err(1 << 20));
         assert!(memory_mib(host, host).is_ok());
-        assert!(host_memory_bytes() > 0);
+        assert_eq!(parse_vm_memory("1g").unwrap(), 1 << 30);
+        assert!(matches!(parse_vm_memory("0"), Err(ConfigError::ZeroMemory)));
+        assert!(matches!(parse_vm_memory("x"), Err(ConfigError::BadSize(_))));
     }
 
     #[test]
@@ -406,11 +427,9 @@ mod tests {
         assert_eq!(parse_vm_cpus("1").unwrap(), 1);
         assert_eq!(parse_vm_cpus("32").unwrap(), 32);
         for bad in ["0", "33", "99", "-1", "1.5", "", "two", "256"] {
-            assert!(parse_vm_cpus(bad).is_err(), "{bad:?} accepted");
+            let err = parse_vm_cpus(bad).expect_err(bad);
+            assert_eq!(err.to_string(), "expected an integer from 1 to 32");
         }
-        assert_eq!(vm_cpus_for(4).unwrap(), 4);
-        assert!(vm_cpus_for(33).is_err());
-        assert!(vm_cpus_for(0).is_err());
     }
 
     #[test]

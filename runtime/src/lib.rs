@@ -14,6 +14,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod disks;
+pub mod host;
 pub mod locks;
 pub mod run;
 pub mod session;

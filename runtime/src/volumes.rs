@@ -17,22 +17,22 @@ const EXT4_MAGIC: [u8; 2] = [0x53, 0xef];
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// The source does not exist or cannot be read.
-    #[error("volume {}: cannot use it", .0.display())]
+    #[error("-v/--volume {}: cannot use it", .0.display())]
     Unreadable(PathBuf, #[source] std::io::Error),
     /// A directory without `:ro`.
-    #[error("volume {}: a directory can only be mounted read-only (moat has no shared filesystem): use :ro or an ext4 image file", .0.display())]
+    #[error("-v/--volume {}: a directory can only be mounted read-only (moat has no shared filesystem): use :ro or an ext4 image file", .0.display())]
     WritableDirectory(PathBuf),
     /// Neither a directory nor an ext4 image.
-    #[error("volume {}: not a directory or an ext4 image file", .0.display())]
+    #[error("-v/--volume {}: not a directory or an ext4 image file", .0.display())]
     NotExt4(PathBuf),
     /// A comma, which `moat-vmm --disk` cannot take.
-    #[error("volume {}: the path contains a comma, which moat cannot pass to the VM", .0.display())]
+    #[error("-v/--volume {}: the path contains a comma, which moat cannot pass to the VM", .0.display())]
     Comma(PathBuf),
     /// `--device` on something that is not a device node.
-    #[error("device {}: not a character or block device", .0.display())]
+    #[error("--device {}: not a character or block device", .0.display())]
     NotADevice(PathBuf),
     /// `--device` path cannot be read.
-    #[error("device {}: cannot use it", .0.display())]
+    #[error("--device {}: cannot use it", .0.display())]
     DeviceUnreadable(PathBuf, #[source] std::io::Error),
     /// Walking a directory to size its image failed.
     #[error("cannot read {}", .0.display())]
@@ -173,6 +173,8 @@ fn tree_size(dir: &Path) -> Result<(u64, u64), VolumeError> {
 
 /// Packs `dir` into a new ext4 image `image` labelled `label`, sized for its contents with a
 /// quarter more plus 16 MiB of room (`mkfs.ext4 -d`, run as root: owners and modes are kept).
+/// The image holds exactly the directory's entries: the `lost+found` mkfs adds is removed
+/// unless the directory has one.
 pub fn pack_directory(dir: &Path, image: &Path, label: &str) -> Result<(), VolumeError> {
     let (bytes, inodes) = tree_size(dir)?;
     let size_kib = (bytes + bytes / 4 + (16 << 20)).div_ceil(1024);
@@ -202,8 +204,43 @@ pub fn pack_directory(dir: &Path, image: &Path, label: &str) -> Result<(), Volum
             .unwrap_or("failed");
         return Err(mkfs_err(crate::console::sanitize(line.trim())));
     }
+    if !dir.join(LOST_FOUND).exists() {
+        remove_lost_found(image).map_err(mkfs_err)?;
+    }
     tracing::debug!(dir = %dir.display(), image = %image.display(), size_kib, "packed");
     Ok(())
+}
+
+/// The directory mkfs.ext4 makes in every new filesystem's root.
+const LOST_FOUND: &str = "lost+found";
+
+/// Removes the `lost+found` mkfs.ext4 made in `image` (`debugfs -w -R 'rmdir lost+found'`), so
+/// that the image holds what its directory holds and no more.
+fn remove_lost_found(image: &Path) -> Result<(), String> {
+    let output = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("rmdir {LOST_FOUND}"))
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .output()
+        .map_err(|e| format!("cannot run debugfs (e2fsprogs): {e}"))?;
+    // debugfs exits 0 when its command fails: anything on stderr but its banner is an error.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("debugfs "));
+    match (output.status.success(), error) {
+        (true, None) => Ok(()),
+        (_, line) => Err(format!(
+            "debugfs rmdir {LOST_FOUND}: {}",
+            crate::console::sanitize(line.unwrap_or("failed"))
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +290,48 @@ mod tests {
         let v = check_volume(&arg(&image, false)).unwrap();
         assert_eq!(v.source, VolumeSource::ImageFile(image));
         assert!(!v.readonly);
+    }
+
+    /// The names in the root of the ext4 image `image` (`debugfs ls`), without `.` and `..`.
+    fn image_root(image: &Path) -> Vec<String> {
+        let out = Command::new("debugfs")
+            .args(["-R", "ls -p /"])
+            .arg(image)
+            .output()
+            .expect("debugfs");
+        assert!(out.status.success());
+        // Each entry: /INODE/MODE/UID/GID/NAME/SIZE/
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('/').nth(5).map(str::to_owned))
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn snapshots_hold_exactly_the_directory() {
+        let tmp = TempDir::new("snapshot");
+        let dir = tmp.path().join("d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("f"), b"hello").unwrap();
+        let image = tmp.path().join("d.ext4");
+        pack_directory(&dir, &image, "volume").unwrap();
+        assert_eq!(image_root(&image), ["f", "sub"]);
+        let fsck = Command::new("e2fsck").arg("-fn").arg(&image).output();
+        assert!(fsck.unwrap().status.success(), "e2fsck found errors");
+        // A lost+found of the directory's own is kept, with what it holds.
+        std::fs::create_dir(dir.join(LOST_FOUND)).unwrap();
+        std::fs::write(dir.join(LOST_FOUND).join("kept"), b"x").unwrap();
+        let image = tmp.path().join("d2.ext4");
+        pack_directory(&dir, &image, "volume").unwrap();
+        assert_eq!(image_root(&image), ["f", LOST_FOUND, "sub"]);
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let image = tmp.path().join("e.ext4");
+        pack_directory(&empty, &image, "volume").unwrap();
+        assert!(image_root(&image).is_empty());
     }
 
     #[test]

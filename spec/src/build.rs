@@ -21,6 +21,14 @@ pub const USERNS_HOST_BASE: u32 = 100_000;
 /// Ids mapped with `--userns remap`: container 0..65536.
 pub const USERNS_SIZE: u32 = 65_536;
 
+/// The annotation that asks the agent for every device node of the guest's /dev in the
+/// container (`--privileged`: docker gives a privileged container every host device; moat's
+/// container gets its VM's), with the value [`GUEST_DEVICES_ALL`].
+pub const GUEST_DEVICES_ANNOTATION: &str = "org.moat.guest-devices";
+
+/// The value of [`GUEST_DEVICES_ANNOTATION`]: all of them.
+pub const GUEST_DEVICES_ALL: &str = "all";
+
 /// Docker's masked paths (unreadable in the container).
 pub const MASKED_PATHS: [&str; 11] = [
     "/proc/asound",
@@ -90,7 +98,8 @@ pub struct RunOptions {
     pub hostname: String,
     /// `--read-only`: the root filesystem is mounted read-only.
     pub read_only: bool,
-    /// `--privileged`: every capability and device, no seccomp, no masked paths, /sys writable.
+    /// `--privileged`: every capability and every device of the guest, no seccomp, no masked
+    /// paths, /sys writable.
     pub privileged: bool,
     /// `--cap-add`.
     pub cap_add: Vec<CapName>,
@@ -130,7 +139,11 @@ impl RunOptions {
         spec.set_process(Some(self.process()));
         spec.set_mounts(Some(self.mounts()));
         spec.set_hooks(None);
-        spec.set_annotations(None);
+        spec.set_annotations(
+            self.privileged.then(|| {
+                HashMap::from([(GUEST_DEVICES_ANNOTATION.into(), GUEST_DEVICES_ALL.into())])
+            }),
+        );
         spec.set_linux(Some(self.linux()));
         spec
     }

@@ -124,6 +124,14 @@ fn privileged() {
     let rules = device_rules(linux);
     assert_eq!(rules.len(), 1);
     assert!(rules[0].allow());
+    let annotations = spec.annotations().clone().unwrap();
+    assert_eq!(
+        annotations
+            .get(GUEST_DEVICES_ANNOTATION)
+            .map(String::as_str),
+        Some(GUEST_DEVICES_ALL)
+    );
+    assert!(options().to_spec().annotations().is_none());
     assert!(options_of(mount_of(&spec, "/sys")).contains(&"rw"));
     let caps = spec
         .process()

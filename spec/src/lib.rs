@@ -12,8 +12,11 @@ pub mod parse;
 pub mod resources;
 pub mod validate;
 
-pub use build::{device_rule, standard_device_rules, BindMount, Device, RunOptions};
+pub use build::{
+    device_rule, standard_device_rules, BindMount, Device, RunOptions, GUEST_DEVICES_ALL,
+    GUEST_DEVICES_ANNOTATION,
+};
 pub use bundle::{load_bundle, Bundle, BundleError};
 pub use parse::{guest_disk_numbers, ParseError};
-pub use resources::{Limits, LimitsError};
+pub use resources::{CpuLimit, Limits, LimitsError};
 pub use validate::{validate, SpecError};

@@ -11,15 +11,24 @@ pub const VIRTIO_BLK_MAJOR: i64 = 254;
 /// Minors per virtio-blk disk (the partitions of a disk follow its own minor).
 pub const VIRTIO_BLK_MINORS: i64 = 16;
 
+/// The smallest memory limit and reservation docker accepts (its `linuxMinMemory`).
+pub const MIN_MEMORY: u64 = 6 << 20;
+
 /// Errors in one flag value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
     /// A size is not a number with an optional unit.
     #[error("invalid size {0:?}: expected a number with an optional unit b, k, m or g (e.g. 64m)")]
     Size(String),
-    /// A CPU count is not a positive decimal.
-    #[error("invalid cpu count {0:?}: expected a positive number such as 0.5 or 2")]
+    /// A CPU count is not a decimal.
+    #[error("invalid cpu count {0:?}: expected a number such as 0.5 or 2")]
     Cpus(String),
+    /// `-m` below [`MIN_MEMORY`] (docker's words).
+    #[error("Minimum memory limit allowed is 6MB")]
+    MemoryMinimum,
+    /// `--memory-reservation` below [`MIN_MEMORY`] (docker's words).
+    #[error("Minimum memory reservation allowed is 6MB")]
+    ReservationMinimum,
     /// A number is not an integer in range.
     #[error("invalid {what} {text:?}: expected {expected}")]
     Number {
@@ -38,9 +47,15 @@ pub enum ParseError {
     /// A device throttle value.
     #[error("invalid device rate {0:?}: expected /dev/vdX:RATE (the image is /dev/vda, volumes /dev/vdb...)")]
     Throttle(String),
-    /// A `-v` value.
-    #[error("invalid volume {0:?}: expected SRC:DST[:ro|rw] with an absolute DST")]
+    /// A `-v` value that is not `SRC:DST[:MODE]`.
+    #[error("invalid volume specification {0:?}: expected SRC:DST[:ro|rw]")]
     Volume(String),
+    /// A `-v` destination that is not a clean absolute path.
+    #[error("invalid volume destination {0:?}: it must be an absolute path")]
+    VolumeDestination(String),
+    /// A `-v` mode other than `ro` or `rw` (docker's words).
+    #[error("invalid mode: {0}")]
+    VolumeMode(String),
     /// A `--tmpfs` value.
     #[error("invalid tmpfs {0:?}: expected an absolute DST[:OPTIONS]")]
     Tmpfs(String),
@@ -107,7 +122,25 @@ fn decimal(number: &str) -> Option<(u64, (u64, u32))> {
     Some((whole.parse().ok()?, (frac_value, frac.len() as u32)))
 }
 
-/// `--memory-swap`: a size, or `-1` for unlimited swap.
+/// `-m/--memory`: a size of at least [`MIN_MEMORY`].
+pub fn parse_memory(text: &str) -> Result<u64, ParseError> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_MEMORY {
+        return Err(ParseError::MemoryMinimum);
+    }
+    Ok(bytes)
+}
+
+/// `--memory-reservation`: a size of at least [`MIN_MEMORY`].
+pub fn parse_memory_reservation(text: &str) -> Result<u64, ParseError> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_MEMORY {
+        return Err(ParseError::ReservationMinimum);
+    }
+    Ok(bytes)
+}
+
+/// `--memory-swap`: a size, or `-1` for unlimited swap (`0`, as in docker, is no value).
 pub fn parse_swap(text: &str) -> Result<i64, ParseError> {
     if text.trim() == "-1" {
         return Ok(-1);
@@ -116,18 +149,22 @@ pub fn parse_swap(text: &str) -> Result<i64, ParseError> {
     i64::try_from(bytes).map_err(|_| ParseError::Size(text.to_owned()))
 }
 
-/// `--cpus 1.5`: CPUs in billionths (docker's NanoCPUs), more than zero.
-pub fn parse_cpus(text: &str) -> Result<u64, ParseError> {
+/// `--cpus 1.5`: CPUs in billionths (docker's NanoCPUs), signed as docker's; the caller checks
+/// the range (docker: 0.01 to the host's CPUs).
+pub fn parse_cpus(text: &str) -> Result<i64, ParseError> {
     let bad = || ParseError::Cpus(text.to_owned());
-    let (whole, (frac, digits)) = decimal(text.trim()).ok_or_else(bad)?;
+    let trimmed = text.trim();
+    let (sign, number) = match trimmed.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, trimmed),
+    };
+    let (whole, (frac, digits)) = decimal(number).ok_or_else(bad)?;
     let nanos = whole
         .checked_mul(1_000_000_000)
         .and_then(|n| n.checked_add(frac * 10u64.pow(9 - digits)))
+        .and_then(|n| i64::try_from(n).ok())
         .ok_or_else(bad)?;
-    if nanos == 0 {
-        return Err(bad());
-    }
-    Ok(nanos)
+    Ok(sign * nanos)
 }
 
 /// An integer flag value within `range`.
@@ -206,24 +243,25 @@ pub fn parse_blkio_weight(text: &str) -> Result<u16, ParseError> {
     )
 }
 
+/// A CPU list such as `0-2,4` as its ranges (first, last); `None` if malformed.
+pub fn cpu_ranges(text: &str) -> Option<Vec<(u32, u32)>> {
+    let num = |s: &str| -> Option<u32> {
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| s.parse().ok()).flatten()
+    };
+    text.split(',')
+        .map(|part| {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let (lo, hi) = (num(lo)?, num(hi)?);
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect()
+}
+
 /// `--cpuset-cpus 0-2,4`: the text and the highest CPU it names.
 pub fn parse_cpuset(text: &str) -> Result<(String, u32), ParseError> {
-    let bad = || ParseError::Cpuset(text.to_owned());
-    let mut highest = 0;
-    for part in text.split(',') {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        let num = |s: &str| -> Result<u32, ParseError> {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            s.parse().map_err(|_| bad())
-        };
-        let (lo, hi) = (num(lo)?, num(hi)?);
-        if lo > hi {
-            return Err(bad());
-        }
-        highest = highest.max(hi);
-    }
+    let ranges = cpu_ranges(text).ok_or_else(|| ParseError::Cpuset(text.to_owned()))?;
+    let highest = ranges.iter().map(|(_, hi)| *hi).max().unwrap_or(0);
     Ok((text.to_owned(), highest))
 }
 
@@ -313,10 +351,14 @@ pub fn parse_volume(text: &str) -> Result<VolumeArg, ParseError> {
         [s, d] => (s, d, false),
         [s, d, "ro"] => (s, d, true),
         [s, d, "rw"] => (s, d, false),
+        [_, _, mode] => return Err(ParseError::VolumeMode(mode.to_owned())),
         _ => return Err(bad()),
     };
-    if source.is_empty() || source.contains('\0') || !clean_absolute(destination) {
+    if source.is_empty() || source.contains('\0') {
         return Err(bad());
+    }
+    if !clean_absolute(destination) {
+        return Err(ParseError::VolumeDestination(destination.to_owned()));
     }
     Ok(VolumeArg {
         source: source.into(),

@@ -39,7 +39,35 @@ fn sizes() {
 fn swap() {
     assert_eq!(parse_swap("-1").unwrap(), -1);
     assert_eq!(parse_swap("1g").unwrap(), 1 << 30);
+    assert_eq!(parse_swap("0").unwrap(), 0);
     refuses(parse_swap, &["-2", "x"]);
+}
+
+#[test]
+fn memory_minimum_is_dockers() {
+    assert_eq!(parse_memory("6m").unwrap(), MIN_MEMORY);
+    assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+    for small in ["0", "1k", "6291455"] {
+        assert_eq!(
+            parse_memory(small),
+            Err(ParseError::MemoryMinimum),
+            "{small}"
+        );
+        assert_eq!(
+            parse_memory_reservation(small),
+            Err(ParseError::ReservationMinimum)
+        );
+    }
+    assert_eq!(
+        ParseError::MemoryMinimum.to_string(),
+        "Minimum memory limit allowed is 6MB"
+    );
+    assert_eq!(
+        ParseError::ReservationMinimum.to_string(),
+        "Minimum memory reservation allowed is 6MB"
+    );
+    assert_eq!(parse_memory_reservation("64m").unwrap(), 64 << 20);
+    refuses(parse_memory, &["lots", "-1"]);
 }
 
 #[test]
@@ -48,10 +76,10 @@ fn cpus() {
     assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
     assert_eq!(parse_cpus("1.25").unwrap(), 1_250_000_000);
     assert_eq!(parse_cpus("0.000000001").unwrap(), 1);
-    refuses(
-        parse_cpus,
-        &["0", "0.0", "-1", "", "x", "1.", "99999999999"],
-    );
+    // Signed, as docker's: the range is the caller's (the host's CPUs).
+    assert_eq!(parse_cpus("-1").unwrap(), -1_000_000_000);
+    assert_eq!(parse_cpus("0").unwrap(), 0);
+    refuses(parse_cpus, &["", "x", "1.", "-", "--1", "99999999999"]);
 }
 
 #[test]
@@ -157,12 +185,23 @@ fn volumes() {
         parse_volume,
         &[
             "/d",
-            "/d:mnt",
-            "/d:/mnt:xx",
             ":/mnt",
-            "/d:/a/../b",
             "/d:/m:ro:x",
+            "/d:/mnt:xx",
+            "/d:mnt",
+            "/d:/a/../b",
         ],
+    );
+    // Each part blamed for what is wrong with it.
+    let err = |text: &str| parse_volume(text).unwrap_err().to_string();
+    assert_eq!(err("D:/data:rx"), "invalid mode: rx");
+    assert_eq!(
+        err("/d:data:ro"),
+        "invalid volume destination \"data\": it must be an absolute path"
+    );
+    assert_eq!(
+        err("/d:/m:ro:x"),
+        "invalid volume specification \"/d:/m:ro:x\": expected SRC:DST[:ro|rw]"
     );
 }
 

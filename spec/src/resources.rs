@@ -27,23 +27,31 @@ pub enum LimitsError {
     /// `--cpus` with `--cpu-quota` or `--cpu-period`.
     #[error("conflicting options: --cpus cannot be combined with --cpu-quota or --cpu-period")]
     CpusAndQuota,
-    /// `--memory-swap` without `--memory`.
-    #[error("--memory-swap needs --memory")]
+    /// `--memory-swap` without `--memory` (docker's words).
+    #[error("--memory-swap: You should always set the Memory limit when using Memoryswap limit, see usage")]
     SwapWithoutMemory,
-    /// `--memory-swap` below `--memory`.
-    #[error("--memory-swap ({swap} bytes) must be at least --memory ({memory} bytes), or -1")]
-    SwapBelowMemory {
-        /// `--memory-swap`.
-        swap: i64,
-        /// `--memory`.
-        memory: u64,
-    },
-    /// `--memory-reservation` above `--memory`.
-    #[error("--memory-reservation must not be larger than --memory")]
+    /// `--memory-swap` below `--memory` (docker's words).
+    #[error(
+        "--memory-swap: Minimum memoryswap limit should be larger than memory limit, see usage"
+    )]
+    SwapBelowMemory,
+    /// `--memory-reservation` above `--memory` (docker's words).
+    #[error("--memory-reservation: Minimum memory limit can not be less than memory reservation limit, see usage")]
     ReservationAboveLimit,
     /// A zero or too large memory value.
     #[error("--{0} must be greater than zero and below 8 EiB")]
     BadMemory(&'static str),
+}
+
+/// The CPU limit that sizes a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLimit {
+    /// `--cpus`.
+    Cpus,
+    /// `--cpu-quota` / `--cpu-period` (`linux.resources.cpu.quota`).
+    Quota,
+    /// `--cpuset-cpus` (`linux.resources.cpu.cpus`).
+    Cpuset,
 }
 
 /// Docker's resource flags, parsed.
@@ -93,10 +101,11 @@ impl Limits {
                 return Err(LimitsError::BadMemory(name));
             }
         }
-        match (self.memory, self.memory_swap) {
-            (None, Some(_)) => return Err(LimitsError::SwapWithoutMemory),
-            (Some(memory), Some(swap)) if swap != -1 && (swap as u64) < memory => {
-                return Err(LimitsError::SwapBelowMemory { swap, memory })
+        // As docker: a swap of 0 is no value, and -1 (unlimited) needs no memory limit.
+        match (self.memory, self.swap()) {
+            (None, Some(swap)) if swap > 0 => return Err(LimitsError::SwapWithoutMemory),
+            (Some(memory), Some(swap)) if swap > 0 && (swap as u64) < memory => {
+                return Err(LimitsError::SwapBelowMemory)
             }
             _ => {}
         }
@@ -106,6 +115,11 @@ impl Limits {
             }
         }
         Ok(())
+    }
+
+    /// `--memory-swap`, 0 (docker's "not set") as none.
+    fn swap(&self) -> Option<i64> {
+        self.memory_swap.filter(|s| *s != 0)
     }
 
     /// Writes the limits into `resources` (device rules are left as they are).
@@ -130,7 +144,7 @@ impl Limits {
         memory.set_reservation(self.memory_reservation.map(bytes));
         // Docker: with --memory and no --memory-swap, as much swap as memory.
         let swap = self
-            .memory_swap
+            .swap()
             .or_else(|| self.memory.map(|m| bytes(m).saturating_mul(2)));
         memory.set_swap(swap);
         Some(memory)
@@ -184,13 +198,27 @@ impl Limits {
     /// vCPUs the VM gets when `--vm-cpus` is not given: enough for `--cpus` (rounded up) and
     /// for the highest CPU of `--cpuset-cpus`, at least 1.
     pub fn vm_cpus(&self, cpuset_highest: Option<u32>) -> u64 {
+        self.vm_cpus_by(cpuset_highest).0
+    }
+
+    /// [`Limits::vm_cpus`], and the limit that needs that many (`None`: no limit needs more
+    /// than 1).
+    pub fn vm_cpus_by(&self, cpuset_highest: Option<u32>) -> (u64, Option<CpuLimit>) {
         let from_cpus = self.nano_cpus.map_or(1, |n| n.div_ceil(1_000_000_000));
         let from_quota = match (self.cpu_quota, self.cpu_period) {
             (Some(q), p) if q > 0 => (q as u64).div_ceil(p.unwrap_or(CPU_PERIOD_US)),
             _ => 1,
         };
         let from_set = cpuset_highest.map_or(1, |h| u64::from(h) + 1);
-        from_cpus.max(from_quota).max(from_set).max(1)
+        [
+            (from_cpus, CpuLimit::Cpus),
+            (from_quota, CpuLimit::Quota),
+            (from_set, CpuLimit::Cpuset),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 1)
+        .max_by_key(|(n, _)| *n)
+        .map_or((1, None), |(n, limit)| (n, Some(limit)))
     }
 
     /// VM memory in MiB when `--vm-memory` is not given: the memory limit plus
@@ -268,10 +296,34 @@ mod tests {
             memory_swap: Some(1 << 20),
             ..Default::default()
         };
-        assert!(matches!(
-            below.check(),
-            Err(LimitsError::SwapBelowMemory { .. })
-        ));
+        assert_eq!(below.check(), Err(LimitsError::SwapBelowMemory));
+        let equal = Limits {
+            memory_swap: Some(1 << 30),
+            ..below.clone()
+        };
+        equal.check().unwrap();
+        let unlimited_alone = Limits {
+            memory_swap: Some(-1),
+            ..Default::default()
+        };
+        unlimited_alone.check().unwrap();
+        // Docker's 0: as if not given (twice the memory).
+        let zero_swap = Limits {
+            memory: Some(64 << 20),
+            memory_swap: Some(0),
+            ..Default::default()
+        };
+        zero_swap.check().unwrap();
+        assert_eq!(zero_swap.memory().unwrap().swap(), Some(128 << 20));
+        let reservation_above = Limits {
+            memory: Some(64 << 20),
+            memory_reservation: Some(128 << 20),
+            ..Default::default()
+        };
+        assert_eq!(
+            reservation_above.check(),
+            Err(LimitsError::ReservationAboveLimit)
+        );
         let zero = Limits {
             memory: Some(0),
             ..Default::default()
@@ -331,11 +383,14 @@ mod tests {
         };
         assert_eq!((l.vm_cpus(None), l.vm_memory_mib()), (2, 1024 + 96));
         assert_eq!(l.vm_cpus(Some(3)), 4);
+        assert_eq!(l.vm_cpus_by(None), (2, Some(CpuLimit::Cpus)));
+        assert_eq!(l.vm_cpus_by(Some(3)), (4, Some(CpuLimit::Cpuset)));
+        assert_eq!(Limits::default().vm_cpus_by(Some(0)), (1, None));
         let l = Limits {
             cpu_quota: Some(250_000),
             ..Default::default()
         };
-        assert_eq!(l.vm_cpus(None), 3);
+        assert_eq!(l.vm_cpus_by(None), (3, Some(CpuLimit::Quota)));
         let l = Limits {
             memory: Some(64 << 20),
             ..Default::default()

@@ -11,16 +11,24 @@ fn kernel() -> PathBuf {
 
 #[track_caller]
 fn assert_refused(o: &Outcome, name: &str, mentions: &str) {
+    assert_refused_naming(o, name, &[mentions]);
+}
+
+/// Exit 125, one line on stderr mentioning each of `mentions`, nothing left of `name`.
+#[track_caller]
+fn assert_refused_naming(o: &Outcome, name: &str, mentions: &[&str]) {
     o.expect_code(125);
     let err = o.err();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "want one error line\n{}", o.diagnostics());
     assert!(lines[0].starts_with("moat: "), "{}", o.diagnostics());
-    assert!(
-        lines[0].to_lowercase().contains(&mentions.to_lowercase()),
-        "error should mention {mentions:?}\n{}",
-        o.diagnostics()
-    );
+    for mention in mentions {
+        assert!(
+            lines[0].to_lowercase().contains(&mention.to_lowercase()),
+            "error should mention {mention:?}\n{}",
+            o.diagnostics()
+        );
+    }
     assert_nothing_left(name);
 }
 
@@ -39,8 +47,8 @@ fn memory_zero() {
 
 #[test]
 fn memory_one_terabyte() {
-    let name = unique_name("mem1t");
-    assert_refused(&run_named(&name, &["--memory", "1T"]), &name, "memory");
+    // The VM it needs is larger than the host's RAM: the flag and the RAM are named.
+    flags_naming("mem1t", &["--memory", "1T"], &["--memory", "of RAM"]);
 }
 
 #[test]
@@ -65,8 +73,92 @@ fn cpus_ninety_nine() {
 /// `moat run --name NAME FLAGS -- true` is refused with a line mentioning `mentions`.
 #[track_caller]
 fn flags_refused(tag: &str, flags: &[&str], mentions: &str) {
+    flags_naming(tag, flags, &[mentions]);
+}
+
+/// [`flags_refused`] with a line that mentions each of `mentions` (the flag, docker's words).
+#[track_caller]
+fn flags_naming(tag: &str, flags: &[&str], mentions: &[&str]) {
     let name = unique_name(tag);
-    assert_refused(&run_named(&name, flags), &name, mentions);
+    assert_refused_naming(&run_named(&name, flags), &name, mentions);
+}
+
+/// A test that `moat run FLAGS -- true` is refused with a line mentioning each of `mentions`.
+macro_rules! flags_case {
+    ($test:ident, $flags:expr, $mentions:expr) => {
+        #[test]
+        fn $test() {
+            flags_naming(stringify!($test), &$flags, &$mentions);
+        }
+    };
+}
+
+const CPU_RANGE: [&str; 3] = ["--cpus", "Range of CPUs is from 0.01 to ", "CPUs available"];
+
+flags_case!(
+    memory_below_dockers_minimum,
+    ["-m", "1k"],
+    ["--memory", "Minimum memory limit allowed is 6MB"]
+);
+flags_case!(
+    reservation_below_dockers_minimum,
+    ["--memory-reservation", "1k"],
+    [
+        "--memory-reservation",
+        "Minimum memory reservation allowed is 6MB"
+    ]
+);
+flags_case!(
+    swap_below_memory,
+    ["-m", "64m", "--memory-swap", "32m"],
+    [
+        "--memory-swap",
+        "Minimum memoryswap limit should be larger than memory limit, see usage"
+    ]
+);
+flags_case!(
+    reservation_above_memory,
+    ["-m", "64m", "--memory-reservation", "128m"],
+    [
+        "--memory-reservation",
+        "Minimum memory limit can not be less than memory reservation limit"
+    ]
+);
+flags_case!(cpus_above_the_hosts_cpus, ["--cpus", "4096"], CPU_RANGE);
+flags_case!(cpus_negative, ["--cpus", "-1"], CPU_RANGE);
+flags_case!(
+    cpuset_naming_a_cpu_the_host_lacks,
+    ["--cpuset-cpus", "4096"],
+    [
+        "--cpuset-cpus",
+        "Requested CPUs are not available - requested 4096, available: "
+    ]
+);
+flags_case!(
+    volume_with_a_bad_mode,
+    ["-v", "D:/data:rx"],
+    ["--volume", "invalid mode: rx"]
+);
+
+#[test]
+fn bare_moat_prints_usage_and_exits_zero() {
+    let o = moat(&[], None);
+    o.expect_code(0);
+    assert!(o.out().contains("Usage: moat"), "{}", o.diagnostics());
+    assert_eq!(o.err(), "", "{}", o.diagnostics());
+}
+
+#[test]
+fn every_version_flag_prints_moat() {
+    for args in [&["-V"][..], &["--version"], &["run", "-V"]] {
+        let o = moat(args, None);
+        o.expect_code(0);
+        assert!(
+            o.out().starts_with("moat 0."),
+            "{args:?}\n{}",
+            o.diagnostics()
+        );
+    }
 }
 
 #[test]
@@ -86,7 +178,11 @@ fn vm_memory_zero() {
 
 #[test]
 fn vm_memory_one_terabyte() {
-    flags_refused("vmmem1t", &["--vm-memory", "1T"], "memory");
+    flags_naming(
+        "vmmem1t",
+        &["--vm-memory", "1T"],
+        &["--vm-memory", "of RAM"],
+    );
 }
 
 #[test]
@@ -98,8 +194,8 @@ fn memory_limit_above_vm_memory() {
 fn cpuset_beyond_vm_cpus() {
     flags_refused(
         "cpuset",
-        &["--cpuset-cpus", "3", "--vm-cpus", "2"],
-        "cpuset",
+        &["--cpuset-cpus", "1", "--vm-cpus", "1"],
+        "--cpuset-cpus",
     );
 }
 

@@ -1,6 +1,7 @@
 //! `moat run`'s docker flags reach the container: the cgroup files the limits wrote, a custom
-//! seccomp profile, no-new-privileges turned off, an added device, a writable volume whose
-//! writes persist on the host. Each test boots a real microVM.
+//! seccomp profile, no-new-privileges turned off, an added device, every guest device with
+//! --privileged, a writable volume whose writes persist on the host, a directory snapshot that
+//! holds exactly the directory. Each test boots a real microVM.
 
 use std::process::Command;
 
@@ -159,4 +160,47 @@ fn writes_to_an_image_volume_persist_on_the_host() {
         "{}",
         String::from_utf8_lossy(&read.stderr)
     );
+}
+
+/// The nodes of the container's /dev that only a privileged container has, its ptmx link and
+/// the mounts of /dev/pts, shm and mqueue.
+const DEV_SCRIPT: &str = "for d in /dev/null /dev/vda /dev/kmsg /dev/vsock; do \
+    { [ -b $d ] || [ -c $d ]; } && echo node $d; done; [ -L /dev/ptmx ] && echo ptmx-link; \
+    awk '$2 ~ /^[/]dev[/](pts|shm|mqueue)$/ {print $2, $3}' /proc/mounts | sort";
+
+#[test]
+fn privileged_sees_every_device_of_the_guest() {
+    if !vm_available("privileged_sees_every_device_of_the_guest") {
+        return;
+    }
+    let mounts = "/dev/mqueue mqueue\n/dev/pts devpts\n/dev/shm tmpfs\n";
+    let o = sh(&[], DEV_SCRIPT);
+    o.expect_code(0);
+    let want = format!("node /dev/null\nptmx-link\n{mounts}");
+    assert_eq!(o.out(), want, "{}", o.diagnostics());
+    let o = sh(&["--privileged"], DEV_SCRIPT);
+    o.expect_code(0);
+    let nodes = "node /dev/null\nnode /dev/vda\nnode /dev/kmsg\nnode /dev/vsock\n";
+    let want = format!("{nodes}ptmx-link\n{mounts}");
+    assert_eq!(o.out(), want, "{}", o.diagnostics());
+}
+
+#[test]
+fn a_directory_snapshot_holds_exactly_the_directory() {
+    if !vm_available("a_directory_snapshot_holds_exactly_the_directory") {
+        return;
+    }
+    let dir = TempDir::new("snapshot");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/b"), b"bee\n").unwrap();
+    std::fs::write(dir.path().join("a"), b"ay\n").unwrap();
+    let volume = format!("{}:/snap:ro", dir.path().display());
+    let o = sh(&["-v", &volume], "ls -A /snap; cat /snap/a /snap/sub/b");
+    o.expect_code(0);
+    assert_eq!(o.out(), "a\nsub\nay\nbee\n", "{}", o.diagnostics());
+    // A lost+found of the directory's own is kept.
+    std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+    let o = sh(&["-v", &volume], "ls -A /snap");
+    o.expect_code(0);
+    assert_eq!(o.out(), "a\nlost+found\nsub\n", "{}", o.diagnostics());
 }

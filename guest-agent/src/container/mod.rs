@@ -3,6 +3,7 @@
 //! ([`supervisor`]) and the stdio the process gets (pipes or a [`pty`]).
 
 pub mod child;
+pub mod guest_devices;
 pub mod mountopts;
 pub mod mounts;
 pub mod plan;
@@ -206,7 +207,12 @@ pub fn start(
         Isolation::Container => {
             volumes::mount_all(&Linux, &req.volumes)?;
             // Built again now that the volumes are mounted: a bind of a file needs a file.
-            let container = spec::build(&req.spec, &is_file)?;
+            let mut container = spec::build(&req.spec, &is_file)?;
+            if guest_devices::wanted(&req.spec) {
+                let found = guest_devices::scan(std::path::Path::new("/dev"))
+                    .map_err(spawn_err("reading the guest's /dev"))?;
+                guest_devices::add(&mut container, &found)?;
+            }
             let readonly = req
                 .spec
                 .root()

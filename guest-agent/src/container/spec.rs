@@ -368,7 +368,14 @@ const DEFAULT_DEVICES: [(&str, u32, u32); 6] = [
     ("tty", 5, 0),
 ];
 
-fn dev_node(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> Result<DevNode, PlanError> {
+/// The container's node at `path` (absolute, under /dev); in a user namespace the guest's node
+/// of the same path is bound there.
+pub(super) fn dev_node(
+    path: &str,
+    mode: libc::mode_t,
+    major: u32,
+    minor: u32,
+) -> Result<DevNode, PlanError> {
     let field = "linux.devices";
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let parents = (2..parts.len())
