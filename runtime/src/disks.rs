@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use moat_protocol::UpperLayer;
 
@@ -14,7 +13,7 @@ use crate::config::{ConfigError, Rootfs, RunConfig};
 use crate::locks::{lock_all, Attach, LockError, VolumeLocks};
 use crate::state::StateDir;
 use crate::vmm::Disk;
-use crate::volumes::{pack_directory, VolumeError, VolumeSource};
+use crate::volumes::{e2fsprogs, pack_directory, run_e2fsprogs, VolumeError, VolumeSource};
 
 /// Where moat keeps data that outlives a process (`MOAT_DATA_ROOT` moves it).
 pub const DATA_ROOT: &str = "/var/lib/moat";
@@ -49,8 +48,8 @@ pub enum DiskError {
     /// A volume is in use or unusable.
     #[error(transparent)]
     Lock(#[from] LockError),
-    /// A `--storage-opt` value moat does not take.
-    #[error("invalid --storage-opt {0:?}: {1}")]
+    /// A `--storage-opt` value moat does not take (clap names the flag and the value).
+    #[error("{1}")]
     StorageOpt(String, &'static str),
     /// The scratch disk could not be made.
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
@@ -252,30 +251,19 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// `mkfs.ext4` on the sparse file, keeping its size.
 fn mkfs_scratch(path: &Path) -> Result<(), String> {
-    let output = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "moat-scratch", "-m", "0"])
+    let mut mkfs = e2fsprogs("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-L", "moat-scratch", "-m", "0"])
         // mke2fs discards (punches) a file first, which reads back as zeros: its inode tables
         // are then marked zeroed, so the guest's ext4 does not zero them in the background.
         .args(["-E", "lazy_journal_init=1"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .output()
-        .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs): {e}"))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr.lines().rfind(|l| !l.trim().is_empty());
-    Err(crate::console::sanitize(
-        line.unwrap_or("mkfs.ext4 failed").trim(),
-    ))
+        .arg(path);
+    run_e2fsprogs(mkfs, "mkfs.ext4")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
     use crate::testutil::TempDir;
 
@@ -294,10 +282,9 @@ mod tests {
             "dm.basesize=1g",
             "size=99999999999t",
         ] {
-            let err = parse_storage_opt(bad).unwrap_err();
             assert!(
-                err.to_string().starts_with("invalid --storage-opt"),
-                "{err}"
+                matches!(parse_storage_opt(bad), Err(DiskError::StorageOpt(..))),
+                "{bad}"
             );
         }
     }

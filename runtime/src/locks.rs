@@ -21,10 +21,10 @@ const EXT4_INCOMPAT_RECOVER: u32 = 0x4;
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// The image cannot be opened or its superblock read.
-    #[error("volume {}: cannot use it", .0.display())]
+    #[error("-v/--volume {}: cannot use it", .0.display())]
     Open(PathBuf, #[source] std::io::Error),
     /// The same image twice in one run, one of them read-write.
-    #[error("volume {}: attached twice (at {first} and {second}); an image attached read-write can be attached only once", path.display())]
+    #[error("-v/--volume {}: attached twice (at {first} and {second}); an image attached read-write can be attached only once", path.display())]
     Twice {
         /// The image.
         path: PathBuf,
@@ -34,7 +34,7 @@ pub enum LockError {
         second: String,
     },
     /// Another VM holds the image.
-    #[error("volume {}: in use by {holder}; {}", path.display(), if *.write { "an image attached read-write cannot be attached anywhere else" } else { "it is attached read-write there" })]
+    #[error("-v/--volume {}: in use by {holder}; {}", path.display(), if *.write { "an image attached read-write cannot be attached anywhere else" } else { "it is attached read-write there" })]
     Busy {
         /// The image.
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum LockError {
         write: bool,
     },
     /// A read-only attach of an image with a journal to replay.
-    #[error("volume {}: its journal needs recovery (it was not unmounted cleanly); attach it read-write once, or run e2fsck -fy on it, before attaching it read-only", .0.display())]
+    #[error("-v/--volume {}: its journal needs recovery (it was not unmounted cleanly); attach it read-write once, or run e2fsck -fy on it, before attaching it read-only", .0.display())]
     NeedsRecovery(PathBuf),
 }
 

@@ -183,32 +183,44 @@ pub fn pack_directory(dir: &Path, image: &Path, label: &str) -> Result<(), Volum
         dir: dir.to_owned(),
         detail,
     };
-    let output = Command::new("mkfs.ext4")
-        .arg("-q")
+    let mut mkfs = e2fsprogs("mkfs.ext4");
+    mkfs.arg("-q")
         .arg("-d")
         .arg(dir)
         .args(["-L", label, "-N", &inodes.to_string()])
         .arg(image)
-        .arg(format!("{size_kib}k"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .output()
-        .map_err(|e| mkfs_err(format!("cannot run mkfs.ext4 (e2fsprogs): {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let line = stderr
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("failed");
-        return Err(mkfs_err(crate::console::sanitize(line.trim())));
-    }
+        .arg(format!("{size_kib}k"));
+    run_e2fsprogs(mkfs, "mkfs.ext4").map_err(mkfs_err)?;
     if !dir.join(LOST_FOUND).exists() {
         remove_lost_found(image).map_err(mkfs_err)?;
     }
     tracing::debug!(dir = %dir.display(), image = %image.display(), size_kib, "packed");
     Ok(())
+}
+
+/// A command of e2fsprogs with no stdin or stdout, its stderr kept, and a fixed PATH.
+pub(crate) fn e2fsprogs(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin");
+    cmd
+}
+
+/// Runs `cmd` (from [`e2fsprogs`]); a failure is its last line on stderr.
+pub(crate) fn run_e2fsprogs(mut cmd: Command, program: &str) -> Result<(), String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {program} (e2fsprogs): {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().rfind(|l| !l.trim().is_empty());
+    Err(crate::console::sanitize(
+        line.unwrap_or(&format!("{program} failed")).trim(),
+    ))
 }
 
 /// The directory mkfs.ext4 makes in every new filesystem's root.
@@ -217,15 +229,11 @@ const LOST_FOUND: &str = "lost+found";
 /// Removes the `lost+found` mkfs.ext4 made in `image` (`debugfs -w -R 'rmdir lost+found'`), so
 /// that the image holds what its directory holds and no more.
 fn remove_lost_found(image: &Path) -> Result<(), String> {
-    let output = Command::new("debugfs")
+    let output = e2fsprogs("debugfs")
         .arg("-w")
         .arg("-R")
         .arg(format!("rmdir {LOST_FOUND}"))
         .arg(image)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
         .output()
         .map_err(|e| format!("cannot run debugfs (e2fsprogs): {e}"))?;
     // debugfs exits 0 when its command fails: anything on stderr but its banner is an error.

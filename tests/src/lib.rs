@@ -316,6 +316,44 @@ pub fn scratch_disk(name: &str) -> PathBuf {
     root.join("scratch").join(format!("{name}.ext4"))
 }
 
+/// Makes a fresh ext4 image file of `size` (mkfs.ext4's syntax, e.g. `32M`) at `path`.
+#[track_caller]
+pub fn ext4_image(path: &Path, size: &str) {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .expect("mkfs.ext4");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `moat ARGS` in the background and returns once the container printed `ready` as its
+/// first line of output (its stderr goes to ours).
+#[track_caller]
+pub fn start_until_ready(args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(moat_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn moat");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    out.read_line(&mut line).expect("read");
+    assert_eq!(
+        line, "ready\n",
+        "the container of `moat {args:?}` did not start"
+    );
+    child
+}
+
 /// A unique container name for a test.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -591,3 +591,31 @@ bundle_case!(
 bundle_case!(bundle_cwd_proc_pid_fd, "process.cwd", |v| v["process"]
     ["cwd"] =
     json!("/proc/2/fd/3"));
+
+#[test]
+fn storage_opt_too_small_or_unknown() {
+    flags_naming(
+        "st1m",
+        &["--storage-opt", "size=1m"],
+        &["--storage-opt", "at least 32m"],
+    );
+    flags_naming(
+        "stfoo",
+        &["--storage-opt", "dm.basesize=1g"],
+        &["--storage-opt", "size=SIZE"],
+    );
+}
+
+#[test]
+fn one_image_read_write_twice() {
+    // Checked when the VM's disks are assembled, after the KVM probe.
+    if !vm_available("one_image_read_write_twice") {
+        return;
+    }
+    let dir = moat_jail::testutil::TempDir::new("bad-twice");
+    let img = dir.path().join("v.ext4");
+    moat_tests::ext4_image(&img, "8M");
+    let a = format!("{}:/a", img.display());
+    let b = format!("{}:/b", img.display());
+    flags_naming("twice", &["-v", &a, "-v", &b], &["-v", "attached twice"]);
+}

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use moat_jail::testutil::TempDir;
-use moat_tests::{moat, vm_available, Outcome};
+use moat_tests::{ext4_image, moat, vm_available, Outcome};
 
 fn sh(flags: &[&str], script: &str) -> Outcome {
     let mut args = vec!["run"];
@@ -131,17 +131,7 @@ fn writes_to_an_image_volume_persist_on_the_host() {
     }
     let dir = TempDir::new("volume");
     let image = dir.path().join("data.ext4");
-    let made = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&image)
-        .arg("16M")
-        .output()
-        .expect("mkfs.ext4");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    ext4_image(&image, "16M");
     let volume = format!("{}:/data", image.display());
     let o = sh(
         &["-v", &volume],
@@ -166,7 +156,7 @@ fn writes_to_an_image_volume_persist_on_the_host() {
 /// the mounts of /dev/pts, shm and mqueue.
 const DEV_SCRIPT: &str = "for d in /dev/null /dev/vda /dev/kmsg /dev/vsock; do \
     { [ -b $d ] || [ -c $d ]; } && echo node $d; done; [ -L /dev/ptmx ] && echo ptmx-link; \
-    awk '$2 ~ /^[/]dev[/](pts|shm|mqueue)$/ {print $2, $3}' /proc/mounts | sort";
+    awk '$2 ~ \"^/dev/(pts|shm|mqueue)$\" {print $2, $3}' /proc/mounts | sort";
 
 #[test]
 fn privileged_sees_every_device_of_the_guest() {

@@ -207,6 +207,8 @@ fn check_root_and_namespaces(pid: u32) {
         "console.log",
         "dev",
         "disk0",
+        // The writable layer's scratch disk (docs/storage.md).
+        "disk1",
         "initramfs",
         "vmlinux",
         "vsock.sock",
@@ -234,6 +236,12 @@ fn check_fds(pid: u32, name: &str) {
     // chroots into its root) the jail mount sits where the chroot was: strip that prefix.
     let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
     let root = root.to_string_lossy().into_owned();
+    // The access mode the VMM opened fd `fd` with.
+    let access = |fd: &str| {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let flags = status_field(&info, "flags")[0].clone();
+        i32::from_str_radix(&flags, 8).unwrap() & libc::O_ACCMODE
+    };
     let mut kinds = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -255,15 +263,12 @@ fn check_fds(pid: u32, name: &str) {
             t if t.starts_with("anon_inode:kvm-vcpu:") => "vcpu",
             "anon_inode:[eventfd]" | "anon_inode:[eventpoll]" | "anon_inode:[timerfd]" => "event",
             "/disk0" => {
-                let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
-                let flags = status_field(&info, "flags")[0].clone();
-                let flags = i32::from_str_radix(&flags, 8).unwrap();
-                assert_eq!(
-                    flags & libc::O_ACCMODE,
-                    libc::O_RDONLY,
-                    "ro disk opened writable"
-                );
+                assert_eq!(access(&fd), libc::O_RDONLY, "ro disk opened writable");
                 "disk"
+            }
+            "/disk1" => {
+                assert_eq!(access(&fd), libc::O_RDWR, "scratch disk not writable");
+                "scratch"
             }
             "/console.log" => "console",
             "/dev/kvm" => "kvm",
@@ -272,7 +277,7 @@ fn check_fds(pid: u32, name: &str) {
         };
         kinds.insert(kind);
     }
-    for needed in ["vm", "vcpu", "disk", "console", "socket", "log"] {
+    for needed in ["vm", "vcpu", "disk", "scratch", "console", "socket", "log"] {
         assert!(kinds.contains(needed), "no {needed} fd: {kinds:?}");
     }
 }

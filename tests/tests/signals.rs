@@ -1,32 +1,22 @@
 //! A signal to `moat run` reaches the container's process, and the VM still goes away.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use moat_tests::{assert_nothing_left, moat_bin, unique_name, vm_available, wait_with_timeout};
+use moat_tests::{
+    assert_nothing_left, start_until_ready, unique_name, vm_available, wait_with_timeout,
+};
 
 fn run_until_ready_then_signal(signal: nix::sys::signal::Signal) -> (String, i32) {
     let name = unique_name("sig");
-    let mut child = Command::new(moat_bin())
-        .args([
-            "run",
-            "--name",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            "echo ready; exec sleep 600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn moat");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    out.read_line(&mut line).expect("read");
-    assert_eq!(line, "ready\n", "the container did not start");
+    let mut child = start_until_ready(&[
+        "run",
+        "--name",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
+    ]);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, signal).expect("kill");
     let code = wait_with_timeout(&mut child, Duration::from_secs(300));

@@ -4,15 +4,14 @@
 //! dirty by a killed VMM is refused read-only and replayed read-write. Each test boots real
 //! microVMs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use moat_jail::testutil::TempDir;
 use moat_tests::{
-    assert_nothing_left, moat, moat_bin, unique_name, vm_available, vmm_processes_mentioning,
-    wait_with_timeout, Outcome,
+    assert_nothing_left, ext4_image, moat, start_until_ready, unique_name, vm_available,
+    vmm_processes_mentioning, wait_with_timeout, Outcome,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -27,13 +26,7 @@ fn expected_data() -> String {
 /// A fresh 32 MiB ext4 image in `dir`.
 fn image(dir: &Path) -> PathBuf {
     let path = dir.join("data.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&path)
-        .arg("32M")
-        .output()
-        .expect("mkfs.ext4");
-    assert!(out.status.success(), "{out:?}");
+    ext4_image(&path, "32M");
     path
 }
 
@@ -97,18 +90,7 @@ fn start_ready(name: &str, flags: &[&str], script: &str) -> Child {
     let mut args = vec!["run", "--name", name];
     args.extend_from_slice(flags);
     args.extend_from_slice(&["--", "sh", "-c", script]);
-    let mut child = Command::new(moat_bin())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn moat");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    out.read_line(&mut line).expect("read");
-    assert_eq!(line, "ready\n", "the container of {name} did not start");
-    child
+    start_until_ready(&args)
 }
 
 fn interrupt(child: &mut Child) -> i32 {
