@@ -30,8 +30,14 @@ BENCH_WORD = "moat.bench=reset"
 SAMPLE_SECONDS = 0.01
 RUN_TIMEOUT = 90
 # The `moat run -- true` variants, alternated round by round: the default container stack, the
-# stack without seccomp filter, masked paths or dropped capabilities, and with limits written.
-MOAT_RUN_FLAGS = ([], ["--privileged"], ["--cpus", "1", "-m", "128m", "--pids-limit", "64"])
+# stack without seccomp filter, masked paths or dropped capabilities, with limits written, and
+# with a read-only root (no writable layer: no scratch disk to make, mount and unmount).
+MOAT_RUN_FLAGS = (
+    [],
+    ["--privileged"],
+    ["--cpus", "1", "-m", "128m", "--pids-limit", "64"],
+    ["--read-only"],
+)
 # The runtime's debug event carrying the time from Run sent to Started read.
 SETUP_LOG = "warn,moat_runtime::session=debug"
 SETUP_US = re.compile(r"container started.*\bsetup_us=(\d+)")
@@ -306,7 +312,7 @@ def moat_run_once(setup, flags, i, out):
 
 def measure_moat_runs(setup, n):
     """Each variant of MOAT_RUN_FLAGS n times, after one uncounted run (page cache); round i
-    starts with variant i mod 3, so that load drift hits all alike.
+    starts with variant i mod their number, so that load drift hits all alike.
     Returns [(flags, {"times": [s], "setup": [s]})]."""
     runs = [(flags, {"times": [], "setup": []}) for flags in MOAT_RUN_FLAGS]
     cmd, env = setup.moat_run([])
