@@ -179,6 +179,12 @@ pub fn power_off() -> ! {
 
 /// The agent as PID 1.
 pub fn main() -> ! {
+    // A panic (the build aborts on one) would kill PID 1 and panic the kernel, skipping the
+    // clean end: end the VM the usual way instead, from whichever thread panicked.
+    std::panic::set_hook(Box::new(|info| {
+        log_error(&format!("panic: {info}"));
+        power_off()
+    }));
     if let Err(err) = boot() {
         fatal(&err);
     }

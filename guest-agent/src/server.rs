@@ -273,6 +273,13 @@ impl Server {
                     c.report_ooms(&writer);
                     c.remove();
                 }
+                // In the guest, what the container wrote goes to the disks now, while the host
+                // waits for the exit without a deadline: the power-off after it has little left
+                // to flush within the host's shutdown timeout.
+                if kill == KillScope::Everything {
+                    // SAFETY: sync takes no arguments and cannot fail.
+                    unsafe { libc::sync() };
+                }
                 // If this fails the reader sees the broken connection too.
                 let _ = writer.control(&AgentMessage::Exited { status });
             })?;

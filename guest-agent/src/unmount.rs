@@ -1,8 +1,9 @@
 //! The end of the VM: once every process is gone, each filesystem the agent mounted (the
-//! container's overlay, its image, the writable layer's disk, the volumes) is unmounted, or,
-//! if something still holds it, its superblock is remounted read-only, and everything is
-//! synced. Either way ext4 writes its journal out and clears its needs-recovery flag, so no
-//! disk is left with a journal to replay, whatever way the container ended.
+//! container's overlay, its image, the writable layer's disk, the volumes) is released: a
+//! writable disk filesystem's superblock is remounted read-only (in every mount namespace at
+//! once), which makes ext4 write its journal out and clear its needs-recovery flag, then it is
+//! unmounted; everything is synced. So no disk is left with a journal to replay, whatever way
+//! the container ended.
 
 use std::ffi::CString;
 use std::io;
@@ -30,6 +31,8 @@ pub struct Mount {
     pub target: String,
     /// The filesystem type.
     pub fstype: String,
+    /// The mount source (a device for disk filesystems).
+    pub source: String,
     /// The superblock is read-only.
     pub readonly: bool,
 }
@@ -43,11 +46,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let dash = fields.iter().position(|f| *f == "-")?;
             let target = unescape(fields.get(4)?);
             let fstype = fields.get(dash + 1)?.to_string();
+            let source = unescape(fields.get(dash + 2).copied().unwrap_or(""));
             let super_opts = fields.get(dash + 3).copied().unwrap_or("");
             let readonly = super_opts.split(',').next() == Some("ro");
             Some(Mount {
                 target,
                 fstype,
+                source,
                 readonly,
             })
         })
@@ -81,34 +86,57 @@ fn released(m: &Mount) -> bool {
     !PSEUDO.contains(&m.fstype.as_str()) && !KEPT.contains(&m.target.as_str())
 }
 
-/// Unmounts every mount of `mounts` but the agent's own, newest first (an overlay before the
-/// disks under it), trying a busy one again for a second, then remounting a writable one
-/// read-only; syncs at the end. Returns the mount points that could be neither unmounted nor
-/// made read-only. `pause` waits between tries.
+/// The order mounts go in: overlays first (they sit on the disks), then the volumes (the user's
+/// data, before the writable layer's disk, whose flush can take long), then the rest; each
+/// group newest first.
+fn rank(m: &Mount) -> u8 {
+    match () {
+        _ if m.fstype == "overlay" => 0,
+        _ if m.target.starts_with(moat_protocol::VOLUMES_DIR) => 1,
+        _ => 2,
+    }
+}
+
+/// Releases every mount of `mounts` but the agent's own, in [`rank`] order. A writable disk
+/// filesystem is first remounted read-only: that acts on its superblock, so in every mount
+/// namespace at once (a container's copy included), and writes its journal out; then it is
+/// unmounted. A busy call is tried again for a second. Syncs at the end. Returns the mount
+/// points of writable disk filesystems that could not be made read-only. `pause` waits between
+/// tries.
 pub fn release(sys: &dyn Syscall, mounts: &[Mount], pause: &dyn Fn()) -> Vec<String> {
+    let mut order: Vec<&Mount> = mounts.iter().rev().filter(|m| released(m)).collect();
+    order.sort_by_key(|m| rank(m));
     let mut stuck = Vec::new();
-    for m in mounts.iter().rev().filter(|m| released(m)) {
+    for m in order {
         let Ok(target) = CString::new(m.target.as_str()) else {
             continue;
         };
-        let mut result = sys.umount(&target);
-        for _ in 1..BUSY_TRIES {
-            if !is_busy(&result) {
-                break;
-            }
-            pause();
-            result = sys.umount(&target);
-        }
-        if result.is_ok() || m.readonly {
-            continue;
-        }
+        let on_disk = m.source.starts_with("/dev/");
         let flags = libc::MS_REMOUNT | libc::MS_RDONLY;
-        if sys.mount(None, &target, None, flags, None).is_err() {
+        let sealed = m.readonly
+            || !on_disk
+            || retry(pause, || sys.mount(None, &target, None, flags, None)).is_ok();
+        // Gone from the agent's namespace; what matters for the disk happened above.
+        let _ = retry(pause, || sys.umount(&target));
+        if !sealed {
             stuck.push(m.target.clone());
         }
     }
     sys.sync();
     stuck
+}
+
+/// Calls `f` until it is not busy, [`BUSY_TRIES`] times at most.
+fn retry(pause: &dyn Fn(), f: impl Fn() -> io::Result<()>) -> io::Result<()> {
+    let mut result = f();
+    for _ in 1..BUSY_TRIES {
+        if !is_busy(&result) {
+            break;
+        }
+        pause();
+        result = f();
+    }
+    result
 }
 
 fn is_busy(result: &io::Result<()>) -> bool {
@@ -130,8 +158,9 @@ pub fn wait_for_processes(grace: Duration) -> bool {
     }
 }
 
-/// Whether a user process other than PID 1 still runs (`/proc/N/stat`: state not `Z`, and not
-/// a kernel thread, whose parent is kthreadd, PID 2).
+/// Whether a user process other than PID 1 still runs: not a kernel thread (whose parent is
+/// kthreadd, PID 2), and not a zombie, unless other threads of it are still exiting (a zombie
+/// leader whose threads still hold the process's files and mount namespace).
 fn any_process_left() -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
@@ -149,8 +178,22 @@ fn any_process_left() -> bool {
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let mut fields = rest.split_whitespace();
         let (state, ppid) = (fields.next(), fields.next());
-        matches!((state, ppid), (Some(s), Some(p)) if s != "Z" && p != "2" && p != "0")
+        match (state, ppid) {
+            (_, Some("2" | "0")) | (None, _) | (_, None) => false,
+            (Some("Z"), _) => threads(&entry.path()) > 1,
+            _ => true,
+        }
     })
+}
+
+/// The `Threads:` count of `/proc/N/status` (1 if it cannot be read).
+fn threads(proc_dir: &std::path::Path) -> u32 {
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(1)
 }
 
 /// The whole end, as PID 1 does it: wait for the killed processes, release the mounts, sync.

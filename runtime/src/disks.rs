@@ -4,6 +4,7 @@
 //! sparse ext4 file under the data root, removed with the run.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use moat_protocol::UpperLayer;
@@ -144,36 +145,40 @@ pub fn vm_disks(
     if config.volumes.len() > MAX_VOLUMES {
         return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
     }
-    let root = match &config.rootfs {
-        Rootfs::Image(name) => assets
-            .image
-            .clone()
-            .ok_or_else(|| DiskError::NoImage(name.clone()))?,
+    let (root, root_dest) = match &config.rootfs {
+        Rootfs::Image(name) => {
+            let image = assets.image.clone();
+            (
+                image.ok_or_else(|| DiskError::NoImage(name.clone()))?,
+                Some("/"),
+            )
+        }
         Rootfs::Directory(dir) => {
             let image = state.path().join("rootfs.ext4");
             pack_directory(dir, &image, "rootfs")?;
-            image
+            (image, None)
         }
     };
     let mut disks = vec![Disk {
         path: root,
         readonly: true,
     }];
+    let mut destinations = vec![root_dest];
     for (i, volume) in config.volumes.iter().enumerate() {
-        let path = match &volume.source {
-            VolumeSource::ImageFile(path) => path.clone(),
+        let (path, destination) = match &volume.source {
+            VolumeSource::ImageFile(path) => (path.clone(), Some(volume.destination.as_str())),
             VolumeSource::Directory(dir) => {
                 let image = state.path().join(format!("volume-{i}.ext4"));
                 pack_directory(dir, &image, "volume")?;
-                image
+                (image, None)
             }
         };
         disks.push(Disk {
             path,
             readonly: volume.readonly,
         });
+        destinations.push(destination);
     }
-    let locks = lock_images(config, state_root)?;
     let readonly_root = config
         .spec
         .root()
@@ -187,9 +192,11 @@ pub fn vm_disks(
             path: scratch.path.clone(),
             readonly: false,
         });
+        destinations.push(Some("the writable layer"));
         let device = guest_device(disks.len() - 1);
         (UpperLayer::Disk { device }, Some(scratch))
     };
+    let locks = lock_disks(&disks, &destinations, state_root)?;
     Ok(VmDisks {
         disks,
         upper,
@@ -198,18 +205,23 @@ pub fn vm_disks(
     })
 }
 
-/// Locks the image-file volumes (packed directories are the run's own).
-fn lock_images(config: &RunConfig, state_root: &Path) -> Result<VolumeLocks, LockError> {
-    let attaches: Vec<Attach<'_>> = config
-        .volumes
+/// Locks every disk but the packed directories (the run's own files): the root image shared,
+/// the image volumes as attached, the scratch disk exclusive, so no other VM can attach any of
+/// them read-write. `destinations[i]` names disk i in messages; `None` for a packed one.
+fn lock_disks(
+    disks: &[Disk],
+    destinations: &[Option<&str>],
+    state_root: &Path,
+) -> Result<VolumeLocks, LockError> {
+    let attaches: Vec<Attach<'_>> = disks
         .iter()
-        .filter_map(|v| match &v.source {
-            VolumeSource::ImageFile(path) => Some(Attach {
-                path,
-                destination: &v.destination,
-                readonly: v.readonly,
-            }),
-            VolumeSource::Directory(_) => None,
+        .zip(destinations)
+        .filter_map(|(d, dest)| {
+            dest.map(|destination| Attach {
+                path: &d.path,
+                destination,
+                readonly: d.readonly,
+            })
         })
         .collect();
     lock_all(&attaches, state_root)
@@ -225,9 +237,10 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
         path: path.clone(),
         detail,
     };
-    make_private_dir(data_root).map_err(|e| failed(e.to_string()))?;
-    make_private_dir(&dir).map_err(|e| failed(e.to_string()))?;
+    make_private_dir(data_root).map_err(failed)?;
+    make_private_dir(&dir).map_err(failed)?;
     let _ = std::fs::remove_file(&path);
+    // O_CREAT|O_EXCL: never through a link left in its place.
     let file = File::options()
         .write(true)
         .create_new(true)
@@ -235,18 +248,36 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
         .map_err(|e| failed(e.to_string()))?;
     let scratch = Scratch { path: path.clone() };
     file.set_len(bytes).map_err(|e| failed(e.to_string()))?;
+    // mkfs opens the very file created above, whatever happens to the name meanwhile.
+    let by_fd = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        file.as_raw_fd()
+    ));
+    mkfs_scratch(&by_fd).map_err(failed)?;
     drop(file);
-    mkfs_scratch(&path).map_err(failed)?;
     tracing::debug!(path = %path.display(), bytes, "scratch disk created");
     Ok(scratch)
 }
 
-fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+/// Makes `dir` (0700) unless it exists; either way it must be a real directory of ours that
+/// nobody else can write to, or a file in it could be swapped for a link.
+fn make_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other.map_err(|e| format!("cannot create {}: {e}", dir.display()))?,
     }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ours = meta.uid() == rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} must be a directory owned by uid {} and writable by nobody else",
+            dir.display(),
+            rustix::process::geteuid().as_raw()
+        ));
+    }
+    Ok(())
 }
 
 /// `mkfs.ext4` on the sparse file, keeping its size.
@@ -287,6 +318,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_scratch_directory_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir::new("scratch-dir");
+        let dir = tmp.path().join("scratch");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_scratch(tmp.path(), "c1", 64 << 20).unwrap_err();
+        assert!(err.to_string().contains("writable by nobody else"), "{err}");
+        std::fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &dir).unwrap();
+        assert!(create_scratch(tmp.path(), "c1", 64 << 20).is_err());
     }
 
     #[test]

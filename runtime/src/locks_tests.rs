@@ -103,3 +103,13 @@ fn proc_locks_lines() {
     assert_eq!(lock_holder(locks, dev, 1235), None);
     assert_eq!(lock_holder(locks, rustix::fs::makedev(8, 1), 55), None);
 }
+
+#[test]
+fn other_content_has_no_journal_to_check() {
+    let tmp = TempDir::new("locks");
+    let short = tmp.path().join("short.img");
+    std::fs::write(&short, b"not a filesystem").unwrap();
+    let zeros = tmp.path().join("zeros.img");
+    std::fs::write(&zeros, vec![0xffu8; 8192]).unwrap();
+    lock_all(&[ro(&short, "/"), ro(&zeros, "/z")], tmp.path()).unwrap();
+}

@@ -448,7 +448,11 @@ pub fn run(
             Err(RunError::Agent { kind, message })
         }
         Err(SessionError::Ended(reason)) => Err(vm_ended(&mut vm, reason, config, options)),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // The agent still ends the VM cleanly when it sees the host go: give it the time.
+            let _ = shut_down(&mut session, &mut vm.vmm);
+            Err(e.into())
+        }
     }
 }
 

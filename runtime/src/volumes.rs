@@ -191,7 +191,7 @@ pub fn pack_directory(dir: &Path, image: &Path, label: &str) -> Result<(), Volum
         .arg(image)
         .arg(format!("{size_kib}k"));
     run_e2fsprogs(mkfs, "mkfs.ext4").map_err(mkfs_err)?;
-    if !dir.join(LOST_FOUND).exists() {
+    if std::fs::symlink_metadata(dir.join(LOST_FOUND)).is_err() {
         remove_lost_found(image).map_err(mkfs_err)?;
     }
     tracing::debug!(dir = %dir.display(), image = %image.display(), size_kib, "packed");

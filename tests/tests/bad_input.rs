@@ -605,17 +605,3 @@ fn storage_opt_too_small_or_unknown() {
         &["--storage-opt", "size=SIZE"],
     );
 }
-
-#[test]
-fn one_image_read_write_twice() {
-    // Checked when the VM's disks are assembled, after the KVM probe.
-    if !vm_available("one_image_read_write_twice") {
-        return;
-    }
-    let dir = moat_jail::testutil::TempDir::new("bad-twice");
-    let img = dir.path().join("v.ext4");
-    moat_tests::ext4_image(&img, "8M");
-    let a = format!("{}:/a", img.display());
-    let b = format!("{}:/b", img.display());
-    flags_naming("twice", &["-v", &a, "-v", &b], &["-v", "attached twice"]);
-}

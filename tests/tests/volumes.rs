@@ -16,11 +16,15 @@ use moat_tests::{
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// What the containers write to `/data/f`: `seq 1 20000`.
-const WRITE: &str = "seq 1 20000 > /data/f";
+/// What a container writes to `/data/f`: a line naming the case (so that each case shows its
+/// own write), then `seq 1 20000`.
+fn write(tag: &str) -> String {
+    format!("{{ echo {tag}; seq 1 20000; }} > /data/f")
+}
 
-fn expected_data() -> String {
-    (1..=20000).map(|n| format!("{n}\n")).collect()
+fn expected_data(tag: &str) -> String {
+    let numbers: String = (1..=20000).map(|n| format!("{n}\n")).collect();
+    format!("{tag}\n{numbers}")
 }
 
 /// A fresh 32 MiB ext4 image in `dir`.
@@ -55,10 +59,11 @@ fn needs_recovery(image: &Path) -> bool {
     features.contains("needs_recovery")
 }
 
-/// The volume is clean and holds what the container wrote. `e2fsck -n` exits 0 even on an
+/// The volume is clean and holds what the container of case `tag` wrote. `e2fsck -n` exits 0 even on an
 /// image with a journal to replay, so its output is read: nothing but its passes and summary.
 #[track_caller]
-fn assert_clean_with_data(image: &Path, context: &str) {
+fn assert_clean_with_data(image: &Path, tag: &str) {
+    let context = tag;
     assert!(!needs_recovery(image), "{context}: journal to replay");
     let (code, out, err) = tool("e2fsck", &["-fn"], image);
     let text = out + &err;
@@ -73,7 +78,7 @@ fn assert_clean_with_data(image: &Path, context: &str) {
     );
     let (_, data, _) = tool("debugfs", &["-R", "cat /f"], image);
     assert!(
-        data == expected_data(),
+        data == expected_data(tag),
         "{context}: /f is not what the container wrote"
     );
 }
@@ -112,32 +117,32 @@ fn every_way_a_run_ends_leaves_the_volume_clean() {
     // busybox sh ends the script with status 2 when a fork fails.
     let fork = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 300 & done; exit 4";
     let ends: [(&str, &[&str], String, Option<i32>); 7] = [
-        ("exit", &v, format!("{WRITE}; exit 3"), Some(3)),
-        ("signal", &v, format!("{WRITE}; kill -9 $$"), Some(137)),
+        ("exit", &v, "WRITE; exit 3".into(), Some(3)),
+        ("signal", &v, "WRITE; kill -9 $$".into(), Some(137)),
         (
             "oom",
             &["-m", "64m", "-v", &vol],
-            format!("{WRITE}; {hog}"),
+            format!("WRITE; {hog}"),
             Some(137),
         ),
         (
             "pids",
             &["--pids-limit", "6", "-v", &vol],
-            format!("{WRITE}; {fork}"),
+            format!("WRITE; {fork}"),
             Some(2),
         ),
         (
             "background",
             &v,
-            format!("{WRITE}; sleep 300 & exit 0"),
+            "WRITE; sleep 300 & exit 0".into(),
             Some(0),
         ),
-        ("poweroff", &priv_v, format!("{WRITE}; poweroff -f"), None),
-        ("reboot", &priv_v, format!("{WRITE}; reboot -f"), None),
+        ("poweroff", &priv_v, "WRITE; poweroff -f".into(), None),
+        ("reboot", &priv_v, "WRITE; reboot -f".into(), None),
     ];
     for (how, flags, script, code) in ends {
         let name = unique_name(how);
-        let o = run(&name, flags, &script);
+        let o = run(&name, flags, &script.replace("WRITE", &write(how)));
         match code {
             Some(code) => {
                 o.expect_code(code);
@@ -154,7 +159,11 @@ fn every_way_a_run_ends_leaves_the_volume_clean() {
     }
     // Ctrl-C on the host.
     let name = unique_name("ctrl-c");
-    let mut child = start_ready(&name, &v, &format!("{WRITE}; echo ready; exec sleep 600"));
+    let mut child = start_ready(
+        &name,
+        &v,
+        &format!("{}; echo ready; exec sleep 600", write("ctrl-c")),
+    );
     assert_eq!(interrupt(&mut child), 130);
     assert_clean_with_data(&img, "ctrl-c");
     assert_nothing_left(&name);
@@ -188,7 +197,7 @@ fn a_read_write_image_is_attached_once() {
     let mut child = start_ready(
         &holder,
         &["-v", &rw],
-        &format!("{WRITE}; echo ready; exec sleep 600"),
+        &format!("{}; echo ready; exec sleep 600", write("holder")),
     );
     for vol in [&rw, &ro] {
         let name = unique_name("second");
@@ -210,10 +219,10 @@ fn a_read_write_image_is_attached_once() {
     let name = unique_name("reader2");
     let o = run(&name, &["-v", &ro], "wc -l < /data/f");
     o.expect_code(0);
-    assert_eq!(o.out(), "20000\n", "{}", o.diagnostics());
+    assert_eq!(o.out(), "20001\n", "{}", o.diagnostics());
     assert_eq!(interrupt(&mut child), 130);
     assert_nothing_left(&reader);
-    assert_clean_with_data(&img, "after the locks");
+    assert_clean_with_data(&img, "holder");
 }
 
 #[test]
@@ -225,7 +234,7 @@ fn a_volume_left_dirty_is_refused_read_only_and_replayed_read_write() {
     let img = image(dir.path());
     let rw = format!("{}:/data", img.display());
     let name = unique_name("crash");
-    let script = format!("{WRITE}; sync; echo ready; exec sleep 600");
+    let script = format!("{}; sync; echo ready; exec sleep 600", write("crash"));
     let mut child = start_ready(&name, &["-v", &rw], &script);
     let vmm = vmm_processes_mentioning(&name);
     assert_eq!(vmm.len(), 1, "{vmm:?}");
@@ -246,8 +255,8 @@ fn a_volume_left_dirty_is_refused_read_only_and_replayed_read_write() {
     let name = unique_name("replay");
     let o = run(&name, &["-v", &rw], "wc -l < /data/f");
     o.expect_code(0);
-    assert_eq!(o.out(), "20000\n", "{}", o.diagnostics());
-    assert_clean_with_data(&img, "replayed");
+    assert_eq!(o.out(), "20001\n", "{}", o.diagnostics());
+    assert_clean_with_data(&img, "crash");
     assert_nothing_left(&name);
 }
 

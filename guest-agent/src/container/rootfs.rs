@@ -5,6 +5,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 
 use moat_protocol::{RootfsSpec, UpperLayer};
 
@@ -141,17 +142,20 @@ fn writable_layer(
     spec: &RootfsSpec,
     id: &str,
 ) -> Result<(CString, CString), RootfsError> {
-    if id.is_empty() || id.contains(['/', '\0']) || id == "." || id == ".." {
+    // The host's rule for names, again: the id goes into a path and the overlay's options.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !id.chars().all(allowed) || !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(RootfsError::BadId(id.to_owned()));
     }
     mkdir_p(sys, RW, 0o755).map_err(step("creating /run/moat"))?;
     match &spec.upper {
         UpperLayer::Disk { device } => {
             let dev = checked_device(device)?;
-            let flags = libc::MS_NOSUID | libc::MS_NODEV;
-            match sys.mount(Some(&dev), RW, Some(c"ext4"), flags, None) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // mounted for an earlier container
-                other => other.map_err(step("mounting the writable layer's disk"))?,
+            // Mounted once, for the VM's first container.
+            if !is_mount_point(RW) {
+                let flags = libc::MS_NOSUID | libc::MS_NODEV;
+                sys.mount(Some(&dev), RW, Some(c"ext4"), flags, None)
+                    .map_err(step("mounting the writable layer's disk"))?;
             }
         }
         UpperLayer::Memory { mib } => {
@@ -171,6 +175,17 @@ fn writable_layer(
         mkdir_p(sys, d, 0o755).map_err(step("creating the writable layer"))?;
     }
     Ok((upper, work))
+}
+
+/// Whether `dir` is a mount point: on another device than its parent.
+fn is_mount_point(dir: &CStr) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+    let dev = |p: &std::path::Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
+    match (dev(path), path.parent().and_then(dev)) {
+        (Some(own), Some(parent)) => own != parent,
+        _ => false,
+    }
 }
 
 fn overlay_options(upper: &CStr, work: &CStr) -> Result<CString, RootfsError> {
@@ -251,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_upper_layer_and_a_second_container_on_the_disk() {
+    fn memory_upper_layer_disk_errors_and_bad_ids() {
         let sys = Recorder::default();
         let mut s = spec();
         s.upper = UpperLayer::Memory { mib: 64 };
@@ -259,14 +274,19 @@ mod tests {
         assert!(sys
             .lines()
             .contains(&"mount tmpfs /run/moat/rw tmpfs - mode=0755,size=64m".to_string()));
-        // The disk is already mounted for an earlier container of the VM.
-        let sys = Recorder::failing("mount /dev/vdc", libc::EBUSY);
+        let sys = Recorder::default();
         prepare(&sys, &spec(), "c2", false, None).unwrap();
         assert!(sys
             .lines()
             .iter()
             .any(|l| l.contains("containers/c2/upper")));
-        for bad in ["", ".", "..", "a/b"] {
+        // A disk that cannot be mounted is an error, never a silent fallback.
+        let sys = Recorder::failing("mount /dev/vdc", libc::EBUSY);
+        assert!(matches!(
+            prepare(&sys, &spec(), "c3", false, None),
+            Err(RootfsError::Step { .. })
+        ));
+        for bad in ["", ".", "..", "a/b", "-x", "a,upperdir=/", "a:b", "a\\b"] {
             assert!(matches!(
                 prepare(&Recorder::default(), &spec(), bad, false, None),
                 Err(RootfsError::BadId(_))

@@ -72,11 +72,6 @@ impl Recorder {
         r
     }
 
-    /// Also fails calls starting with `prefix` with `errno`.
-    pub fn fail_also(&self, prefix: &str, errno: i32) {
-        self.fail.borrow_mut().push((prefix.into(), errno));
-    }
-
     /// The recorded calls.
     pub fn lines(&self) -> Vec<String> {
         self.calls.borrow().clone()
