@@ -21,6 +21,7 @@ use crate::container::{self, pty, ContainerError, Isolation, Process};
 use crate::limits::{self, ContainerCgroup};
 use crate::reaper::Reaper;
 use crate::stdio::{spawn_pump, spawn_stdin, FrameWriter};
+use crate::syscall::{Linux, Syscall};
 
 /// Errors of the conversation.
 #[derive(Debug, thiserror::Error)]
@@ -277,8 +278,7 @@ impl Server {
                 // waits for the exit without a deadline: the power-off after it has little left
                 // to flush within the host's shutdown timeout.
                 if kill == KillScope::Everything {
-                    // SAFETY: sync takes no arguments and cannot fail.
-                    unsafe { libc::sync() };
+                    Linux.sync();
                 }
                 // If this fails the reader sees the broken connection too.
                 let _ = writer.control(&AgentMessage::Exited { status });

@@ -87,31 +87,15 @@ impl Drop for Scratch {
     }
 }
 
-/// Parses a `--storage-opt` value: `size=SIZE` (b, k, m, g or t), from [`MIN_STORAGE_BYTES`]
-/// to [`MAX_STORAGE_BYTES`]; the writable layer's size in bytes.
+/// Parses a `--storage-opt` value: `size=SIZE` (a docker-style size, as `-m` takes), from
+/// [`MIN_STORAGE_BYTES`] to [`MAX_STORAGE_BYTES`]; the writable layer's size in bytes.
 pub fn parse_storage_opt(text: &str) -> Result<u64, DiskError> {
     let bad = |why| DiskError::StorageOpt(text.to_owned(), why);
     let Some(value) = text.strip_prefix("size=") else {
         return Err(bad("the only storage option is size=SIZE (e.g. size=20g)"));
     };
-    let value = value.trim().to_ascii_lowercase();
-    let value = value
-        .strip_suffix('b')
-        .filter(|v| !v.is_empty())
-        .unwrap_or(&value);
-    let (digits, shift) = match value.chars().last() {
-        Some('k') => (&value[..value.len() - 1], 10),
-        Some('m') => (&value[..value.len() - 1], 20),
-        Some('g') => (&value[..value.len() - 1], 30),
-        Some('t') => (&value[..value.len() - 1], 40),
-        _ => (value, 0),
-    };
-    let number: u64 = digits
-        .parse()
+    let bytes = moat_spec::parse::parse_size(value)
         .map_err(|_| bad("expected size=SIZE with a number and an optional unit k, m, g or t"))?;
-    let bytes = number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| bad("too large"))?;
     if bytes < MIN_STORAGE_BYTES {
         return Err(bad("the writable layer must be at least 32m"));
     }

@@ -5,16 +5,14 @@
 //! not replay it on a read-only disk.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
 
-/// Offset of the ext2/3/4 superblock's magic number, and the magic.
-const EXT4_MAGIC_OFFSET: u64 = 1024 + 0x38;
-const EXT4_MAGIC: [u8; 2] = [0x53, 0xef];
+use crate::volumes::{is_ext4_file, read_at};
+
 /// Offset of ext4's `s_feature_incompat` (superblock at 1024, field at 0x60).
 const EXT4_INCOMPAT_OFFSET: u64 = 1024 + 0x60;
 /// `EXT4_FEATURE_INCOMPAT_RECOVER`: the journal has transactions to replay.
@@ -120,20 +118,11 @@ fn refuse_twice(attaches: &[Attach<'_>]) -> Result<(), LockError> {
 /// Whether the file is ext2/3/4 and its superblock says the journal has transactions to replay
 /// (any other content has no journal of this kind: false).
 fn needs_recovery(file: &mut File) -> std::io::Result<bool> {
-    let mut read_at = |offset: u64, buf: &mut [u8]| -> std::io::Result<bool> {
-        file.seek(SeekFrom::Start(offset))?;
-        match file.read_exact(buf) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(e) => Err(e),
-        }
-    };
-    let mut magic = [0u8; 2];
-    if !read_at(EXT4_MAGIC_OFFSET, &mut magic)? || magic != EXT4_MAGIC {
+    if !is_ext4_file(file)? {
         return Ok(false);
     }
     let mut word = [0u8; 4];
-    read_at(EXT4_INCOMPAT_OFFSET, &mut word)?;
+    read_at(file, EXT4_INCOMPAT_OFFSET, &mut word)?;
     Ok(u32::from_le_bytes(word) & EXT4_INCOMPAT_RECOVER != 0)
 }
 

@@ -95,12 +95,25 @@ pub fn check_volume(arg: &VolumeArg) -> Result<Volume, VolumeError> {
 
 /// Whether the file starts with an ext2/3/4 superblock.
 fn is_ext4(path: &Path) -> std::io::Result<bool> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
+    is_ext4_file(&mut std::fs::File::open(path)?)
+}
+
+/// Whether `file` starts with an ext2/3/4 superblock.
+pub(crate) fn is_ext4_file(file: &mut std::fs::File) -> std::io::Result<bool> {
     let mut magic = [0u8; 2];
-    file.seek(SeekFrom::Start(EXT4_MAGIC_OFFSET))?;
-    match file.read_exact(&mut magic) {
-        Ok(()) => Ok(magic == EXT4_MAGIC),
+    Ok(read_at(file, EXT4_MAGIC_OFFSET, &mut magic)? && magic == EXT4_MAGIC)
+}
+
+/// Reads `buf.len()` bytes at `offset`; false if the file ends first.
+pub(crate) fn read_at(
+    file: &mut std::fs::File,
+    offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    match file.read_exact(buf) {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
     }
