@@ -30,6 +30,21 @@ fn ro<'a>(path: &'a Path, destination: &'a str) -> Attach<'a> {
     }
 }
 
+/// [`lock_all`] right after this test released the same images: a child that another test
+/// thread is spawning shares a released lock's open file description between its fork and its
+/// exec, so the lock may last that moment longer (a second at most).
+fn lock_once_free(attaches: &[Attach<'_>], root: &Path) -> Result<VolumeLocks, LockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match lock_all(attaches, root) {
+            Err(LockError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[test]
 fn read_write_is_exclusive_read_only_is_shared() {
     let tmp = TempDir::new("locks");
@@ -51,7 +66,7 @@ fn read_write_is_exclusive_read_only_is_shared() {
     let shared = lock_all(&[ro(&b, "/y")], tmp.path()).unwrap();
     drop((held, shared));
     // Released with the locks.
-    lock_all(&[rw(&a, "/a"), rw(&b, "/b")], tmp.path()).unwrap();
+    lock_once_free(&[rw(&a, "/a"), rw(&b, "/b")], tmp.path()).unwrap();
 }
 
 #[test]
@@ -90,7 +105,7 @@ fn read_only_refuses_a_journal_to_replay() {
     assert!(matches!(err, LockError::NeedsRecovery(_)), "{err}");
     assert!(err.to_string().contains("journal needs recovery"), "{err}");
     // Read-write: the guest's mount replays it.
-    lock_all(&[rw(&a, "/a")], tmp.path()).unwrap();
+    lock_once_free(&[rw(&a, "/a")], tmp.path()).unwrap();
 }
 
 #[test]

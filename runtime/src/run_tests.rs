@@ -229,8 +229,16 @@ impl Setup {
                 "fake vmm still runs: {cmdline}"
             );
         }
+        // A slot's flock belongs to its open file description, which a child that another test
+        // thread is spawning (mkfs.ext4, the fake VMM) shares between its fork and its exec:
+        // the slot may read as held for that moment after the run let it go. Held for a
+        // second is a slot the run kept.
         let slots = self.options.state_root.join(".uids");
         for slot in 0..4 {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while moat_jail::uids::is_held(&slots, slot) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             assert!(
                 !moat_jail::uids::is_held(&slots, slot),
                 "uid slot {slot} held"
