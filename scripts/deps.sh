@@ -9,14 +9,23 @@
 # (tests/nested/lib/qemu-binary.sh), so the backports source is added in both cases, with the
 # mirror and keyring of the machine's own bookworm source, at backports' default priority (apt
 # installs nothing from it unless asked to).
+#
+# The image tests' tools: curl, docker-registry (distribution 2.8, run by tests/src/registry.rs on a
+# free loopback port), skopeo and umoci, htpasswd (apache2-utils) and openssl. docker-registry's
+# postinst starts its init script through invoke-rc.d; no service is started here: while
+# packages install, a policy-rc.d that denies every start is in place (the machine's own, or a
+# temporary one removed afterwards).
 set -euo pipefail
 
 packages=(
+  apache2-utils
   bc
   binutils
   bison
   busybox-static
   cpio
+  curl
+  docker-registry
   e2fsprogs
   file
   flex
@@ -29,10 +38,13 @@ packages=(
   linux-perf
   linux-source-6.12
   make
+  openssl
   procps
   runc
   shellcheck
+  skopeo
   strace
+  umoci
   xz-utils
 )
 qemu_packages=(qemu-system-x86)
@@ -40,6 +52,16 @@ backports_file=/etc/apt/sources.list.d/moat-bookworm-backports.sources
 
 say() { echo "deps: $*"; }
 die() { echo "deps: $*" >&2; exit 1; }
+
+# Installs a policy-rc.d that denies service starts unless the machine has one; removed on exit.
+deny_service_starts() {
+  local policy=/usr/sbin/policy-rc.d
+  [[ -e $policy ]] && return 0
+  printf '#!/bin/sh\n# Added by moat scripts/deps.sh while packages install.\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  # shellcheck disable=SC2064 # the path is expanded now, while $policy is set
+  trap "rm -f '$policy'" EXIT
+}
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -148,6 +170,7 @@ if [[ -n $added ]] || ((${#missing[@]} + ${#missing_qemu[@]})); then
 fi
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
+  deny_service_starts
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if ((${#missing_qemu[@]})); then

@@ -1,6 +1,9 @@
 //! Helpers for moat's integration tests: find the built binaries, decide whether VM tests can
-//! run here, run `moat` with a timeout and show the guest's console and the VMM log on failure.
+//! run here, run `moat` with a timeout and show the guest's console and the VMM log on failure; and
+//! registries and images for the image tests ([`registry`]).
 #![forbid(unsafe_code)]
+
+pub mod registry;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
