@@ -437,3 +437,55 @@ fn hostile_bearer_flow() {
         Some("Bearer T")
     );
 }
+
+/// umoci (a second implementation) unpacks the sample as described: owners, modes, links,
+/// devices, the xattr, the whiteout and the opaque dir, the runtime config (needs root).
+#[test]
+fn umoci_unpacks_the_sample() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = TempDir::new("umoci");
+    let mut image = sample_image();
+    // umoci 0.4 reads no zstd.
+    image.layers = image
+        .layers
+        .into_iter()
+        .map(|l| l.compression(Compression::Gzip))
+        .collect();
+    OciLayout::single(image).write(&dir.path().join("layout"), "v1");
+    let out = std::process::Command::new("umoci")
+        .args(["unpack", "--image", "layout:v1", "bundle"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run umoci");
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join("bundle/rootfs");
+    let a = std::fs::metadata(root.join("data/a")).unwrap();
+    assert_eq!(
+        (a.mode() & 0o7777, a.uid(), a.nlink(), a.mtime()),
+        (0o640, 1000, 2, 1_600_000_000)
+    );
+    let null = std::fs::metadata(root.join("data/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    assert!(std::fs::metadata(root.join("data/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(!root.join("data/sym").exists(), "whiteout");
+    assert!(!root.join("etc/passwd").exists(), "opaque dir");
+    assert!(std::fs::symlink_metadata(root.join("bin/sh"))
+        .unwrap()
+        .is_symlink());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bundle/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["process"]["args"],
+        serde_json::json!(["/bin/sh", "-c", "echo hi"])
+    );
+    assert_eq!(config["process"]["cwd"], "/data");
+}
