@@ -489,3 +489,32 @@ fn umoci_unpacks_the_sample() {
     );
     assert_eq!(config["process"]["cwd"], "/data");
 }
+
+/// A real client (skopeo) gets through the Bearer flow: challenge, `/token` with basic
+/// credentials, then the manifest with the token.
+#[test]
+fn skopeo_follows_the_bearer_flow() {
+    let auth = HostileAuth::Bearer {
+        token: "T".into(),
+        basic: Some(("u".into(), "p".into())),
+    };
+    let (server, built) = hostile(Faults {
+        auth,
+        ..Faults::default()
+    });
+    let raw = skopeo(&[
+        "inspect".into(),
+        "--raw".into(),
+        "--tls-verify=false".into(),
+        "--creds=u:p".into(),
+        format!("docker://{}", server.reference()),
+    ]);
+    assert_eq!(sha256(&raw), built.top_digest);
+    let seen = server.requests();
+    assert!(
+        seen.iter().any(|s| s.path.starts_with("/token")),
+        "{seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(last.authorization.as_deref(), Some("Bearer T"), "{seen:?}");
+}
