@@ -11,6 +11,8 @@ use moat_runtime::run::EXIT_RUNTIME_ERROR;
 use moat_runtime::session::Stdio;
 use moat_runtime::{RunError, RuntimeOptions};
 
+mod image_config;
+mod images;
 mod run_args;
 mod seccomp;
 
@@ -20,6 +22,9 @@ use run_args::RunArgs;
 #[derive(Debug, Parser)]
 #[command(name = "moat", version, propagate_version = true)]
 struct Cli {
+    /// Where images and writable layers live (default /var/lib/moat; or MOAT_DATA_ROOT)
+    #[arg(long, global = true, value_name = "DIR")]
+    data_root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,12 +41,57 @@ enum Command {
                             moat run -v /srv/data:/data:ro --read-only busybox ls /data"
     )]
     Run(RunArgs),
+    /// Pull an image from a registry
+    Pull(images::PullArgs),
+    /// List images
+    Images(images::ImagesArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+    /// Remove images
+    Rmi(images::RmiArgs),
+    /// Load images from a `docker save` or OCI-layout tar archive
+    Load(images::LoadArgs),
+    /// Log in to a registry
+    Login(images::LoginArgs),
+    /// Log out from a registry
+    Logout(images::LogoutArgs),
+    /// Manage moat
+    #[command(subcommand)]
+    System(images::SystemCommand),
 }
 
-fn run(args: RunArgs) -> Result<i32, RunError> {
+/// The data root: --data-root, else MOAT_DATA_ROOT, else /var/lib/moat.
+fn data_root(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("MOAT_DATA_ROOT")
+            .filter(|d| !d.is_empty())
+            .map(Into::into)
+    })
+    .unwrap_or_else(|| moat_runtime::disks::DATA_ROOT.into())
+}
+
+fn image_command(command: Command, data_root: &std::path::Path) -> anyhow::Result<()> {
+    use images::ImageCommand as I;
+    let store = || images::open_store(data_root);
+    match command {
+        Command::Run(_) => unreachable!("run is not an image command"),
+        Command::Pull(a) | Command::Image(I::Pull(a)) => images::pull(&store()?, &a),
+        Command::Images(a) | Command::Image(I::Ls(a)) => images::images(&store()?, &a),
+        Command::Image(I::Inspect { images: names }) => images::inspect(&store()?, &names),
+        Command::Rmi(a) | Command::Image(I::Rm(a)) => images::rmi(&store()?, &a),
+        Command::Load(a) | Command::Image(I::Load(a)) => images::load(&store()?, &a),
+        Command::Login(a) => images::login(&a),
+        Command::Logout(a) => images::logout(&a),
+        Command::System(images::SystemCommand::Df) => images::system_df(&store()?, data_root),
+    }
+}
+
+fn run(args: RunArgs, data_root: &std::path::Path) -> Result<i32, RunError> {
     let (no_jail, no_seccomp) = (args.no_jail, args.no_seccomp);
     let config = args.into_config()?;
     let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
+    options.data_root = data_root.to_owned();
     if no_jail {
         eprintln!("moat: warning: --no-jail: the VMM runs as root in the host's namespaces, unconfined (debugging only)");
         options.jail = false;
@@ -119,8 +169,20 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    let data_root = data_root(cli.data_root);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, &data_root),
+        other => {
+            let result = image_command(other, &data_root);
+            let _ = std::io::stdout().flush();
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("moat: {e:#}");
+                    exit_code(EXIT_RUNTIME_ERROR)
+                }
+            };
+        }
     };
     let _ = std::io::stdout().flush();
     match result {
