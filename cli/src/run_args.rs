@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use moat_images::config as image;
 use moat_runtime::assets::DEFAULT_IMAGE;
 use moat_runtime::config::{
     self, build_env, check_args, memory_mib, parse_env, parse_hostname, parse_name, parse_user,
@@ -26,8 +27,9 @@ use oci_spec::runtime::{PosixRlimit, Spec};
 use crate::seccomp::{seccomp_for, SeccompChoice};
 
 /// The flags that shape the spec: `--bundle` runs its config.json as is, so it takes none.
-const SPEC_FLAGS: [&str; 32] = [
+const SPEC_FLAGS: [&str; 33] = [
     "env",
+    "entrypoint",
     "workdir",
     "user",
     "hostname",
@@ -83,10 +85,15 @@ pub struct RunArgs {
     /// Container name, also its id (default: random)
     #[arg(long, value_name = "NAME", value_parser = parse_name, allow_hyphen_values = true)]
     pub name: Option<String>,
-    /// Numeric user and group to run as
-    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = parse_user,
+    /// User and group to run as, names or ids (names are looked up in the image's /etc/passwd
+    /// and /etc/group)
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]", value_parser = parse_user,
           allow_hyphen_values = true)]
     pub user: Option<User>,
+    /// Run this program instead of the image's entrypoint ("" for none); the image's default
+    /// command is then dropped too
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
     /// Hostname of the container (default: the container id)
     #[arg(long, value_name = "NAME", value_parser = parse_hostname, allow_hyphen_values = true)]
     pub hostname: Option<String>,
@@ -267,16 +274,19 @@ impl RunArgs {
     /// The spec and volumes of a run of IMAGE (or the default image) with docker's defaults.
     fn image_spec(&self, id: &str) -> Result<(Rootfs, Spec, Vec<Volume>), ConfigError> {
         let hostname = self.hostname.clone().unwrap_or_else(|| id.to_owned());
-        let user = self.user.unwrap_or_default();
-        let mut args = self.args.clone();
-        args.extend(self.command.iter().cloned());
-        if args.is_empty() {
-            args.push("sh".to_owned());
-        }
+        let image_config = builtin_image_config();
+        let user = self.user.clone().unwrap_or_default();
+        let mut cmd = self.args.clone();
+        cmd.extend(self.command.iter().cloned());
+        let args = image::process_args(&image_config, self.entrypoint.as_deref(), &cmd)?;
         check_args(&args)?;
-        let env = build_env(&self.env, &hostname, user.uid, self.tty, |k| {
-            std::env::var(k).ok()
-        });
+        let env = build_env(
+            &self.env,
+            &image_config.config.env,
+            &hostname,
+            self.tty,
+            |k| std::env::var(k).ok(),
+        );
         if self.volume.len() > MAX_VOLUMES {
             return Err(ConfigError::TooManyVolumes(MAX_VOLUMES));
         }
@@ -304,8 +314,12 @@ impl RunArgs {
         let mut options = RunOptions {
             args,
             env,
-            cwd: self.workdir.clone().unwrap_or_else(|| "/".to_owned()),
-            user: (user.uid, user.gid),
+            cwd: image::working_dir(&image_config, self.workdir.as_deref()),
+            user: (user.uid.unwrap_or(0), user.gid.unwrap_or(0)),
+            user_spec: Some(image::user(
+                &image_config,
+                self.user.as_ref().map(|u| u.text.as_str()),
+            )),
             terminal: self.tty,
             hostname,
             read_only: self.read_only,
@@ -384,6 +398,13 @@ impl RunArgs {
         });
         last.unwrap_or(SeccompChoice::Default)
     }
+}
+
+/// The config of the built-in image: `sh` as its command, the rest empty.
+fn builtin_image_config() -> image::ImageConfig {
+    let mut config = image::ImageConfig::default();
+    config.config.cmd = Some(vec!["sh".to_owned()]);
+    config
 }
 
 /// The flag of a refused field of the spec that the flags made.

@@ -51,8 +51,11 @@ fn defaults() {
     assert_eq!(c.spec.hostname().as_deref(), Some(c.id.as_str()));
     let env = p.env().clone().unwrap();
     assert!(env.contains(&format!("HOSTNAME={}", c.id)));
-    assert!(env.contains(&"HOME=/root".to_owned()));
-    assert!(!env.iter().any(|e| e.starts_with("TERM=")));
+    // HOME comes from the passwd entry the agent finds for the user, sent unresolved.
+    assert!(!env
+        .iter()
+        .any(|e| e.starts_with("HOME=") || e.starts_with("TERM=")));
+    assert_eq!(user_annotation(&c), Some(""));
     assert_eq!(p.no_new_privileges(), Some(true));
     assert_eq!(
         p.capabilities()
@@ -73,6 +76,63 @@ fn defaults() {
     assert!(c.volumes.is_empty());
     let c = config(&["--security-opt", "seccomp=unconfined", "--", "true"]);
     assert!(linux(&c).seccomp().is_none());
+}
+
+fn user_annotation(c: &RunConfig) -> Option<&str> {
+    c.spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(moat_spec::USER_ANNOTATION))
+        .map(String::as_str)
+}
+
+#[test]
+fn users_by_name_or_id_are_sent_unresolved() {
+    // (flags, annotation, spec uid/gid, root's capabilities)
+    type Case<'a> = (&'a [&'a str], &'a str, (u32, u32), bool);
+    let cases: [Case; 6] = [
+        (&[], "", (0, 0), true),
+        (&["-u", "user"], "user", (0, 0), true),
+        (&["-u", "user:users"], "user:users", (0, 0), true),
+        (&["-u", "1000"], "1000", (1000, 0), false),
+        (&["-u", "1000:users"], "1000:users", (1000, 0), false),
+        (&["--user", "root:100"], "root:100", (0, 100), true),
+    ];
+    for (flags, annotation, ids, root) in cases {
+        let c = config(flags);
+        let p = process(&c);
+        assert_eq!(user_annotation(&c), Some(annotation), "{flags:?}");
+        assert_eq!((p.user().uid(), p.user().gid()), ids, "{flags:?}");
+        let caps = p.capabilities().as_ref().unwrap();
+        assert_eq!(
+            !caps.effective().as_ref().unwrap().is_empty(),
+            root,
+            "{flags:?}"
+        );
+    }
+}
+
+#[test]
+fn entrypoint_follows_docker() {
+    let args = |flags: &[&str]| process(&config(flags)).args().clone().unwrap();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&[], &["sh"]),
+        (&["--entrypoint", "/bin/echo"], &["/bin/echo"]),
+        (
+            &["--entrypoint", "/bin/echo", "busybox", "hi"],
+            &["/bin/echo", "hi"],
+        ),
+        (&["--entrypoint=", "busybox", "id"], &["id"]),
+        (&["--entrypoint", "-x", "--", "y"], &["-x", "y"]),
+    ];
+    for (flags, want) in cases {
+        assert_eq!(args(flags), want, "{flags:?}");
+    }
+    let err = parse_run(&["--entrypoint="])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "no command specified");
 }
 
 #[test]
@@ -112,7 +172,8 @@ fn process_flags() {
     let p = process(&c);
     let env = p.env().clone().unwrap();
     assert!(env.ends_with(&["TERM=xterm".into(), "A=1".into(), "B=2".into()]));
-    assert!(env.contains(&"HOME=/".to_owned()));
+    assert!(!env.iter().any(|e| e.starts_with("HOME=")));
+    assert_eq!(user_annotation(&c), Some("1000:1000"));
     assert_eq!(p.cwd().to_str(), Some("/tmp"));
     assert!(c.interactive && c.tty && p.terminal() == Some(true));
     assert_eq!(c.id, "web.1");
@@ -318,7 +379,8 @@ fn bad_values_are_refused() {
         &["-v", "D:/data:rx"],
         &["--name", "-x"],
         &["--name", "a/b"],
-        &["-u", "root"],
+        &["-u", "root:"],
+        &["-u", "a:b:c"],
         &["-w", "relative"],
         &["-e", "=x"],
         &["--hostname", "a b"],
@@ -406,7 +468,8 @@ fn errors_name_the_flag_in_dockers_words() {
     for (args, flag) in [
         (&["--name", "-x"][..], "'--name <NAME>'"),
         (&["--hostname", "-x"], "'--hostname <NAME>'"),
-        (&["-u", "-1"], "'--user <UID[:GID]>'"),
+        (&["-u", "-1"], "'--user <USER[:GROUP]>'"),
+        (&["-u", "a:b:c"], "'--user <USER[:GROUP]>'"),
         (&["-w", "-x"], "'--workdir <DIR>'"),
         (&["-m", "-1"], "'--memory <SIZE>'"),
         (&["--vm-cpus", "-1"], "'--vm-cpus <N>'"),

@@ -3,6 +3,7 @@
 //! image per chain ID, which every VM that runs the image attaches as its lower layer.
 
 pub mod auth;
+pub mod config;
 pub mod flatten;
 pub mod image;
 pub mod load;

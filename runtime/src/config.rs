@@ -15,8 +15,11 @@ pub const MIN_MEMORY_MIB: u32 = 64;
 /// Most vCPUs a VM may have.
 pub const MAX_CPUS: u8 = 32;
 
-/// `PATH` given to the container unless the user sets one.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `PATH` given to the container unless the image or the user sets one.
+pub const DEFAULT_PATH: &str = moat_images::config::DEFAULT_PATH;
+
+/// Highest uid or gid `-u` takes (`u32::MAX` would mean "unchanged" to setresuid).
+pub const MAX_ID: u32 = i32::MAX as u32;
 
 /// Longest container name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -139,9 +142,12 @@ pub enum ConfigError {
     /// An environment entry is not `KEY=VALUE` or `KEY`.
     #[error("invalid environment variable {0:?}: expected KEY=VALUE or KEY")]
     BadEnv(String),
-    /// The user is not `UID[:GID]`.
-    #[error("invalid user {0:?}: expected a numeric UID[:GID]")]
+    /// The user is not `USER[:GROUP]`.
+    #[error("invalid user {0:?}: expected USER[:GROUP], each a name or an id up to {MAX_ID}")]
     BadUser(String),
+    /// The image's config gives no command, nor does the run.
+    #[error(transparent)]
+    Image(#[from] moat_images::config::ConfigError),
     /// The working directory is not an absolute path.
     #[error("invalid working directory {0:?}: it must be an absolute path")]
     BadWorkdir(String),
@@ -237,28 +243,46 @@ pub fn parse_env(text: &str) -> Result<EnvArg, ConfigError> {
     }
 }
 
-/// A numeric user and group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `-u`: the user as given, resolved in the guest against the image's `/etc/passwd` and
+/// `/etc/group` (docker's rules), and its numeric parts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct User {
-    /// User id.
-    pub uid: u32,
-    /// Group id: the one given, else 0 (the image's `/etc/passwd` is not consulted).
-    pub gid: u32,
+    /// The text, sent unresolved to the agent.
+    pub text: String,
+    /// The user part, if it is an id.
+    pub uid: Option<u32>,
+    /// The group part, if given as an id.
+    pub gid: Option<u32>,
 }
 
-/// Parses `-u UID[:GID]`.
+/// Parses `-u USER[:GROUP]`: `user`, `user:group`, `uid`, `uid:gid`, `user:gid`, `uid:group`.
+/// At most one `:`, no empty part, no NUL or newline, no name starting with `-`; a part of
+/// digits only is an id up to [`MAX_ID`].
 pub fn parse_user(text: &str) -> Result<User, ConfigError> {
     let bad = || ConfigError::BadUser(text.to_owned());
-    let (uid, gid) = text.split_once(':').unwrap_or((text, "0"));
-    let number = |s: &str| -> Result<u32, ConfigError> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if text.bytes().any(|b| b == 0 || b == b'\n') {
+        return Err(bad());
+    }
+    let (user, group) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let part = |s: &str| -> Result<Option<u32>, ConfigError> {
+        if s.is_empty() || s.contains(':') || s.starts_with('-') {
             return Err(bad());
         }
-        s.parse().map_err(|_| bad())
+        if !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        match s.parse::<u32>() {
+            Ok(id) if id <= MAX_ID => Ok(Some(id)),
+            _ => Err(bad()),
+        }
     };
     Ok(User {
-        uid: number(uid)?,
-        gid: number(gid)?,
+        text: text.to_owned(),
+        uid: part(user)?,
+        gid: group.map(part).transpose()?.flatten(),
     })
 }
 
@@ -271,41 +295,31 @@ pub fn parse_workdir(text: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// Builds the container's environment: defaults first, then the user's entries, later entries
-/// replacing earlier ones with the same key (order of first appearance is kept).
+/// Builds the container's environment with docker's rules ([`moat_images::config::merge_env`]):
+/// `PATH`, `HOSTNAME` and with a terminal `TERM=xterm` first, then the image's entries, then
+/// the user's, later entries replacing earlier ones with the same key (order of first
+/// appearance is kept). A bare `KEY` takes the host's value, and removes the key where the
+/// host has none (docker's `-e KEY`). `HOME` is left to the agent, which sets it from the
+/// user's passwd entry.
 pub fn build_env(
     user_env: &[EnvArg],
+    image_env: &[String],
     hostname: &str,
-    uid: u32,
     terminal: bool,
     host_var: impl Fn(&str) -> Option<String>,
 ) -> Vec<String> {
-    let home = if uid == 0 { "/root" } else { "/" };
-    let mut entries: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOSTNAME".into(), hostname.into()),
-        ("HOME".into(), home.into()),
-    ];
-    if terminal {
-        entries.push(("TERM".into(), "xterm".into()));
-    }
-    for arg in user_env {
-        let (key, value) = match arg {
-            EnvArg::Set(key, value) => (key.clone(), value.clone()),
+    let user: Vec<String> = user_env
+        .iter()
+        .map(|arg| match arg {
+            EnvArg::Set(key, value) => format!("{key}={value}"),
             EnvArg::Inherit(key) => match host_var(key) {
-                Some(value) if !value.contains('\0') => (key.clone(), value),
-                _ => continue,
+                Some(value) if !value.contains('\0') => format!("{key}={value}"),
+                _ => key.clone(),
             },
-        };
-        match entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
-            None => entries.push((key, value)),
-        }
-    }
-    entries
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect()
+        })
+        .collect();
+    let defaults = moat_images::config::EnvDefaults { hostname, terminal };
+    moat_images::config::merge_env(image_env, defaults, &user)
 }
 
 /// A fresh random container id: 12 lower-case hex digits.
@@ -487,42 +501,63 @@ mod tests {
             EnvArg::Set("PATH".into(), "/x".into()),
             EnvArg::Inherit("FROM_HOST".into()),
             EnvArg::Inherit("MISSING".into()),
+            EnvArg::Inherit("IMG".into()),
         ];
         let host = |k: &str| (k == "FROM_HOST").then(|| "h".to_owned());
-        let env = build_env(&user, "box", 0, true, host);
+        let env = build_env(&user, &[], "box", true, host);
         assert_eq!(
             env,
             [
                 "PATH=/x",
                 "HOSTNAME=box",
-                "HOME=/root",
                 "TERM=xterm",
                 "FOO=1",
                 "FROM_HOST=h"
             ]
         );
-        let env = build_env(&[], "box", 1000, false, |_| None);
+        let env = build_env(&[], &[], "box", false, |_| None);
+        assert_eq!(env, [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=box".into()]);
+        // The image's entries come before the user's, which replace them; a bare KEY unset on
+        // the host removes the image's.
+        let image = ["IMG=1".to_owned(), "FOO=0".into(), "KEEP=k".into()];
+        let env = build_env(&user, &image, "box", false, host);
         assert_eq!(
             env,
-            [
-                format!("PATH={DEFAULT_PATH}"),
-                "HOSTNAME=box".into(),
-                "HOME=/".into()
-            ]
+            ["PATH=/x", "HOSTNAME=box", "FOO=1", "KEEP=k", "FROM_HOST=h"]
         );
     }
 
     #[test]
     fn users() {
-        assert_eq!(parse_user("0").unwrap(), User { uid: 0, gid: 0 });
-        assert_eq!(
-            parse_user("1000:100").unwrap(),
-            User {
-                uid: 1000,
-                gid: 100
-            }
-        );
-        for bad in ["", "root", "1000:", ":1", "1:2:3", "-1", "4294967296"] {
+        let user = |text: &str, uid, gid| User {
+            text: text.into(),
+            uid,
+            gid,
+        };
+        let cases = [
+            ("0", user("0", Some(0), None)),
+            ("1000:100", user("1000:100", Some(1000), Some(100))),
+            ("user", user("user", None, None)),
+            ("user:users", user("user:users", None, None)),
+            ("user:100", user("user:100", None, Some(100))),
+            ("1000:users", user("1000:users", Some(1000), None)),
+            ("2147483647", user("2147483647", Some(MAX_ID), None)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_user(text).unwrap(), want, "{text:?}");
+        }
+        for bad in [
+            "",
+            "1000:",
+            ":1",
+            "1:2:3",
+            "-1",
+            "a:-b",
+            "4294967296",
+            "2147483648",
+            "a\0b",
+            "a\nb",
+        ] {
             assert!(parse_user(bad).is_err(), "{bad:?} accepted");
         }
     }

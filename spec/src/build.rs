@@ -26,6 +26,12 @@ pub const USERNS_SIZE: u32 = 65_536;
 /// container gets its VM's), with the value [`GUEST_DEVICES_ALL`].
 pub const GUEST_DEVICES_ANNOTATION: &str = "org.moat.guest-devices";
 
+/// The annotation with the user the process runs as, unresolved (`user`, `user:group`, `uid`,
+/// `uid:gid`, `user:gid`, `uid:group`; empty for root): the agent resolves it against the
+/// container's own `/etc/passwd` and `/etc/group` and sets `process.user` and `HOME` from it
+/// (docs/agent-protocol.md, docs/container-stack.md).
+pub const USER_ANNOTATION: &str = "org.moat.user";
+
 /// The value of [`GUEST_DEVICES_ANNOTATION`]: all of them.
 pub const GUEST_DEVICES_ALL: &str = "all";
 
@@ -90,8 +96,11 @@ pub struct RunOptions {
     pub env: Vec<String>,
     /// Working directory (absolute).
     pub cwd: String,
-    /// (uid, gid).
+    /// (uid, gid): the ids, or where the user is a name (0, 0), for which the capabilities
+    /// are made; the agent replaces them with [`RunOptions::user_spec`]'s.
     pub user: (u32, u32),
+    /// The user as given, unresolved, sent in [`USER_ANNOTATION`] (`None`: not sent).
+    pub user_spec: Option<String>,
     /// Run on a terminal.
     pub terminal: bool,
     /// Hostname.
@@ -139,13 +148,20 @@ impl RunOptions {
         spec.set_process(Some(self.process()));
         spec.set_mounts(Some(self.mounts()));
         spec.set_hooks(None);
-        spec.set_annotations(
-            self.privileged.then(|| {
-                HashMap::from([(GUEST_DEVICES_ANNOTATION.into(), GUEST_DEVICES_ALL.into())])
-            }),
-        );
+        spec.set_annotations(self.annotations());
         spec.set_linux(Some(self.linux()));
         spec
+    }
+
+    fn annotations(&self) -> Option<HashMap<String, String>> {
+        let mut annotations = HashMap::new();
+        if self.privileged {
+            annotations.insert(GUEST_DEVICES_ANNOTATION.into(), GUEST_DEVICES_ALL.into());
+        }
+        if let Some(user) = &self.user_spec {
+            annotations.insert(USER_ANNOTATION.into(), user.clone());
+        }
+        (!annotations.is_empty()).then_some(annotations)
     }
 
     fn process(&self) -> Process {

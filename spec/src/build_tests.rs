@@ -132,6 +132,16 @@ fn privileged() {
         Some(GUEST_DEVICES_ALL)
     );
     assert!(options().to_spec().annotations().is_none());
+    let named = RunOptions {
+        user_spec: Some("user:users".into()),
+        ..options()
+    };
+    let annotations = named.to_spec().annotations().clone().unwrap();
+    assert_eq!(
+        annotations.get(USER_ANNOTATION).map(String::as_str),
+        Some("user:users")
+    );
+    assert_eq!(annotations.len(), 1);
     assert!(options_of(mount_of(&spec, "/sys")).contains(&"rw"));
     let caps = spec
         .process()

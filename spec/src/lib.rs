@@ -14,7 +14,7 @@ pub mod validate;
 
 pub use build::{
     device_rule, standard_device_rules, BindMount, Device, RunOptions, GUEST_DEVICES_ALL,
-    GUEST_DEVICES_ANNOTATION,
+    GUEST_DEVICES_ANNOTATION, USER_ANNOTATION,
 };
 pub use bundle::{load_bundle, Bundle, BundleError};
 pub use parse::{guest_disk_numbers, ParseError};

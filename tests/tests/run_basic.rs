@@ -91,6 +91,26 @@ fn user_flag_sets_ids() {
 }
 
 #[test]
+fn user_names_resolve_in_the_image() {
+    if !vm_available("user_names_resolve_in_the_image") {
+        return;
+    }
+    // The busybox image's /etc/passwd has user:x:1000:1000 and home /home/user.
+    let o = moat(&["run", "-u", "user", "--", "sh", "-c", "id; echo $HOME"], None);
+    o.expect_code(0);
+    assert_eq!(
+        o.out(),
+        "uid=1000(user) gid=1000(user) groups=1000(user)\n/home/user\n",
+        "{}",
+        o.diagnostics()
+    );
+    let o = moat(&["run", "-u", "nosuch", "--", "true"], None);
+    o.expect_code(125);
+    let want = "unable to find user nosuch: no matching entries in passwd file";
+    assert!(o.err().contains(want), "{}", o.diagnostics());
+}
+
+#[test]
 fn killed_by_signal_gives_128_plus_n() {
     if !vm_available("killed_by_signal_gives_128_plus_n") {
         return;

@@ -6,12 +6,14 @@ pub mod child;
 pub mod guest_devices;
 pub mod mountopts;
 pub mod mounts;
+pub mod passwd;
 pub mod plan;
 pub mod pty;
 pub mod rootfs;
 pub mod security;
 pub mod spec;
 pub mod supervisor;
+pub mod user;
 pub mod volumes;
 
 use std::io::{self, Read, Write};
@@ -24,6 +26,7 @@ use self::plan::{ExecPlan, PlanError, ProcessSpec};
 use self::rootfs::RootfsError;
 use self::security::Security;
 use self::spec::{ContainerPlan, IdMaps};
+use self::user::ResolveError;
 use self::volumes::VolumeError;
 use crate::reaper::Reaper;
 use crate::syscall::{Linux, Syscall};
@@ -46,6 +49,9 @@ pub enum ContainerError {
     /// A volume could not be mounted.
     #[error("cannot mount the volumes")]
     Volume(#[from] VolumeError),
+    /// The user could not be resolved in the container's root.
+    #[error(transparent)]
+    User(#[from] ResolveError),
     /// Pipes, pty or fork failed.
     #[error("{what} failed")]
     Spawn {
@@ -75,6 +81,10 @@ impl ContainerError {
             ) => ErrorKind::InvalidRequest,
             Self::Volume(VolumeError::Mount { .. }) => ErrorKind::Internal,
             Self::Volume(_) => ErrorKind::InvalidRequest,
+            Self::User(
+                ResolveError::User(_) | ResolveError::TooLarge(_) | ResolveError::NotFile(_),
+            ) => ErrorKind::InvalidRequest,
+            Self::User(_) => ErrorKind::Internal,
             Self::Rootfs(_) | Self::Spawn { .. } | Self::Cgroup(_) => ErrorKind::Internal,
             Self::Child { failure, .. } => exec_error_kind(*failure),
         }
@@ -179,6 +189,7 @@ pub struct Checked {
 /// nothing.
 pub fn check(req: &RunRequest, isolation: Isolation) -> Result<Checked, ContainerError> {
     let process = ProcessSpec::from_oci(&req.spec)?;
+    user::check(&req.spec)?;
     let plan = plan::build(&process, Security::from_oci(&req.spec)?)?;
     match isolation {
         Isolation::None => refuse_in_host_mode(req)?,
@@ -201,7 +212,10 @@ pub fn start(
     reaper: &Reaper,
     placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
 ) -> Result<Process, ContainerError> {
-    let Checked { process, plan } = checked;
+    let Checked {
+        mut process,
+        mut plan,
+    } = checked;
     let container = match isolation {
         Isolation::None => None,
         Isolation::Container => {
@@ -224,6 +238,7 @@ pub fn start(
             Some(container)
         }
     };
+    resolve_user(req, isolation, &mut process, &mut plan)?;
     let launch = Launch {
         plan: &plan,
         container: container.as_ref(),
@@ -263,6 +278,26 @@ pub fn start(
         outputs: vec![(FrameKind::Stdout, stdout_r), (FrameKind::Stderr, stderr_r)],
         pty: None,
     })
+}
+
+/// Resolves the spec's [`moat_spec::USER_ANNOTATION`] user, if any, in the container's root (the
+/// agent's in the host mode) and sets it on the process.
+fn resolve_user(
+    req: &RunRequest,
+    isolation: Isolation,
+    process: &mut ProcessSpec,
+    plan: &mut ExecPlan,
+) -> Result<(), ContainerError> {
+    let Some(spec) = user::wanted(&req.spec) else {
+        return Ok(());
+    };
+    let root = match isolation {
+        Isolation::Container => rootfs::ROOT,
+        Isolation::None => c"/",
+    };
+    let resolved = user::resolve(&user::InRoot { sys: &Linux, root }, spec)?;
+    user::apply(&resolved, process, plan)?;
+    Ok(())
 }
 
 /// The guest ids of container ids `uid`/`gid` (through the user namespace's maps, if any).
