@@ -14,6 +14,7 @@ use moat_runtime::{RunError, RuntimeOptions};
 mod image_config;
 mod images;
 mod run_args;
+mod run_image;
 mod seccomp;
 
 use run_args::RunArgs;
@@ -87,9 +88,40 @@ fn image_command(command: Command, data_root: &std::path::Path) -> anyhow::Resul
     }
 }
 
-fn run(args: RunArgs, data_root: &std::path::Path) -> Result<i32, RunError> {
+fn run(args: RunArgs, data_root: &std::path::Path) -> anyhow::Result<i32> {
     let (no_jail, no_seccomp) = (args.no_jail, args.no_seccomp);
-    let config = args.into_config()?;
+    let env = |k: &str| std::env::var_os(k);
+    let builtin = |name: &str| {
+        let overrides = moat_runtime::config::AssetOverrides::default();
+        let search = AssetSearch {
+            overrides: &overrides,
+            env: &env,
+            exe_dir: current_exe_dir(),
+        };
+        search.locate(Some(name)).is_ok()
+    };
+    let image = match (&args.bundle, &args.image) {
+        (None, Some(name)) => Some(run_image::resolve(
+            name,
+            args.pull,
+            &args.registry,
+            data_root,
+            &builtin,
+        )?),
+        _ => None,
+    };
+    let stored = match &image {
+        Some(run_image::RunImage::Stored(stored)) => Some(stored),
+        _ => None,
+    };
+    let image_config = stored
+        .map(|s| moat_images::config::ImageConfig::from_json(&s.config))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.as_deref().unwrap_or_default()))?;
+    let mut config = args.into_config_with(image_config.as_ref())?;
+    if let Some(stored) = stored {
+        config.rootfs = Rootfs::Image(stored.name.clone());
+    }
     let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
     options.data_root = data_root.to_owned();
     if no_jail {
@@ -100,23 +132,25 @@ fn run(args: RunArgs, data_root: &std::path::Path) -> Result<i32, RunError> {
         eprintln!("moat: warning: --no-seccomp: moat-vmm runs WITHOUT its seccomp filters (debugging only)");
         options.seccomp = false;
     }
-    let env = |k: &str| std::env::var_os(k);
     let search = AssetSearch {
         overrides: &config.assets,
         env: &env,
         exe_dir: current_exe_dir(),
     };
-    let image = match &config.rootfs {
-        Rootfs::Image(name) => Some(name.as_str()),
-        Rootfs::Directory(_) => None,
+    let builtin_name = match (&config.rootfs, stored) {
+        (Rootfs::Image(name), None) => Some(name.as_str()),
+        _ => None,
     };
-    let assets = search.locate(image)?;
-    moat_runtime::run(
+    let mut assets = search.locate(builtin_name)?;
+    if let Some(stored) = stored {
+        assets.image = Some(stored.disk.clone());
+    }
+    Ok(moat_runtime::run(
         &config,
         &assets,
         &options,
         Stdio::inherit(config.interactive),
-    )
+    )?)
 }
 
 /// Parses the command line as docker does its own: help, version and a bare `moat` (its usage)
@@ -188,8 +222,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => exit_code(code),
         Err(e) => {
-            let code = e.exit_code();
-            eprintln!("moat: {:#}", anyhow::Error::from(e));
+            let code = e
+                .downcast_ref::<RunError>()
+                .map_or(EXIT_RUNTIME_ERROR, RunError::exit_code);
+            eprintln!("moat: {e:#}");
             exit_code(code)
         }
     }

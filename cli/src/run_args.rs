@@ -203,6 +203,13 @@ pub struct RunArgs {
     /// Debugging only: run the VMM without its seccomp filters
     #[arg(long, help_heading = "VM")]
     pub no_seccomp: bool,
+    /// Pull the image first: always, missing (when it is not stored; default), never
+    #[arg(long, value_enum, default_value_t = crate::run_image::PullPolicy::Missing,
+          value_name = "POLICY")]
+    pub pull: crate::run_image::PullPolicy,
+    /// How to reach the image's registry (with --pull)
+    #[command(flatten)]
+    pub registry: crate::images::RegistryArgs,
     /// Image to run (built-in: busybox)
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
@@ -217,7 +224,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// Validates the flags into a run request (things clap's value parsers cannot check alone).
     /// Nothing is created on the host.
+    #[cfg(test)]
     pub fn into_config(self) -> Result<RunConfig, ConfigError> {
+        self.into_config_with(None)
+    }
+
+    /// [`RunArgs::into_config`] for an image with this config (`None`: the built-in image).
+    pub fn into_config_with(
+        self,
+        image: Option<&image::ImageConfig>,
+    ) -> Result<RunConfig, ConfigError> {
         let id = self.name.clone().unwrap_or_else(config::random_id);
         let (rootfs, spec, volumes, sizing) = match &self.bundle {
             // Validated against its directory by load_bundle.
@@ -244,7 +260,7 @@ impl RunArgs {
                 )
             }
             None => {
-                let (rootfs, spec, volumes) = self.image_spec(&id)?;
+                let (rootfs, spec, volumes) = self.image_spec(&id, image)?;
                 moat_spec::validate(&spec, None).map_err(flag_spec_error)?;
                 (rootfs, spec, volumes, self.sizing())
             }
@@ -272,13 +288,18 @@ impl RunArgs {
     }
 
     /// The spec and volumes of a run of IMAGE (or the default image) with docker's defaults.
-    fn image_spec(&self, id: &str) -> Result<(Rootfs, Spec, Vec<Volume>), ConfigError> {
+    fn image_spec(
+        &self,
+        id: &str,
+        image: Option<&image::ImageConfig>,
+    ) -> Result<(Rootfs, Spec, Vec<Volume>), ConfigError> {
         let hostname = self.hostname.clone().unwrap_or_else(|| id.to_owned());
-        let image_config = builtin_image_config();
+        let builtin = builtin_image_config();
+        let image_config = image.unwrap_or(&builtin);
         let user = self.user.clone().unwrap_or_default();
         let mut cmd = self.args.clone();
         cmd.extend(self.command.iter().cloned());
-        let args = image::process_args(&image_config, self.entrypoint.as_deref(), &cmd)?;
+        let args = image::process_args(image_config, self.entrypoint.as_deref(), &cmd)?;
         check_args(&args)?;
         let env = build_env(
             &self.env,
@@ -314,10 +335,10 @@ impl RunArgs {
         let mut options = RunOptions {
             args,
             env,
-            cwd: image::working_dir(&image_config, self.workdir.as_deref()),
+            cwd: image::working_dir(image_config, self.workdir.as_deref()),
             user: (user.uid.unwrap_or(0), user.gid.unwrap_or(0)),
             user_spec: Some(image::user(
-                &image_config,
+                image_config,
                 self.user.as_ref().map(|u| u.text.as_str()),
             )),
             terminal: self.tty,

@@ -26,8 +26,8 @@ pub enum PullPolicy {
 /// The image of a run.
 #[derive(Debug)]
 pub enum RunImage {
-    /// A built-in image, by name.
-    BuiltIn(String),
+    /// A built-in image (the run's IMAGE names it).
+    BuiltIn,
     /// A stored image.
     Stored(StoredImage),
 }
@@ -63,7 +63,7 @@ pub fn resolve(
     let found = match (found, policy) {
         (Some(found), _) => found,
         (None, PullPolicy::Missing | PullPolicy::Never) if builtin(name) => {
-            return Ok(RunImage::BuiltIn(name.to_owned()))
+            return Ok(RunImage::BuiltIn)
         }
         (None, PullPolicy::Never) => {
             bail!("No such image: {name} (and --pull never)")

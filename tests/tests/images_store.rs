@@ -6,10 +6,10 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moat_tests::registry::hostile::{Faults, HostileAuth, HostileRegistry};
-use moat_tests::registry::layer::{Compression, Layer};
-use moat_tests::registry::layout::{Image, ImageConfig, OciLayout};
-use moat_tests::registry::skopeo::{docker_archive, oci_archive, push};
+use moat_tests::registry::{Faults, HostileAuth, HostileRegistry};
+use moat_tests::registry::{Compression, Layer};
+use moat_tests::registry::{Image, ImageConfig, OciLayout};
+use moat_tests::registry::{docker_archive, oci_archive, push};
 use moat_tests::registry::{Registry, RegistryOpts};
 use moat_tests::{moat_bin, moat_with_env, Outcome};
 
@@ -69,7 +69,7 @@ impl Root {
         assert!(tmp.is_empty(), "left in tmp: {tmp:?}");
         for entry in std::fs::read_dir(images.join("blobs/sha256")).unwrap() {
             let path = entry.unwrap().path();
-            let digest = moat_tests::registry::layer::sha256(&std::fs::read(&path).unwrap());
+            let digest = moat_tests::registry::sha256(&std::fs::read(&path).unwrap());
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             assert_eq!(digest, format!("sha256:{name}"), "blob {name} is corrupt");
         }
