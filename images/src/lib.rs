@@ -1,3 +1,10 @@
 //! moat's images (docs/images.md): a content-addressed store of OCI blobs under the data root,
 //! a registry client, archive import, and layers applied and flattened into one read-only ext4
 //! image per chain ID, which every VM that runs the image attaches as its lower layer.
+
+pub mod flatten;
+pub mod layers;
+mod tree;
+
+#[cfg(test)]
+mod testutil;
