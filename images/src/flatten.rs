@@ -197,11 +197,15 @@ fn enter_private_namespace(tree: &Path) -> Result<(), FlattenError> {
     // stays valid on every thread; only this thread's filesystem context and mounts change.
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::FS) }
         .map_err(ns("unshare the mount namespace"))?;
-    rustix::mount::mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
-        .map_err(ns("make / private"))?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(ns("make / private"))?;
     rustix::mount::mount_bind(tree, tree).map_err(ns("bind-mount the tree"))?;
     let flags = MountFlags::BIND | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
-    rustix::mount::mount_remount(tree, flags, "").map_err(ns("remount the tree nodev,nosuid,noexec"))
+    rustix::mount::mount_remount(tree, flags, "")
+        .map_err(ns("remount the tree nodev,nosuid,noexec"))
 }
 
 /// Applies `layer` onto `tree` and checks its diff ID.
@@ -291,7 +295,9 @@ fn run_e2fsprogs(mut cmd: Command, program: &str) -> Result<(), String> {
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let line = stderr.lines().rfind(|l| !l.trim().is_empty());
-    Err(sanitize(line.unwrap_or(&format!("{program} failed")).trim()))
+    Err(sanitize(
+        line.unwrap_or(&format!("{program} failed")).trim(),
+    ))
 }
 
 /// Removes the `lost+found` mkfs.ext4 made in `image` (`debugfs -w -R 'rmdir lost+found'`).
@@ -373,7 +379,9 @@ struct TempImage {
 impl TempImage {
     fn create(out: &Path) -> Result<TempImage, FlattenError> {
         let err = |e| FlattenError::Temp(out.to_owned(), e);
-        let name = out.file_name().ok_or_else(|| err(io::ErrorKind::InvalidInput.into()))?;
+        let name = out
+            .file_name()
+            .ok_or_else(|| err(io::ErrorKind::InvalidInput.into()))?;
         let prefix = format!(".{}.", name.to_string_lossy());
         let path = out.with_file_name(unique_name(&prefix) + ".tmp");
         std::fs::OpenOptions::new()
@@ -387,10 +395,12 @@ impl TempImage {
 
     /// Syncs the image, renames it to `out` and syncs the directory; returns its size.
     fn persist(mut self, out: &Path) -> Result<u64, FlattenError> {
-        let err = |op| move |source| FlattenError::Output {
-            op,
-            path: out.to_owned(),
-            source,
+        let err = |op| {
+            move |source| FlattenError::Output {
+                op,
+                path: out.to_owned(),
+                source,
+            }
         };
         let file = File::open(&self.path).map_err(err("open"))?;
         file.sync_all().map_err(err("sync"))?;

@@ -147,9 +147,15 @@ fn decompress<'a>(blob: &'a mut dyn Read) -> io::Result<(Box<dyn Read + 'a>, Com
     let head = &magic[..len];
     let whole = io::Cursor::new(head.to_vec()).chain(blob);
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        (Box::new(flate2::read::MultiGzDecoder::new(whole)), Compression::Gzip)
+        (
+            Box::new(flate2::read::MultiGzDecoder::new(whole)),
+            Compression::Gzip,
+        )
     } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
-        (Box::new(zstd::stream::read::Decoder::new(whole)?), Compression::Zstd)
+        (
+            Box::new(zstd::stream::read::Decoder::new(whole)?),
+            Compression::Zstd,
+        )
     } else {
         (Box::new(whole), Compression::None)
     })
@@ -282,7 +288,9 @@ impl<'a> Apply<'a> {
             k if k.is_dir() => self.dir(&rel, &meta),
             k if k.is_symlink() => self.symlink(&rel, entry, &meta),
             k if k.is_hard_link() => self.hard_link(&rel, entry),
-            k if k.is_character_special() => self.node(&rel, FileType::CharacterDevice, entry, &meta),
+            k if k.is_character_special() => {
+                self.node(&rel, FileType::CharacterDevice, entry, &meta)
+            }
             k if k.is_block_special() => self.node(&rel, FileType::BlockDevice, entry, &meta),
             k if k.is_fifo() => self.node(&rel, FileType::Fifo, entry, &meta),
             k => Err(self.refused(format!("unsupported entry type {:?}", k.as_byte() as char))),
@@ -359,7 +367,8 @@ impl<'a> Apply<'a> {
     ) -> Result<(), LayerError> {
         let (dir, name) = self.parent(rel)?;
         self.clear(&dir, name)?;
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o600))
             .map_err(|e| self.tree_err(io_err("create the file")(e)))?;
         let mut file = File::from(fd);
@@ -405,14 +414,20 @@ impl<'a> Apply<'a> {
         self.at_meta(&dir, name, meta, false)
     }
 
-    fn hard_link<R: Read>(&mut self, rel: &Path, entry: &tar::Entry<'_, R>) -> Result<(), LayerError> {
+    fn hard_link<R: Read>(
+        &mut self,
+        rel: &Path,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<(), LayerError> {
         let raw = entry.link_name_bytes().unwrap_or_default().into_owned();
         let target = normalize(&raw).map_err(|r| self.refused(format!("hard link target: {r}")))?;
         let (Some(tparent), Some(tname)) = (target.parent(), target.file_name()) else {
             return Err(self.refused("hard link to the root"));
         };
         let tdir = self.tree.dir(tparent, false).map_err(|e| match e {
-            TreeError::Symlink(at) => self.refused(format!("hard link target passes through the symlink {at:?}")),
+            TreeError::Symlink(at) => self.refused(format!(
+                "hard link target passes through the symlink {at:?}"
+            )),
             e => self.tree_err(e),
         })?;
         match tree::stat(&tdir, tname).map_err(|e| self.tree_err(e))? {
@@ -459,10 +474,17 @@ impl<'a> Apply<'a> {
 
     /// Owner, mode (`chmod` when set), xattrs and times of `name` in `dir`, a symlink or a node
     /// this layer just made, never following a symlink there.
-    fn at_meta(&self, dir: &OwnedFd, name: &OsStr, meta: &Meta, chmod: bool) -> Result<(), LayerError> {
+    fn at_meta(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<(), LayerError> {
         let err = |op| move |e| self.tree_err(io_err(op)(e));
         let (owner, group) = (Some(uid(meta.uid)), Some(gid(meta.gid)));
-        rustix::fs::chownat(dir, name, owner, group, AtFlags::SYMLINK_NOFOLLOW).map_err(err("chown"))?;
+        rustix::fs::chownat(dir, name, owner, group, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("chown"))?;
         if chmod {
             // fchmodat cannot refuse to follow a symlink, but `name` is the device node or FIFO
             // made just now, in a tree nothing else writes to.
@@ -476,7 +498,8 @@ impl<'a> Apply<'a> {
             last_access: meta.mtime,
             last_modification: meta.mtime,
         };
-        rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(err("set the times"))
+        rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("set the times"))
     }
 
     /// Sets an open file's times to `mtime`.
@@ -598,7 +621,11 @@ fn pax_time(value: &[u8]) -> Option<Timespec> {
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let nanos = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
     Some(Timespec {
         tv_sec: secs.parse().ok()?,
         tv_nsec: nanos,

@@ -73,7 +73,12 @@ fn whiteouts_and_opaque_directories() {
     for kept in ["opt/new", "opt/sub/mine", "opt/after", "keep/b"] {
         assert!(exists(&root.join(kept)), "{kept} is gone");
     }
-    for marker in ["etc/.wh.gone", ".wh.gone", "opt/.wh..wh..opq", ".wh..wh.plnk"] {
+    for marker in [
+        "etc/.wh.gone",
+        ".wh.gone",
+        "opt/.wh..wh..opq",
+        ".wh..wh.plnk",
+    ] {
         assert!(!exists(&root.join(marker)), "{marker} is in the tree");
     }
 }
@@ -83,14 +88,19 @@ fn entry_kinds_and_metadata() {
     let tmp = TempDir::new("kinds");
     let root = tmp.path();
     apply(root, &base()).unwrap();
-    let caps: &[u8] = &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let caps: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let long = format!("{}/file", "d".repeat(150));
     let upper = Layer::new()
         .dir("bin/", 0o755, 1_500_000_000)
         .file_with("bin/su", b"#!", 0o4755, (1000, 1000), 1_400_000_000)
         .hard_link("bin/su2", "bin/su")
         .symlink("bin/sh", "/bin/busybox")
-        .pax(&[("SCHILY.xattr.user.moat", b"1"), ("SCHILY.xattr.security.capability", caps)])
+        .pax(&[
+            ("SCHILY.xattr.user.moat", b"1"),
+            ("SCHILY.xattr.security.capability", caps),
+        ])
         .file("bin/ping", b"ping")
         .pax(&[("mtime", b"1300000000.123456789")])
         .file("nanos", b"")
@@ -106,23 +116,38 @@ fn entry_kinds_and_metadata() {
 
     let su = fs::symlink_metadata(root.join("bin/su")).unwrap();
     assert_eq!(su.mode() & 0o7777, 0o4755);
-    assert_eq!((su.uid(), su.gid(), su.mtime()), (1000, 1000, 1_400_000_000));
+    assert_eq!(
+        (su.uid(), su.gid(), su.mtime()),
+        (1000, 1000, 1_400_000_000)
+    );
     let su2 = fs::symlink_metadata(root.join("bin/su2")).unwrap();
     assert_eq!((su.nlink(), su2.ino()), (2, su.ino()));
-    assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(
+        fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
     let sh = fs::symlink_metadata(root.join("bin/sh")).unwrap();
     assert_eq!(sh.mtime(), MTIME as i64);
     assert_eq!(xattr(&root.join("bin/ping"), "user.moat"), b"1");
     assert_eq!(xattr(&root.join("bin/ping"), "security.capability"), caps);
     let nanos = fs::symlink_metadata(root.join("nanos")).unwrap();
-    assert_eq!((nanos.mtime(), nanos.mtime_nsec()), (1_300_000_000, 123_456_789));
+    assert_eq!(
+        (nanos.mtime(), nanos.mtime_nsec()),
+        (1_300_000_000, 123_456_789)
+    );
     let fifo = fs::symlink_metadata(root.join("run/fifo")).unwrap();
     assert!(fifo.file_type().is_fifo());
     let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
-    assert_eq!((null.rdev(), null.mode() & 0o7777), (rustix::fs::makedev(1, 3), 0o620));
+    assert_eq!(
+        (null.rdev(), null.mode() & 0o7777),
+        (rustix::fs::makedev(1, 3), 0o620)
+    );
     let tmpdir = fs::symlink_metadata(root.join("tmp")).unwrap();
-    assert_eq!((tmpdir.mode() & 0o7777, tmpdir.mtime()), (0o1777, 1_200_000_000));
+    assert_eq!(
+        (tmpdir.mode() & 0o7777, tmpdir.mtime()),
+        (0o1777, 1_200_000_000)
+    );
     // Directory mtimes hold although children came after them.
     let bin = fs::symlink_metadata(root.join("bin")).unwrap();
     assert_eq!(bin.mtime(), 1_500_000_000);
@@ -130,7 +155,9 @@ fn entry_kinds_and_metadata() {
     let etc = fs::symlink_metadata(root.join("etc")).unwrap();
     assert_eq!((etc.mode() & 0o7777, etc.mtime()), (0o700, 1_100_000_000));
     assert!(exists(&root.join("etc/passwd")));
-    assert!(fs::symlink_metadata(root.join("replaced")).unwrap().is_dir());
+    assert!(fs::symlink_metadata(root.join("replaced"))
+        .unwrap()
+        .is_dir());
     assert_eq!(fs::read(root.join("dirfile")).unwrap(), b"now a file");
     assert_eq!(fs::read(root.join(&long)).unwrap(), b"long");
 }
@@ -185,7 +212,10 @@ impl Hostile {
         let text = err.to_string();
         eprintln!("{text}");
         assert!(matches!(err, LayerError::Refused { .. }), "{text}");
-        assert!(text.contains(DIGEST) && text.contains(&format!("{entry:?}")), "{text}");
+        assert!(
+            text.contains(DIGEST) && text.contains(&format!("{entry:?}")),
+            "{text}"
+        );
         let names: Vec<_> = fs::read_dir(self.outside()).unwrap().collect();
         assert_eq!(names.len(), 1, "something was written outside: {text}");
         assert_eq!(fs::read(self.outside().join("canary")).unwrap(), b"canary");
@@ -200,37 +230,67 @@ fn hostile_layers_are_refused() {
     let out = h.outside();
     let out = out.to_str().unwrap();
     h.refused(&Layer::new().file("../../x", b"x").tar(), "../../x");
-    h.refused(&Layer::new().file("ok/../../../x", b"x").tar(), "ok/../../../x");
+    h.refused(
+        &Layer::new().file("ok/../../../x", b"x").tar(),
+        "ok/../../../x",
+    );
     let text = h.refused(
-        &Layer::new().symlink("evil", out).file("evil/canary", b"pwned").tar(),
+        &Layer::new()
+            .symlink("evil", out)
+            .file("evil/canary", b"pwned")
+            .tar(),
         "evil/canary",
     );
     assert!(text.contains("symlink"), "{text}");
     h.refused(
-        &Layer::new().symlink("rel", "../../..").file("rel/outside/new", b"x").tar(),
+        &Layer::new()
+            .symlink("rel", "../../..")
+            .file("rel/outside/new", b"x")
+            .tar(),
         "rel/outside/new",
     );
     h.refused(
-        &Layer::new().symlink("etc", "/etc").file("etc/moat-test-canary", b"x").tar(),
+        &Layer::new()
+            .symlink("etc", "/etc")
+            .file("etc/moat-test-canary", b"x")
+            .tar(),
         "etc/moat-test-canary",
     );
     assert!(!exists(Path::new("/etc/moat-test-canary")));
     h.refused(&Layer::new().hard_link("l", "../outside/canary").tar(), "l");
     h.refused(
-        &Layer::new().symlink("s", out).hard_link("l", "s/canary").tar(),
+        &Layer::new()
+            .symlink("s", out)
+            .hard_link("l", "s/canary")
+            .tar(),
         "l",
     );
-    h.refused(&Layer::new().dir("d/", 0o755, MTIME).hard_link("l", "d").tar(), "l");
+    h.refused(
+        &Layer::new()
+            .dir("d/", 0o755, MTIME)
+            .hard_link("l", "d")
+            .tar(),
+        "l",
+    );
     h.refused(&Layer::new().hard_link("l", "missing").tar(), "l");
     h.refused(
-        &Layer::new().symlink("s", out).file("s/.wh.canary", b"").tar(),
+        &Layer::new()
+            .symlink("s", out)
+            .file("s/.wh.canary", b"")
+            .tar(),
         "s/.wh.canary",
     );
     h.refused(
-        &Layer::new().symlink("s", out).file("s/.wh..wh..opq", b"").tar(),
+        &Layer::new()
+            .symlink("s", out)
+            .file("s/.wh..wh..opq", b"")
+            .tar(),
         "s/.wh..wh..opq",
     );
-    h.refused(&Layer::new().pax(&[("path", b"a\0b")]).file("x", b"").tar(), "a\0b");
+    h.refused(
+        &Layer::new().pax(&[("path", b"a\0b")]).file("x", b"").tar(),
+        "a\0b",
+    );
     let long = "d/".repeat(2100);
     h.refused(&Layer::new().long_file(&long, b"").tar(), &long);
 }

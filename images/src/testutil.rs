@@ -120,7 +120,13 @@ impl Layer {
         self.link(EntryType::Link, path, target)
     }
 
-    pub(crate) fn node(&mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
+    pub(crate) fn node(
+        &mut self,
+        kind: EntryType,
+        path: &str,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
         let mut header = Self::header(kind, path, 0o620);
         header.set_device_major(major).unwrap();
         header.set_device_minor(minor).unwrap();
