@@ -13,8 +13,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
-use sha2::{Digest, Sha256};
 
+pub use crate::stream::Compression;
+use crate::stream::{decompress, HashingReader};
 use crate::tree::{self, io_err, Tree, TreeError};
 
 /// The longest path (or hard link or symlink target) an entry may have, in bytes.
@@ -73,17 +74,6 @@ pub enum LayerError {
     },
 }
 
-/// How a layer's blob is compressed (found from its first bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// A plain tar.
-    None,
-    /// gzip (`1f 8b`).
-    Gzip,
-    /// zstd (`28 b5 2f fd`).
-    Zstd,
-}
-
 /// What applying a layer did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerStats {
@@ -124,67 +114,12 @@ pub fn apply_layer(
     let stats = LayerStats {
         entries: layer.entries,
         bytes: layer.bytes,
-        tar_bytes: rest.bytes,
-        diff_id: format!("sha256:{}", hex::encode(rest.hasher.finalize())),
+        tar_bytes: rest.read_bytes(),
+        diff_id: rest.digest(),
         compression,
     };
     tracing::debug!(digest, entries = stats.entries, bytes = stats.bytes, diff_id = %stats.diff_id, "layer applied");
     Ok(stats)
-}
-
-/// The uncompressed stream of `blob`, by its magic bytes.
-fn decompress<'a>(blob: &'a mut dyn Read) -> io::Result<(Box<dyn Read + 'a>, Compression)> {
-    let mut magic = [0u8; 4];
-    let mut len = 0;
-    while len < magic.len() {
-        match blob.read(&mut magic[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let head = &magic[..len];
-    let whole = io::Cursor::new(head.to_vec()).chain(blob);
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        (
-            Box::new(flate2::read::MultiGzDecoder::new(whole)),
-            Compression::Gzip,
-        )
-    } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
-        (
-            Box::new(zstd::stream::read::Decoder::new(whole)?),
-            Compression::Zstd,
-        )
-    } else {
-        (Box::new(whole), Compression::None)
-    })
-}
-
-/// A reader that hashes (SHA-256) and counts what passes through it.
-pub(crate) struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
 }
 
 /// An entry's metadata, from its header and PAX records.

@@ -4,6 +4,7 @@
 
 pub mod flatten;
 pub mod layers;
+mod stream;
 mod tree;
 
 #[cfg(test)]
