@@ -331,22 +331,33 @@ fn timing_a_100_mib_layer() {
             .collect();
         tar.file(&format!("d{}/f{i}", i % 20), &data);
     }
-    let tar = tar.tar();
-    for (name, blob) in [
-        ("plain", tar.clone()),
-        ("gzip", gzip(&tar)),
-        ("zstd", zstd(&tar)),
+    time_flatten(tmp.path(), "random", &tar.tar());
+    let mut tar = Tar::new();
+    for i in 0..20_000 {
+        tar.file(&format!("d{}/f{i}", i % 200), &[i as u8; 5000]);
+    }
+    time_flatten(tmp.path(), "small", &tar.tar());
+}
+
+/// Flattens `tar` as a plain, a gzip and a zstd layer, and prints how long each took.
+fn time_flatten(dir: &Path, what: &str, tar: &[u8]) {
+    for (kind, blob) in [
+        ("plain", tar.to_vec()),
+        ("gzip", gzip(tar)),
+        ("zstd", zstd(tar)),
     ] {
-        let work = tmp.path().join(format!("work-{name}"));
+        let name = format!("{what}-{kind}");
+        let work = dir.join(format!("work-{name}"));
         fs::create_dir(&work).unwrap();
-        let layers = [layer(tmp.path(), name, &tar, &blob)];
+        let layers = [layer(dir, &name, tar, &blob)];
         let start = std::time::Instant::now();
-        let stats = flatten(&layers, &work, &tmp.path().join(format!("{name}.ext4"))).unwrap();
+        let stats = flatten(&layers, &work, &dir.join(format!("{name}.ext4"))).unwrap();
         eprintln!(
-            "{name}: {} MiB tar, {} MiB blob, {} MiB image, {:.2?}",
+            "{name}: {} MiB tar, {} MiB blob, {} MiB image, {} entries, {:.2?}",
             tar.len() >> 20,
             blob.len() >> 20,
             stats.image_bytes >> 20,
+            stats.layers[0].entries,
             start.elapsed()
         );
     }

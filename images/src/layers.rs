@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -307,9 +307,31 @@ impl<'a> Apply<'a> {
         let fd = rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o600))
             .map_err(|e| self.tree_err(io_err("create the file")(e)))?;
         let mut file = File::from(fd);
-        self.bytes += io::copy(entry, &mut file).map_err(|e| self.io_err("write the file", e))?;
+        self.bytes += self.copy_data(entry, &mut file)?;
         self.fd_meta(file.as_fd(), meta)?;
         self.times(&file, meta.mtime)
+    }
+
+    /// Copies an entry's data into `file`: a failure to read is the layer's, to write the entry's.
+    fn copy_data(&self, data: &mut impl Read, file: &mut File) -> Result<u64, LayerError> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0;
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(LayerError::Read {
+                        digest: self.digest.to_owned(),
+                        source,
+                    })
+                }
+            };
+            file.write_all(&buf[..n])
+                .map_err(|e| self.io_err("write the file", e))?;
+            total += n as u64;
+        }
     }
 
     fn dir(&mut self, rel: &Path, meta: &Meta) -> Result<(), LayerError> {
