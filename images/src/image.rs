@@ -184,7 +184,13 @@ pub fn ensure_rootfs(
         .layers
         .iter()
         .zip(diff_ids)
-        .map(|(l, diff_id)| Ok((store.blob_path(&l.digest)?, l.digest.clone(), diff_id.clone())))
+        .map(|(l, diff_id)| {
+            Ok(flatten::Layer {
+                blob: store.blob_path(&l.digest)?,
+                digest: l.digest.clone(),
+                diff_id: diff_id.clone(),
+            })
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     progress.converting(chain_id);
     let started = std::time::Instant::now();

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod flatten;
 pub mod image;
+pub mod layers;
 pub mod load;
 pub mod lookup;
 pub mod manifest;
@@ -13,3 +14,8 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod store;
+mod stream;
+mod tree;
+
+#[cfg(test)]
+mod testutil;
