@@ -155,7 +155,7 @@ pub fn install(
     let record = ImageRecord {
         manifest: digest.clone(),
         config: manifest.config.digest.clone(),
-        repo_digest: repo_digest.filter(|d| *d != digest),
+        repo_digest,
         chain_id,
         size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
     };

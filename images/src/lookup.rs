@@ -78,7 +78,8 @@ pub fn find(store: &Store, name: &str) -> Result<Option<Found>, LookupError> {
             return Ok(Some(found));
         }
     }
-    if name.contains('@') || name.split('/').next().is_some_and(has_domain) {
+    let domain = name.split_once('/').is_some_and(|(first, _)| has_domain(first));
+    if name.contains('@') || domain {
         return Ok(None);
     }
     let wanted = match name.rsplit_once(':') {

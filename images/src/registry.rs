@@ -215,8 +215,18 @@ impl Session {
         let result = match first {
             Err(e) if is_transport(&e) && allows_http(name, options) => {
                 tracing::debug!("{}: HTTPS failed ({e}); trying plain HTTP", self.registry);
+                let https = self.client.clone();
                 self.client = client(options, true)?;
-                self.fetch_manifest(reference)
+                match self.fetch_manifest(reference) {
+                    // Neither works: the HTTPS failure is the one to tell (a TLS registry
+                    // with an unknown CA, say).
+                    Err(http) if !matches!(http, OciDistributionError::RegistryError { .. }) => {
+                        tracing::debug!("{}: plain HTTP failed too: {http}", self.registry);
+                        self.client = https;
+                        Err(e)
+                    }
+                    other => other,
+                }
             }
             other => other,
         };
@@ -283,7 +293,12 @@ impl Source for RegistrySource<'_> {
                 .await
                 .map_err(|e| failed(classify(self.name, e).to_string()))?;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| failed(error_chain(&e)))?;
+                let chunk = chunk.map_err(|e| match error_chain(&e) {
+                    text if text.contains("Invalid digest") => {
+                        failed(format!("content does not match its digest ({text})"))
+                    }
+                    text => failed(text),
+                })?;
                 if out.written() + chunk.len() as u64 > desc.size {
                     return Err(failed(format!("more than its {} bytes", desc.size)));
                 }

@@ -227,8 +227,17 @@ fn indexes_resolve_to_linux_amd64() {
     );
 }
 
-fn hostile(faults: Faults) -> HostileRegistry {
-    let built = OciLayout::single(app_image()).build();
+/// A hostile registry serving an image of its own (`what` makes its layers unique, so no
+/// layer is in the store already).
+fn hostile(what: &str, faults: Faults) -> HostileRegistry {
+    let image = Image::new(ImageConfig::default())
+        .layer(
+            Layer::new()
+                .file("what", what.repeat((512 << 10) / what.len()).into_bytes())
+                .compression(Compression::None),
+        )
+        .layer(Layer::busybox());
+    let built = OciLayout::single(image).build();
     HostileRegistry::start("bad/app", "1", built, faults)
 }
 
@@ -239,18 +248,18 @@ fn hostile_registries_are_refused_and_leave_the_store_as_it_was() {
     serve(&good, app_image(), "ok:1");
     root.ok(&["pull", &format!("{}/ok:1", good.addr())]);
 
-    let bad = hostile(Faults {
+    let bad = hostile("bad", Faults {
         bad_digest: true,
         ..Faults::default()
     });
     let err = root.refused(&["pull", &bad.reference()], "does not match its digest");
     assert!(err.contains("sha256:"), "{err}");
-    let cut = hostile(Faults {
+    let cut = hostile("cut", Faults {
         drop_halfway: true,
         ..Faults::default()
     });
     root.refused(&["pull", &cut.reference()], "blob sha256:");
-    let huge = hostile(Faults {
+    let huge = hostile("huge", Faults {
         huge_manifest: Some(8 << 20),
         ..Faults::default()
     });
@@ -259,7 +268,7 @@ fn hostile_registries_are_refused_and_leave_the_store_as_it_was() {
     root.refused(&["pull", "127.0.0.1:1/x:1"], "127.0.0.1:1");
     root.refused(&["pull", "Bad/Name"], "invalid reference format");
 
-    let bearer = hostile(Faults {
+    let bearer = hostile("bearer", Faults {
         auth: HostileAuth::Bearer {
             token: "T0KEN".into(),
             basic: None,
@@ -300,7 +309,7 @@ fn hostile_layers_are_refused_naming_the_layer_and_entry() {
 #[test]
 fn a_killed_pull_leaves_nothing_the_next_command_cannot_clean() {
     let root = Root::new("kill");
-    let slow = hostile(Faults {
+    let slow = hostile("slow", Faults {
         slow_layer: Some(Duration::from_millis(20)),
         ..Faults::default()
     });
