@@ -155,7 +155,10 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<()> {
         if let Some(digest) = &record.repo_digest.clone().or(Some(record.manifest.clone())) {
             println!("Digest: {digest}");
         }
-        println!("Status: image is up to date for {}", familiar(&name.canonical()));
+        println!(
+            "Status: image is up to date for {}",
+            familiar(&name.canonical())
+        );
         println!("{}", name.canonical());
     }
     Ok(())
@@ -218,7 +221,12 @@ pub fn images(store: &Store, args: &ImagesArgs) -> Result<()> {
             .map_or_else(|| "N/A".to_owned(), |c| created_ago(&c));
         let mut row = vec![repo, tag];
         if args.digests {
-            row.push(record.repo_digest.clone().unwrap_or_else(|| "<none>".into()));
+            row.push(
+                record
+                    .repo_digest
+                    .clone()
+                    .unwrap_or_else(|| "<none>".into()),
+            );
         }
         row.extend([id(record), created, human_size(record.size)]);
         rows.push(row);
@@ -240,7 +248,13 @@ fn header(digests: bool) -> Vec<String> {
 pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let mut line = String::new();
@@ -304,9 +318,8 @@ pub fn rmi(store: &Store, args: &RmiArgs) -> Result<()> {
     for name in &args.images {
         let found = must_find(store, name)?;
         let refs = store.list()?;
-        let by_id = found.record.config["sha256:".len()..].starts_with(
-            name.strip_prefix("sha256:").unwrap_or(name),
-        );
+        let by_id = found.record.config["sha256:".len()..]
+            .starts_with(name.strip_prefix("sha256:").unwrap_or(name));
         let sharing: Vec<String> = refs
             .iter()
             .filter(|(_, r)| r.config == found.record.config)
@@ -338,9 +351,9 @@ pub fn rmi(store: &Store, args: &RmiArgs) -> Result<()> {
 /// Runs `moat load`.
 pub fn load(store: &Store, args: &LoadArgs) -> Result<()> {
     let mut input: Box<dyn Read> = match &args.input {
-        Some(path) => Box::new(
-            std::fs::File::open(path).with_context(|| format!("-i {}", path.display()))?,
-        ),
+        Some(path) => {
+            Box::new(std::fs::File::open(path).with_context(|| format!("-i {}", path.display()))?)
+        }
         None => {
             if std::io::stdin().is_terminal() {
                 bail!("requested load from stdin, but stdin is empty (pipe an archive in, or use -i FILE)");
@@ -431,8 +444,16 @@ pub fn system_df(store: &Store, data_root: &Path) -> Result<()> {
     let rows = vec![
         vec!["TYPE".into(), "TOTAL".into(), "SIZE".into()],
         vec!["Images".into(), ids.len().to_string(), human_size(blobs)],
-        vec!["Image filesystems".into(), count(store.dir().join("rootfs")), human_size(filesystems)],
-        vec!["Writable layers".into(), count(data_root.join("scratch")), human_size(scratch)],
+        vec![
+            "Image filesystems".into(),
+            count(store.dir().join("rootfs")),
+            human_size(filesystems),
+        ],
+        vec![
+            "Writable layers".into(),
+            count(data_root.join("scratch")),
+            human_size(scratch),
+        ],
     ];
     print_table(&rows);
     Ok(())

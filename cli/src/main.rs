@@ -41,7 +41,7 @@ enum Command {
                             moat run -m 512m --cpus 2 -e FOO=bar busybox env\n  \
                             moat run -v /srv/data:/data:ro --read-only busybox ls /data"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Pull an image from a registry
     Pull(images::PullArgs),
     /// List images
@@ -192,8 +192,9 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -205,7 +206,7 @@ fn main() -> ExitCode {
     };
     let data_root = data_root(cli.data_root);
     let result = match cli.command {
-        Command::Run(args) => run(args, &data_root),
+        Command::Run(args) => run(*args, &data_root),
         other => {
             let result = image_command(other, &data_root);
             let _ = std::io::stdout().flush();

@@ -7,7 +7,8 @@ use crate::{Cli, Command};
 fn parse_run(args: &[&str]) -> Result<RunArgs, clap::Error> {
     let argv = ["moat", "run"].iter().chain(args).copied();
     Cli::try_parse_from(argv).map(|cli| match cli.command {
-        Command::Run(run) => run,
+        Command::Run(run) => *run,
+        other => panic!("not a run: {other:?}"),
     })
 }
 

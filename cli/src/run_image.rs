@@ -55,7 +55,8 @@ pub fn resolve(
     data_root: &Path,
     builtin: &dyn Fn(&str) -> bool,
 ) -> Result<RunImage> {
-    let store = Store::open(data_root).with_context(|| format!("data root {}", data_root.display()))?;
+    let store =
+        Store::open(data_root).with_context(|| format!("data root {}", data_root.display()))?;
     let found = match policy {
         PullPolicy::Always => None,
         _ => find(&store, name)?,
@@ -79,11 +80,7 @@ pub fn resolve(
     hold(&store, found.key, &found.record)
 }
 
-fn hold(
-    store: &Store,
-    name: String,
-    record: &moat_images::store::ImageRecord,
-) -> Result<RunImage> {
+fn hold(store: &Store, name: String, record: &moat_images::store::ImageRecord) -> Result<RunImage> {
     let _use = store.use_lock()?;
     let disk = moat_images::image::rootfs_of(store, record)?;
     let config = store.read_blob(

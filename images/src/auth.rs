@@ -94,7 +94,10 @@ pub fn lookup(path: &Path, registry: &str) -> Result<Option<(String, String)>, A
     };
     let wanted = normalize(&key_of(registry));
     let entry = auths.iter().find(|(k, _)| normalize(k) == wanted);
-    let Some(encoded) = entry.and_then(|(_, v)| v.get("auth")).and_then(Value::as_str) else {
+    let Some(encoded) = entry
+        .and_then(|(_, v)| v.get("auth"))
+        .and_then(Value::as_str)
+    else {
         return Ok(None);
     };
     let malformed = |reason: &str| AuthError::Malformed {
@@ -148,10 +151,7 @@ pub fn store(path: &Path, registry: &str, user: &str, password: &str) -> Result<
     let wanted = normalize(&key_of(registry));
     auths.retain(|k, _| normalize(k) != wanted);
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    auths.insert(
-        key_of(registry),
-        serde_json::json!({ "auth": encoded }),
-    );
+    auths.insert(key_of(registry), serde_json::json!({ "auth": encoded }));
     write(path, &config)
 }
 

@@ -212,5 +212,12 @@ pub fn rootfs_of(store: &Store, record: &ImageRecord) -> Result<PathBuf, ImageEr
     let config = store.read_blob(&record.config, "config", CONFIG_LIMIT)?;
     let diff_ids = diff_ids(&config, &record.config)?;
     let mut quiet = crate::progress::Quiet;
-    ensure_rootfs(store, &tmp, &manifest, &diff_ids, &record.chain_id, &mut quiet)
+    ensure_rootfs(
+        store,
+        &tmp,
+        &manifest,
+        &diff_ids,
+        &record.chain_id,
+        &mut quiet,
+    )
 }

@@ -103,7 +103,10 @@ impl Archive {
         if path.is_file() {
             Ok(path)
         } else {
-            Err(LoadError::Malformed(format!("{} is missing", name.display())))
+            Err(LoadError::Malformed(format!(
+                "{} is missing",
+                name.display()
+            )))
         }
     }
 
@@ -113,8 +116,8 @@ impl Archive {
     }
 
     fn blob(&self, digest: &str) -> Result<PathBuf, LoadError> {
-        let hex = crate::store::digest_hex(digest)
-            .map_err(|e| LoadError::Malformed(e.to_string()))?;
+        let hex =
+            crate::store::digest_hex(digest).map_err(|e| LoadError::Malformed(e.to_string()))?;
         self.file(&format!("blobs/sha256/{hex}"))
     }
 }
@@ -159,10 +162,9 @@ impl Source for FileSource {
         out: &mut BlobWriter,
         _progress: &mut dyn Progress,
     ) -> Result<(), ImageError> {
-        let path = self
-            .files
-            .get(&desc.digest)
-            .ok_or_else(|| ImageError::Fetch(format!("blob {}: not in the archive", desc.digest)))?;
+        let path = self.files.get(&desc.digest).ok_or_else(|| {
+            ImageError::Fetch(format!("blob {}: not in the archive", desc.digest))
+        })?;
         let mut file = File::open(path)
             .map_err(|e| ImageError::Fetch(format!("blob {}: {e}", desc.digest)))?;
         io::copy(&mut file, out)
@@ -226,8 +228,10 @@ fn docker_images(archive: &Archive) -> Result<Vec<Loaded>, LoadError> {
         let mut files = BTreeMap::from([(config.digest.clone(), config_path)]);
         let mut layers = Vec::new();
         for layer in &entry.layers {
-            let (desc, path) =
-                file_descriptor(&archive.file(layer)?, "application/vnd.oci.image.layer.v1.tar")?;
+            let (desc, path) = file_descriptor(
+                &archive.file(layer)?,
+                "application/vnd.oci.image.layer.v1.tar",
+            )?;
             files.insert(desc.digest.clone(), path);
             layers.push(desc);
         }
@@ -265,8 +269,7 @@ fn oci_images(archive: &Archive) -> Result<Vec<Loaded>, LoadError> {
             let chosen = manifest::select_amd64(&label, &list).map_err(ImageError::from)?;
             bytes = read_limited(&archive.blob(&chosen.digest)?)?;
         }
-        let Document::Image(m) =
-            manifest::parse(&bytes, &label, "").map_err(ImageError::from)?
+        let Document::Image(m) = manifest::parse(&bytes, &label, "").map_err(ImageError::from)?
         else {
             return Err(ImageError::NestedIndex(label).into());
         };

@@ -78,7 +78,9 @@ pub fn find(store: &Store, name: &str) -> Result<Option<Found>, LookupError> {
             return Ok(Some(found));
         }
     }
-    let domain = name.split_once('/').is_some_and(|(first, _)| has_domain(first));
+    let domain = name
+        .split_once('/')
+        .is_some_and(|(first, _)| has_domain(first));
     if name.contains('@') || domain {
         return Ok(None);
     }
@@ -125,10 +127,22 @@ mod tests {
             .tag(&["127.0.0.1:5000/other/alpine:latest".into()], &record('c'))
             .unwrap();
         let key = |n: &str| find(&store, n).unwrap().map(|f| f.key);
-        assert_eq!(key("app:1.4").as_deref(), Some("127.0.0.1:5000/team/app:1.4"));
-        assert_eq!(key("team/app:1.4").as_deref(), Some("127.0.0.1:5000/team/app:1.4"));
-        assert_eq!(key("alpine").as_deref(), Some("docker.io/library/alpine:latest"));
-        assert_eq!(key("bbbbbbbbbbbb").as_deref(), Some("docker.io/library/alpine:latest"));
+        assert_eq!(
+            key("app:1.4").as_deref(),
+            Some("127.0.0.1:5000/team/app:1.4")
+        );
+        assert_eq!(
+            key("team/app:1.4").as_deref(),
+            Some("127.0.0.1:5000/team/app:1.4")
+        );
+        assert_eq!(
+            key("alpine").as_deref(),
+            Some("docker.io/library/alpine:latest")
+        );
+        assert_eq!(
+            key("bbbbbbbbbbbb").as_deref(),
+            Some("docker.io/library/alpine:latest")
+        );
         assert_eq!(key("app:2"), None);
         assert_eq!(key("example.com/app:1.4"), None);
         store

@@ -163,7 +163,8 @@ pub fn parse(bytes: &[u8], digest: &str, content_type: &str) -> Result<Document,
         let index: Index = serde_json::from_slice(bytes).map_err(parse_err("index", digest))?;
         return Ok(Document::Index(index.manifests));
     }
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(parse_err("manifest", digest))?;
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(parse_err("manifest", digest))?;
     if manifest.layers.len() > MAX_LAYERS {
         return Err(ManifestError::TooManyLayers {
             digest: digest.to_owned(),
@@ -230,7 +231,10 @@ mod tests {
         let entries = [entry("linux", "arm64"), entry("linux", "amd64")];
         assert_eq!(select_amd64("x", &entries).unwrap(), &entries[1]);
         let err = select_amd64("x", &entries[..1]).unwrap_err().to_string();
-        assert_eq!(err, "x: no linux/amd64 image in the index (it has: linux/arm64)");
+        assert_eq!(
+            err,
+            "x: no linux/amd64 image in the index (it has: linux/arm64)"
+        );
         let windows = [entry("windows", "amd64")];
         assert!(select_amd64("x", &windows).is_err());
     }

@@ -89,7 +89,11 @@ impl<W: Write> Progress for Lines<W> {
     }
 
     fn layer_done(&mut self, digest: &str, size: u64, existed: bool) {
-        let what = if existed { "already exists" } else { "pull complete" };
+        let what = if existed {
+            "already exists"
+        } else {
+            "pull complete"
+        };
         self.line(&format!("{}: {what} ({})", short(digest), human_size(size)));
     }
 

@@ -125,7 +125,11 @@ mod tests {
             ("registry.example/app", "registry.example/app:latest"),
         ];
         for (given, want) in cases {
-            assert_eq!(ImageName::parse(given).unwrap().canonical(), want, "{given}");
+            assert_eq!(
+                ImageName::parse(given).unwrap().canonical(),
+                want,
+                "{given}"
+            );
         }
         let digest = format!("sha256:{}", "a".repeat(64));
         let pinned = ImageName::parse(&format!("alpine@{digest}")).unwrap();

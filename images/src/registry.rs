@@ -145,9 +145,10 @@ fn classify(name: &ImageName, err: OciDistributionError) -> RegistryError {
         }
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| {
-                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)
-            }) {
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown))
+            {
                 RegistryError::NotFound(name.canonical())
             } else if codes
                 .iter()
@@ -334,22 +335,24 @@ pub fn pull(
             });
         }
     }
-    let (manifest_bytes, repo_digest) = match manifest::parse(&bytes, &digest, "").map_err(ImageError::from)? {
-        Document::Image(_) => (bytes, digest),
-        Document::Index(entries) => {
-            let chosen = manifest::select_amd64(&name.canonical(), &entries)
-                .map_err(ImageError::from)?
-                .clone();
-            let (bytes, got) = session.manifest(name, &name.with_digest(&chosen.digest), options)?;
-            if got != chosen.digest {
-                return Err(RegistryError::Protocol {
-                    name: name.canonical(),
-                    detail: format!("manifest {} arrived with digest {got}", chosen.digest),
-                });
+    let (manifest_bytes, repo_digest) =
+        match manifest::parse(&bytes, &digest, "").map_err(ImageError::from)? {
+            Document::Image(_) => (bytes, digest),
+            Document::Index(entries) => {
+                let chosen = manifest::select_amd64(&name.canonical(), &entries)
+                    .map_err(ImageError::from)?
+                    .clone();
+                let (bytes, got) =
+                    session.manifest(name, &name.with_digest(&chosen.digest), options)?;
+                if got != chosen.digest {
+                    return Err(RegistryError::Protocol {
+                        name: name.canonical(),
+                        detail: format!("manifest {} arrived with digest {got}", chosen.digest),
+                    });
+                }
+                (bytes, digest)
             }
-            (bytes, digest)
-        }
-    };
+        };
     let _use = store.use_lock().map_err(ImageError::from)?;
     let mut source = RegistrySource {
         session: &session,

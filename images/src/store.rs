@@ -314,7 +314,9 @@ impl Store {
             return check_digest(digest, actual);
         }
         let mut writer = self.blob_writer(tmp, digest)?;
-        writer.write_all(bytes).map_err(io_err("writing", tmp.path()))?;
+        writer
+            .write_all(bytes)
+            .map_err(io_err("writing", tmp.path()))?;
         writer.commit()
     }
 
@@ -498,7 +500,10 @@ impl BlobWriter {
     /// file is removed and the error names the digest.
     pub fn commit(mut self) -> Result<()> {
         let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
-        let flushed = self.file.flush().and_then(|()| self.file.get_ref().sync_data());
+        let flushed = self
+            .file
+            .flush()
+            .and_then(|()| self.file.get_ref().sync_data());
         if let Err(e) = check_digest(&self.digest, actual) {
             let _ = fs::remove_file(&self.part);
             return Err(e);

@@ -6,9 +6,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use moat_tests::registry::{docker_archive, push};
 use moat_tests::registry::{Compression, Layer, Meta};
 use moat_tests::registry::{Image, ImageConfig, OciLayout};
-use moat_tests::registry::{docker_archive, push};
 use moat_tests::registry::{Registry, RegistryOpts};
 use moat_tests::{moat_bin, moat_with_env, vm_available, Outcome};
 
@@ -20,7 +20,11 @@ struct Root(PathBuf);
 impl Root {
     fn new(name: &str) -> Root {
         let base = Path::new("/var/lib/moat");
-        let base = if base.is_dir() { base } else { Path::new("/var/tmp") };
+        let base = if base.is_dir() {
+            base
+        } else {
+            Path::new("/var/tmp")
+        };
         let dir = base.join(format!("images-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Root(dir)
@@ -122,10 +126,7 @@ fn config_image() -> Image {
     Image::new(ImageConfig {
         entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
         cmd: Some(vec!["echo \"$FOO $PWD $0\"; id".into()]),
-        env: vec![
-            "PATH=/bin".into(),
-            "FOO=from-image".into(),
-        ],
+        env: vec!["PATH=/bin".into(), "FOO=from-image".into()],
         working_dir: Some("/srv".into()),
         user: Some("app".into()),
         ..ImageConfig::default()
@@ -149,14 +150,34 @@ fn entrypoint_cmd_env_workdir_and_user_as_docker_combines_them() {
         "from-image /srv /bin/sh\nuid=1000(app) gid=1000(app) groups=1000(app)\n"
     );
     let out = root.ok(&[
-        "run", "-e", "FOO=flag", "-w", "/tmp", "-u", "0", &name, "echo \"$FOO $PWD\"; id -u",
+        "run",
+        "-e",
+        "FOO=flag",
+        "-w",
+        "/tmp",
+        "-u",
+        "0",
+        &name,
+        "echo \"$FOO $PWD\"; id -u",
     ]);
     assert_eq!(out, "flag /tmp\n0\n");
-    let out = root.ok(&["run", "--pull", "never", "--entrypoint", "/bin/echo", &name, "hi"]);
+    let out = root.ok(&[
+        "run",
+        "--pull",
+        "never",
+        "--entrypoint",
+        "/bin/echo",
+        &name,
+        "hi",
+    ]);
     assert_eq!(out, "hi\n");
     let o = root.moat(&["run", "--entrypoint", "", &name]);
     o.expect_code(125);
-    assert!(o.err().contains("no command specified"), "{}", o.diagnostics());
+    assert!(
+        o.err().contains("no command specified"),
+        "{}",
+        o.diagnostics()
+    );
 }
 
 #[test]
@@ -166,8 +187,8 @@ fn loaded_images_run_and_rmi_during_a_run_keeps_the_run_whole() {
     }
     let root = Root::new("load");
     let dir = tempdir("archive");
-    let image = Image::new(ImageConfig::default())
-        .layer(Layer::busybox().file("srv-data", "loaded\n"));
+    let image =
+        Image::new(ImageConfig::default()).layer(Layer::busybox().file("srv-data", "loaded\n"));
     let written = OciLayout::single(image).write(&dir.join("layout"), "t");
     let archive = dir.join("saved.tar");
     docker_archive(&written, &archive, "saved/app:1");
@@ -175,7 +196,13 @@ fn loaded_images_run_and_rmi_during_a_run_keeps_the_run_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut child = std::process::Command::new(moat_bin())
-        .args(["run", "saved/app:1", "sh", "-c", "echo ready; sleep 10; cat /srv-data"])
+        .args([
+            "run",
+            "saved/app:1",
+            "sh",
+            "-c",
+            "echo ready; sleep 10; cat /srv-data",
+        ])
         .env("MOAT_DATA_ROOT", &root.0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -193,6 +220,8 @@ fn loaded_images_run_and_rmi_during_a_run_keeps_the_run_whole() {
     assert!(status.success(), "the run failed after rmi: {rest}");
     assert_eq!(rest, "loaded\n");
     assert_eq!(root.ok(&["images", "-q"]), "");
-    let tmp = std::fs::read_dir(root.0.join("images/tmp")).unwrap().count();
+    let tmp = std::fs::read_dir(root.0.join("images/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "the run's hold on its image was not released");
 }

@@ -6,10 +6,10 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use moat_tests::registry::{Faults, HostileAuth, HostileRegistry};
-use moat_tests::registry::{Compression, Layer};
-use moat_tests::registry::{Image, ImageConfig, OciLayout};
 use moat_tests::registry::{docker_archive, oci_archive, push};
+use moat_tests::registry::{Compression, Layer};
+use moat_tests::registry::{Faults, HostileAuth, HostileRegistry};
+use moat_tests::registry::{Image, ImageConfig, OciLayout};
 use moat_tests::registry::{Registry, RegistryOpts};
 use moat_tests::{moat_bin, moat_with_env, Outcome};
 
@@ -136,13 +136,19 @@ fn pull_list_inspect_and_remove_over_plain_http() {
     assert!(out.contains("filesystem ready"), "{out}");
     let again = root.ok(&["pull", &name]);
     assert_eq!(again.matches(": already exists").count(), 2, "{again}");
-    assert!(!again.contains("filesystem ready"), "converted twice:\n{again}");
+    assert!(
+        !again.contains("filesystem ready"),
+        "converted twice:\n{again}"
+    );
 
     let list = root.ok(&["images"]);
     let header = list.lines().next().unwrap();
     assert!(header.starts_with("REPOSITORY"), "{list}");
     assert!(
-        list.lines().nth(1).unwrap().starts_with(&format!("{}/team/app   1.4", registry.addr())),
+        list.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("{}/team/app   1.4", registry.addr())),
         "{list}"
     );
     let inspect: serde_json::Value =
@@ -155,14 +161,19 @@ fn pull_list_inspect_and_remove_over_plain_http() {
     assert_eq!(image["RootFS"]["Layers"].as_array().unwrap().len(), 2);
     let digest = image["RepoDigests"][0].as_str().unwrap().to_owned();
     assert!(digest.contains("@sha256:"), "{digest}");
-    assert!(root.ok(&["images", "--digests"]).contains(digest.split('@').nth(1).unwrap()));
+    assert!(root
+        .ok(&["images", "--digests"])
+        .contains(digest.split('@').nth(1).unwrap()));
     let id = root.ok(&["images", "-q"]);
     assert_eq!(id.trim().len(), 12);
     root.assert_consistent();
     assert!(root.ok(&["system", "df"]).contains("Images"));
 
     let rmi = root.ok(&["rmi", "app:1.4"]);
-    assert!(rmi.contains("Untagged:") && rmi.contains("Deleted: sha256:"), "{rmi}");
+    assert!(
+        rmi.contains("Untagged:") && rmi.contains("Deleted: sha256:"),
+        "{rmi}"
+    );
     assert_eq!(root.ok(&["images", "-q"]), "");
     assert_eq!(root.files("blobs/sha256"), 0, "blobs left after rmi");
     assert_eq!(
@@ -187,13 +198,30 @@ fn tls_registry_with_basic_auth_and_logins() {
     root.refused(&["pull", "--tls-ca", &ca, &name], "refused access");
     root.refused(&["pull", &name], "certificate");
     let bad = root.moat(
-        &["login", "--tls-ca", &ca, "-u", "tenant", "-p", "wrong", registry.addr()],
+        &[
+            "login",
+            "--tls-ca",
+            &ca,
+            "-u",
+            "tenant",
+            "-p",
+            "wrong",
+            registry.addr(),
+        ],
         None,
     );
     bad.expect_code(125);
     assert!(bad.err().contains("refused access"), "{}", bad.err());
     let o = root.moat(
-        &["login", "--tls-ca", &ca, "-u", "tenant", "--password-stdin", registry.addr()],
+        &[
+            "login",
+            "--tls-ca",
+            &ca,
+            "-u",
+            "tenant",
+            "--password-stdin",
+            registry.addr(),
+        ],
         Some(b"s3cret\n"),
     );
     o.expect_code(0);
@@ -202,7 +230,9 @@ fn tls_registry_with_basic_auth_and_logins() {
     assert!(config.contains(registry.addr()), "{config}");
     root.ok(&["pull", "--tls-ca", &ca, &name]);
     root.assert_consistent();
-    assert!(root.ok(&["logout", registry.addr()]).contains("Removing login credentials"));
+    assert!(root
+        .ok(&["logout", registry.addr()])
+        .contains("Removing login credentials"));
     root.ok(&["rmi", &name]);
     root.refused(&["pull", "--tls-ca", &ca, &name], "refused access");
 }
@@ -248,39 +278,55 @@ fn hostile_registries_are_refused_and_leave_the_store_as_it_was() {
     serve(&good, app_image(), "ok:1");
     root.ok(&["pull", &format!("{}/ok:1", good.addr())]);
 
-    let bad = hostile("bad", Faults {
-        bad_digest: true,
-        ..Faults::default()
-    });
+    let bad = hostile(
+        "bad",
+        Faults {
+            bad_digest: true,
+            ..Faults::default()
+        },
+    );
     let err = root.refused(&["pull", &bad.reference()], "does not match its digest");
     assert!(err.contains("sha256:"), "{err}");
-    let cut = hostile("cut", Faults {
-        drop_halfway: true,
-        ..Faults::default()
-    });
+    let cut = hostile(
+        "cut",
+        Faults {
+            drop_halfway: true,
+            ..Faults::default()
+        },
+    );
     root.refused(&["pull", &cut.reference()], "blob sha256:");
-    let huge = hostile("huge", Faults {
-        huge_manifest: Some(8 << 20),
-        ..Faults::default()
-    });
+    let huge = hostile(
+        "huge",
+        Faults {
+            huge_manifest: Some(8 << 20),
+            ..Faults::default()
+        },
+    );
     root.refused(&["pull", &huge.reference()], "limit");
-    root.refused(&["pull", &format!("{}/missing:1", good.addr())], "not found");
+    root.refused(
+        &["pull", &format!("{}/missing:1", good.addr())],
+        "not found",
+    );
     root.refused(&["pull", "127.0.0.1:1/x:1"], "127.0.0.1:1");
     root.refused(&["pull", "Bad/Name"], "invalid reference format");
 
-    let bearer = hostile("bearer", Faults {
-        auth: HostileAuth::Bearer {
-            token: "T0KEN".into(),
-            basic: None,
+    let bearer = hostile(
+        "bearer",
+        Faults {
+            auth: HostileAuth::Bearer {
+                token: "T0KEN".into(),
+                basic: None,
+            },
+            ..Faults::default()
         },
-        ..Faults::default()
-    });
+    );
     root.ok(&["pull", &bearer.reference()]);
     assert!(
         bearer
             .requests()
             .iter()
-            .any(|r| r.path.contains("/manifests/") && r.authorization.as_deref() == Some("Bearer T0KEN")),
+            .any(|r| r.path.contains("/manifests/")
+                && r.authorization.as_deref() == Some("Bearer T0KEN")),
         "{:?}",
         bearer.requests()
     );
@@ -309,10 +355,13 @@ fn hostile_layers_are_refused_naming_the_layer_and_entry() {
 #[test]
 fn a_killed_pull_leaves_nothing_the_next_command_cannot_clean() {
     let root = Root::new("kill");
-    let slow = hostile("slow", Faults {
-        slow_layer: Some(Duration::from_millis(20)),
-        ..Faults::default()
-    });
+    let slow = hostile(
+        "slow",
+        Faults {
+            slow_layer: Some(Duration::from_millis(20)),
+            ..Faults::default()
+        },
+    );
     let data = root.data();
     let mut child = std::process::Command::new(moat_bin())
         .args(["pull", &slow.reference()])
@@ -327,7 +376,10 @@ fn a_killed_pull_leaves_nothing_the_next_command_cannot_clean() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(root.files("tmp") > 0, "the killed pull left no partial layer to test with");
+    assert!(
+        root.files("tmp") > 0,
+        "the killed pull left no partial layer to test with"
+    );
     assert_eq!(root.ok(&["images", "-q"]), "");
     root.assert_consistent();
     let good = Registry::start(RegistryOpts::plain());
@@ -356,7 +408,11 @@ fn two_pulls_of_one_image_at_once() {
         .collect();
     for h in handles {
         let out = h.join().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(root.ok(&["images", "-q"]).lines().count(), 1);
     root.assert_consistent();
@@ -367,8 +423,7 @@ fn load_docker_save_and_oci_layout_archives() {
     let root = Root::new("load");
     let dir = tempdir("archives");
     let written = OciLayout::single(
-        Image::new(ImageConfig::default())
-            .layer(Layer::busybox().compression(Compression::Gzip)),
+        Image::new(ImageConfig::default()).layer(Layer::busybox().compression(Compression::Gzip)),
     )
     .write(&dir.join("layout"), "t");
     let docker_tar = dir.join("docker.tar");
@@ -379,11 +434,18 @@ fn load_docker_save_and_oci_layout_archives() {
     let bytes = std::fs::read(&docker_tar).unwrap();
     let o = root.moat(&["load"], Some(&bytes));
     o.expect_code(0);
-    assert!(o.out().contains("Loaded image: saved/app:1.4"), "{}", o.out());
+    assert!(
+        o.out().contains("Loaded image: saved/app:1.4"),
+        "{}",
+        o.out()
+    );
     let out = root.ok(&["load", "-i", oci_tar.to_str().unwrap()]);
     assert!(out.contains("Loaded image: ocitar/app:2"), "{out}");
     let list = root.ok(&["images"]);
-    assert!(list.contains("saved/app") && list.contains("ocitar/app"), "{list}");
+    assert!(
+        list.contains("saved/app") && list.contains("ocitar/app"),
+        "{list}"
+    );
     root.assert_consistent();
     let garbage = root.moat(&["load"], Some(b"not a tar at all, just text"));
     garbage.expect_code(125);

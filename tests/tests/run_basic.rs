@@ -96,7 +96,10 @@ fn user_names_resolve_in_the_image() {
         return;
     }
     // The busybox image's /etc/passwd has user:x:1000:1000 and home /home/user.
-    let o = moat(&["run", "-u", "user", "--", "sh", "-c", "id; echo $HOME"], None);
+    let o = moat(
+        &["run", "-u", "user", "--", "sh", "-c", "id; echo $HOME"],
+        None,
+    );
     o.expect_code(0);
     assert_eq!(
         o.out(),
