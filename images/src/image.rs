@@ -163,6 +163,27 @@ pub fn install(
     Ok(record)
 }
 
+/// [`install`] under the store's use lock; on failure, takes back the blobs it added if no
+/// other command is using the store (`moat images` and the store's files are as before).
+pub fn install_or_undo(
+    store: &Store,
+    names: &[String],
+    manifest_bytes: &[u8],
+    repo_digest: Option<String>,
+    source: &mut dyn Source,
+    progress: &mut dyn Progress,
+) -> Result<ImageRecord, ImageError> {
+    let used = store.use_lock()?;
+    let result = install(store, names, manifest_bytes, repo_digest, source, progress);
+    drop(used);
+    if result.is_err() {
+        if let Err(e) = store.collect_if_idle(&blobs_of) {
+            tracing::warn!("cannot take back the failed command's blobs: {e}");
+        }
+    }
+    result
+}
+
 /// Makes sure the flattened filesystem of an image is in the store (once per chain ID).
 pub fn ensure_rootfs(
     store: &Store,

@@ -312,7 +312,6 @@ pub fn load(
     } else {
         return Err(LoadError::NotAnArchive);
     };
-    let _use = store.use_lock().map_err(ImageError::from)?;
     let mut loaded = Vec::new();
     for mut image in images {
         let names = if image.names.is_empty() {
@@ -321,7 +320,7 @@ pub fn load(
         } else {
             image.names.clone()
         };
-        let record = image::install(
+        let record = image::install_or_undo(
             store,
             &names,
             &image.manifest,

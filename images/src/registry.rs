@@ -353,13 +353,12 @@ pub fn pull(
                 (bytes, digest)
             }
         };
-    let _use = store.use_lock().map_err(ImageError::from)?;
     let mut source = RegistrySource {
         session: &session,
         name,
     };
     let names = [name.canonical()];
-    Ok(image::install(
+    Ok(image::install_or_undo(
         store,
         &names,
         &manifest_bytes,

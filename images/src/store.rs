@@ -400,7 +400,29 @@ impl Store {
         &self,
         layers_of: &dyn Fn(&Store, &ImageRecord) -> Result<Vec<String>>,
     ) -> Result<u64> {
-        let _gc = self.lock("gc.lock", libc::LOCK_EX)?;
+        let gc = self.lock("gc.lock", libc::LOCK_EX)?;
+        self.collect_locked(gc, layers_of)
+    }
+
+    /// [`Store::collect`] only if no other command is using the store now (after a failed pull
+    /// or load, to take back what it added; a busy store is collected by a later `moat rmi`).
+    pub fn collect_if_idle(
+        &self,
+        layers_of: &dyn Fn(&Store, &ImageRecord) -> Result<Vec<String>>,
+    ) -> Result<Option<u64>> {
+        let path = self.dir.join("gc.lock");
+        let file = File::open(&path).map_err(io_err("opening", &path))?;
+        if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err("locking", &path))? {
+            return Ok(None);
+        }
+        self.collect_locked(Lock { _file: file }, layers_of).map(Some)
+    }
+
+    fn collect_locked(
+        &self,
+        _gc: Lock,
+        layers_of: &dyn Fn(&Store, &ImageRecord) -> Result<Vec<String>>,
+    ) -> Result<u64> {
         let _refs = self.lock("refs.lock", libc::LOCK_SH)?;
         let index = self.read_index()?;
         let mut keep = BTreeSet::new();

@@ -52,12 +52,14 @@ impl Root {
     /// store as consistent as before.
     fn refused(&self, args: &[&str], needle: &str) -> String {
         let before = self.ok(&["images", "--digests"]);
+        let blobs = self.files("blobs/sha256");
         let o = self.moat(args, None);
         o.expect_code(125);
         let err = o.err();
         assert_eq!(err.trim_end().lines().count(), 1, "one line:\n{err}");
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
         assert_eq!(self.ok(&["images", "--digests"]), before);
+        assert_eq!(self.files("blobs/sha256"), blobs, "the failed command kept blobs");
         self.assert_consistent();
         err
     }
@@ -451,4 +453,47 @@ fn load_docker_save_and_oci_layout_archives() {
     garbage.expect_code(125);
     let _ = std::fs::remove_dir_all(&dir);
     root.assert_consistent();
+}
+
+/// Bytes that do not compress (an LCG's high bytes).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_too_small_for_the_image_is_a_clear_error_and_keeps_nothing() {
+    let root = Root::new("full");
+    std::fs::create_dir_all(root.data()).unwrap();
+    let data = root.data();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "moat-test-full"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a small tmpfs at {}", data.display());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let registry = Registry::start(RegistryOpts::plain());
+    let big = Image::new(ImageConfig::default())
+        .layer(Layer::busybox())
+        .layer(
+            Layer::new()
+                .file("big", noise(10 << 20))
+                .compression(Compression::None),
+        );
+    serve(&registry, big, "big:1");
+    let name = format!("{}/big:1", registry.addr());
+    root.refused(&["pull", &name], "No space left on device");
+    assert_eq!(root.files("blobs/sha256"), 0, "blobs of a failed pull were kept");
 }
