@@ -366,8 +366,10 @@ class Runner:
         out_path = os.path.join(self.work, f"out-{self.serial}-{os.path.basename(cmd[0])}")
         with open(out_path, "wb") as out:
             start = time.monotonic()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
             self.current = proc
             try:
                 rc = proc.wait(timeout=self.timeout)
@@ -375,6 +377,12 @@ class Runner:
                 log(f"{' '.join(cmd[:2])} still running after {self.timeout} s: killing it")
                 self.kill()
                 rc = proc.wait()
+            except BaseException:
+                # Interrupted (SIGTERM, ^C): the command is in a session of its own, so it
+                # would live on; it must be gone before the work dir is removed.
+                self.kill()
+                proc.wait()
+                raise
             finally:
                 self.current = None
             seconds = time.monotonic() - start
@@ -385,6 +393,7 @@ class Runner:
         return seconds, rc, text
 
     def kill(self):
+        """SIGKILLs the running command's session."""
         if self.current and self.current.poll() is None:
             try:
                 os.killpg(self.current.pid, signal.SIGKILL)
@@ -422,8 +431,10 @@ class Registry:
                     f"http:\n  addr: 127.0.0.1:{port}\n  secret: moat-bench-secret\n"
                 )
             with open(self.log_path, "ab") as out:
-                self.proc = subprocess.Popen([binary, "serve", config], stdin=subprocess.DEVNULL,
-                                             stdout=out, stderr=out, start_new_session=True)  # fmt: skip
+                self.proc = subprocess.Popen(
+                    [binary, "serve", config], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True,
+                )  # fmt: skip
             self.addr = f"127.0.0.1:{port}"
             if self.wait_ready():
                 return
@@ -546,7 +557,7 @@ def machine(moat, peers):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    where = "native"
+    where = "this machine (not the nested test host)"
     if os.environ.get("MOAT_NESTED_L1") == "1":
         where = "nested test host L1 (QEMU TCG, -cpu EPYC,+svm,+npt)"
     commit = report.first_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
@@ -632,23 +643,25 @@ def measure_host(args, runner, registry, work):
 
 
 def host_report(args, info, layout, r):
-    lines = ["## Pull and convert (no VM)", ""]
-    lines += [
-        f"Each of {args.runs} rounds, alternating which goes first: `moat pull {REPO_NAME}:{TAG}` "
+    lines = [
+        f"Each of {args.runs} rounds, alternating which goes first: `moat pull "
+        f"127.0.0.1:PORT/{REPO_NAME}:{TAG}` "
         "into an empty data root (download, digest checks, layers applied and packed into one "
         "ext4 file), against `skopeo copy docker://... oci:DIR` followed by `umoci unpack` "
         "(download into an OCI layout, then the layers applied into a directory tree). Both "
         "from the same `docker-registry` on 127.0.0.1 (plain HTTP, its storage in the page "
         "cache); dirty pages are written back (`sync`) before each run and its output removed "
-        "after it.",
+        "after it. Both check each layer's digest; umoci 0.4 also writes an mtree manifest of "
+        "the unpacked tree holding every file's SHA-256; moat hashes each uncompressed layer "
+        "against its diff ID.",
         "",
     ]
     lines += report.timing_table([
         ("`moat pull` (download + verify + flatten into ext4)", r["moat"]),
-        ("  of which flattening (moat's `filesystem ready in`)", r["flatten"]),
+        ("of which: flattening (moat's `filesystem ready in`)", r["flatten"]),
         ("`skopeo copy` + `umoci unpack`", r["peer"]),
-        ("  `skopeo copy docker://... oci:DIR`", r["copy"]),
-        ("  `umoci unpack --image DIR BUNDLE`", r["unpack"]),
+        ("of which: `skopeo copy docker://... oci:DIR`", r["copy"]),
+        ("of which: `umoci unpack --image DIR:1 BUNDLE`", r["unpack"]),
     ])  # fmt: skip
     if r["moat"] and r["peer"]:
         ratio = statistics.median(r["moat"]) / statistics.median(r["peer"])
@@ -677,7 +690,8 @@ def host_report(args, info, layout, r):
 # --- the VM part: moat run IMAGE --------------------------------------------------------------
 
 
-def measure_vm(args, runner, registry, work):
+def vm_env(args):
+    """moat and the environment naming its VMM, kernel and initramfs; exits if one is missing."""
     bin_dir = os.path.abspath(args.bin_dir)
     moat = os.path.join(bin_dir, "moat")
     assets = os.environ.get("MOAT_ASSETS_DIR") or os.path.join(bin_dir, "moat-assets")
@@ -685,9 +699,16 @@ def measure_vm(args, runner, registry, work):
     base_env.setdefault("MOAT_VMM", os.path.join(bin_dir, "moat-vmm"))
     base_env.setdefault("MOAT_KERNEL", os.path.join(assets, "vmlinux"))
     base_env.setdefault("MOAT_INITRAMFS", os.path.join(assets, "initramfs.cpio"))
-    for what in (moat, base_env["MOAT_VMM"], base_env["MOAT_KERNEL"], base_env["MOAT_INITRAMFS"]):
+    busybox = os.path.join(assets, "images/busybox.ext4")
+    for what in (moat, base_env["MOAT_VMM"], base_env["MOAT_KERNEL"], base_env["MOAT_INITRAMFS"],
+                 busybox):  # fmt: skip
         if not os.path.isfile(what):
             sys.exit(f"bench: {what} is missing (run scripts/build, or set --bin-dir)")
+    return moat, base_env
+
+
+def measure_vm(args, runner, registry, work):
+    moat, base_env = vm_env(args)
     image = registry.image()
     r = {"cold": [], "flatten": [], "warm": [], "busybox": [], "failures": []}
 
@@ -707,15 +728,17 @@ def measure_vm(args, runner, registry, work):
     # Not counted: brings the kernel, initramfs and binaries into the page cache.
     i = -1
     warm_root = os.path.join(work, "moat-root-warmup")
-    run("busybox", "warm-up moat run -- true", warm_root, [moat, "run", "--", "true"])
+    ok = run("busybox", "warm-up moat run -- true", warm_root, [moat, "run", "--", "true"])
     r["busybox"].clear()
     remove(warm_root)
+    if not ok:
+        sys.exit("bench: the uncounted `moat run -- true` failed: not measuring")
 
     for i in range(args.runs):
         def image_runs():
             root = os.path.join(work, f"moat-root-{i}")
             cmd = [moat, "run", image, "--", "true"]
-            if run("cold", f"moat run IMAGE -- true (empty store)", root, cmd):
+            if run("cold", "moat run IMAGE -- true (empty store)", root, cmd):
                 run("warm", "moat run IMAGE -- true (stored)", root, cmd)
             remove(root)
 
@@ -730,8 +753,7 @@ def measure_vm(args, runner, registry, work):
 
 
 def vm_report(args, r):
-    lines = ["## `moat run IMAGE -- true`", ""]
-    lines += [
+    lines = [
         f"Each of {args.runs} rounds, alternating which goes first: `moat run "
         f"127.0.0.1:PORT/{REPO_NAME}:{TAG} -- true` with an empty data root (pull, flatten, "
         "boot, run), then the same command again on that data root (image stored: boot and "
@@ -741,7 +763,7 @@ def vm_report(args, r):
     ]
     lines += report.timing_table([
         ("`moat run IMAGE -- true`, empty store (pull + convert + boot)", r["cold"]),
-        ("  of which flattening (`filesystem ready in`)", r["flatten"]),
+        ("of which: flattening (`filesystem ready in`)", r["flatten"]),
         ("`moat run IMAGE -- true`, image stored (boot only)", r["warm"]),
         ("`moat run -- true` (built-in busybox)", r["busybox"]),
     ])  # fmt: skip
@@ -750,7 +772,7 @@ def vm_report(args, r):
         lines += ["", f"Stored image minus built-in busybox (medians): {report.ms(d)} ms."]
     if r["cold"] and r["warm"]:
         d = statistics.median(r["cold"]) - statistics.median(r["warm"])
-        lines += [f"Empty store minus stored (medians; the pull and conversion): {report.ms(d)} ms."]
+        lines.append(f"Empty store minus stored (medians; pull and conversion): {report.ms(d)} ms.")
     if r["failures"]:
         lines += ["", "Failed runs (left out of the table):", ""]
         lines += [f"- {f}" for f in r["failures"]]
@@ -764,8 +786,8 @@ def vm_report(args, r):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--host", action="store_true", help="pull + convert vs skopeo + umoci (default)")
-    mode.add_argument("--vm", action="store_true", help="moat run IMAGE (needs KVM that boots guests)")
+    mode.add_argument("--host", action="store_true", help="moat pull vs skopeo + umoci (default)")
+    mode.add_argument("--vm", action="store_true", help="moat run IMAGE (KVM that boots guests)")
     mode.add_argument("--prepare", action="store_true", help="only make or find the image")
     p.add_argument("--runs", type=int, default=5, help="rounds of each (default 5)")
     p.add_argument("--bin-dir", default=os.path.join(REPO, "target/release"))
@@ -779,6 +801,8 @@ def main():
     if os.geteuid() != 0 and not args.prepare:
         sys.exit("bench: run as root (moat pull and umoci unpack apply layers as root)")
 
+    if args.vm:
+        vm_env(args)
     layout, info = make_image()
     if args.prepare:
         print(layout)
@@ -816,13 +840,15 @@ def main():
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         lines += [f"# moat image benchmark, {now}", ""]
     if args.vm:
+        lines += ["## `moat run IMAGE -- true`", ""]
+        lines += machine(moat, []) + image_lines(info, layout) + [""]
         lines += vm_report(args, r)
-        lines += machine(moat, []) + image_lines(info, layout)
     else:
-        lines += host_report(args, info, layout, r)
+        lines += ["## Pull and convert (no VM)", ""]
         lines += machine(moat, [("skopeo", ["skopeo", "--version"]),
                                 ("umoci", ["umoci", "--version"])])  # fmt: skip
-        lines += image_lines(info, layout)
+        lines += image_lines(info, layout) + [""]
+        lines += host_report(args, info, layout, r)
     print("\n".join(lines) + "\n", flush=True)
 
 

@@ -389,3 +389,33 @@ pub fn login(registry: &str, options: &RegistryOptions) -> Result<(), RegistryEr
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_this_host_or_named_registries() {
+        let options = RegistryOptions {
+            insecure: vec!["registry.lan:5000".to_owned()],
+            ..RegistryOptions::default()
+        };
+        let allows = |name: &str| allows_http(&ImageName::parse(name).unwrap(), &options);
+        assert!(allows("127.0.0.1:5000/a"));
+        assert!(allows("localhost:5000/a"));
+        assert!(allows("registry.lan:5000/a"));
+        assert!(!allows("registry.lan/a"), "another port is another registry");
+        assert!(!allows("registry.example/a"));
+        assert!(!allows("alpine"));
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_is_named() {
+        let options = RegistryOptions {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..RegistryOptions::default()
+        };
+        let err = client(&options, false).err().unwrap().to_string();
+        assert!(err.starts_with("--tls-ca /nonexistent/ca.pem: "), "{err}");
+    }
+}

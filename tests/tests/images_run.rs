@@ -10,7 +10,7 @@ use moat_tests::registry::{docker_archive, push};
 use moat_tests::registry::{Compression, Layer, Meta};
 use moat_tests::registry::{Image, ImageConfig, OciLayout};
 use moat_tests::registry::{Registry, RegistryOpts};
-use moat_tests::{moat_bin, moat_with_env, vm_available, Outcome};
+use moat_tests::{moat_bin, moat_with_env, vm_available, Outcome, ProbeVolume};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -104,11 +104,14 @@ fn the_layers_make_the_tree_the_image_describes() {
     serve(&registry, tree_image(), "tree:1");
     let name = format!("{}/tree:1", registry.addr());
     root.ok(&["pull", &name]);
+    let probe = ProbeVolume::new();
     let script = "ls /gone /deleted 2>&1; ls /opaque; \
                   stat -c '%n %a %u:%g %h %F %Y' /data/original /data/link /data/suid; \
                   readlink /data/sym; cat /data/sym; \
-                  stat -c '%n %F %t:%T' /data/fifo /data/null";
-    let out = root.ok(&["run", "--privileged", &name, "sh", "-c", script]);
+                  stat -c '%n %F %t:%T' /data/fifo /data/null; \
+                  /probe/moat-probe getxattr /data/xattr user.moat";
+    let volume = probe.volume_arg();
+    let out = root.ok(&["run", "--privileged", "-v", &volume, &name, "sh", "-c", script]);
     let want = "ls: /gone: No such file or directory\n\
                 ls: /deleted: No such file or directory\n\
                 upper\n\
@@ -118,7 +121,9 @@ fn the_layers_make_the_tree_the_image_describes() {
                 original\n\
                 linked\n\
                 /data/fifo fifo 0:0\n\
-                /data/null character special file 1:3\n";
+                /data/null character special file 1:3\n\
+                1\n\
+                getxattr ok\n";
     assert_eq!(out, want);
 }
 

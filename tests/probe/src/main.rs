@@ -1,5 +1,6 @@
 //! `moat-probe CALL [ARGS]`: makes one system call the shell tools of the test image cannot
-//! make, and prints `CALL ok` or `CALL ERRNAME` (exit 0 either way; 2 on bad usage). Built
+//! make, and prints `CALL ok` or `CALL ERRNAME` (exit 0 either way; 2 on bad usage);
+//! `getxattr` prints the value first. Built
 //! static (like the agent) and mounted into test containers as a read-only volume.
 
 use std::ffi::CString;
@@ -88,6 +89,30 @@ fn open(path: &str) -> io::Result<libc::c_long> {
     std::fs::File::open(path).map(|_| 0)
 }
 
+/// Prints the value of extended attribute `name` of `path` (not following a symlink) and
+/// returns its length.
+fn getxattr(path: &str, name: &str) -> io::Result<libc::c_long> {
+    let (path, name) = (cstring(path)?, cstring(name)?);
+    let mut value = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and live across the call; the buffer is writable
+    // for the length passed.
+    let n = result(unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    } as libc::c_long)?;
+    value.truncate(n as usize);
+    println!("{}", String::from_utf8_lossy(&value));
+    Ok(n)
+}
+
+fn cstring(text: &str) -> io::Result<CString> {
+    CString::new(text).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 fn errno_name(e: &io::Error) -> String {
     let names = [
         (libc::EPERM, "EPERM"),
@@ -119,9 +144,10 @@ fn main() {
         "mount-tmpfs" => mount_tmpfs(arg(1)),
         "reboot" => reboot(),
         "open" => open(arg(1)),
+        "getxattr" => getxattr(arg(1), arg(2)),
         _ => {
             eprintln!(
-                "usage: moat-probe clone3|keyctl|unshare-user|mount-tmpfs DIR|reboot|open PATH"
+                "usage: moat-probe clone3|keyctl|unshare-user|mount-tmpfs DIR|reboot|open PATH|getxattr PATH NAME"
             );
             std::process::exit(2);
         }
