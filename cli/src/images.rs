@@ -148,7 +148,12 @@ pub fn open_store(data_root: &Path) -> Result<Store> {
 /// Runs `moat pull`.
 pub fn pull(store: &Store, args: &PullArgs) -> Result<()> {
     let name = ImageName::parse(&args.name)?;
-    let record = pull_name(store, &name, &args.registry, !args.quiet)?;
+    let report = if args.quiet {
+        Report::Quiet
+    } else {
+        Report::Stdout
+    };
+    let record = pull_name(store, &name, &args.registry, report)?;
     if args.quiet {
         println!("{}", name.canonical());
     } else {
@@ -164,21 +169,37 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<()> {
     Ok(())
 }
 
-/// Pulls `name`, printing per-layer progress when `verbose`.
+/// Where a pull's progress goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Nowhere (`-q`).
+    Quiet,
+    /// stdout (`moat pull`).
+    Stdout,
+    /// stderr (`moat run`, whose stdout is the container's, as docker does).
+    Stderr,
+}
+
+/// Pulls `name`, printing per-layer progress as `report` says.
 pub fn pull_name(
     store: &Store,
     name: &ImageName,
     registry: &RegistryArgs,
-    verbose: bool,
+    report: Report,
 ) -> Result<ImageRecord> {
     let options = registry.options();
-    let record = if verbose {
-        let stdout = std::io::stdout();
-        let terminal = stdout.is_terminal();
-        let mut lines = Lines::new(stdout.lock(), terminal);
-        registry::pull(store, name, &options, &mut lines)
-    } else {
-        registry::pull(store, name, &options, &mut Quiet)
+    let record = match report {
+        Report::Quiet => registry::pull(store, name, &options, &mut Quiet),
+        Report::Stdout => {
+            let out = std::io::stdout();
+            let terminal = out.is_terminal();
+            registry::pull(store, name, &options, &mut Lines::new(out.lock(), terminal))
+        }
+        Report::Stderr => {
+            let out = std::io::stderr();
+            let terminal = out.is_terminal();
+            registry::pull(store, name, &options, &mut Lines::new(out.lock(), terminal))
+        }
     };
     Ok(record?)
 }

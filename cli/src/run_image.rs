@@ -9,7 +9,7 @@ use moat_images::lookup::find;
 use moat_images::reference::ImageName;
 use moat_images::store::{Store, TempDir};
 
-use crate::images::{pull_name, RegistryArgs};
+use crate::images::{pull_name, RegistryArgs, Report};
 
 /// docker's `--pull`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -71,8 +71,10 @@ pub fn resolve(
         }
         (None, _) => {
             let parsed = ImageName::parse(name)?;
-            eprintln!("Unable to find image '{name}' locally");
-            pull_name(&store, &parsed, registry, true)?;
+            // Progress goes to stderr (stdout is the container's); a pull that fails before
+            // its first layer prints only the error line.
+            pull_name(&store, &parsed, registry, Report::Stderr)
+                .with_context(|| format!("image {name}"))?;
             find(&store, &parsed.canonical())?
                 .with_context(|| format!("{name}: pulled, but not in the store"))?
         }

@@ -404,7 +404,10 @@ mod tests {
         assert!(allows("127.0.0.1:5000/a"));
         assert!(allows("localhost:5000/a"));
         assert!(allows("registry.lan:5000/a"));
-        assert!(!allows("registry.lan/a"), "another port is another registry");
+        assert!(
+            !allows("registry.lan/a"),
+            "another port is another registry"
+        );
         assert!(!allows("registry.example/a"));
         assert!(!allows("alpine"));
     }

@@ -415,7 +415,8 @@ impl Store {
         if !flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err("locking", &path))? {
             return Ok(None);
         }
-        self.collect_locked(Lock { _file: file }, layers_of).map(Some)
+        self.collect_locked(Lock { _file: file }, layers_of)
+            .map(Some)
     }
 
     fn collect_locked(

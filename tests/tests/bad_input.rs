@@ -606,10 +606,18 @@ fn storage_opt_too_small_or_unknown() {
     );
 }
 
-flags_case!(pull_policy_unknown, ["--pull", "sometimes"], ["--pull", "sometimes"]);
+flags_case!(
+    pull_policy_unknown,
+    ["--pull", "sometimes"],
+    ["--pull", "sometimes"]
+);
 flags_case!(
     image_not_stored_with_pull_never,
     ["--pull", "never", "nosuch/image:1"],
     ["No such image: nosuch/image:1"]
 );
-flags_case!(image_name_invalid, ["Bad/Name"], ["invalid reference format"]);
+flags_case!(
+    image_name_invalid,
+    ["Bad/Name"],
+    ["invalid reference format"]
+);

@@ -111,7 +111,16 @@ fn the_layers_make_the_tree_the_image_describes() {
                   stat -c '%n %F %t:%T' /data/fifo /data/null; \
                   /probe/moat-probe getxattr /data/xattr user.moat";
     let volume = probe.volume_arg();
-    let out = root.ok(&["run", "--privileged", "-v", &volume, &name, "sh", "-c", script]);
+    let out = root.ok(&[
+        "run",
+        "--privileged",
+        "-v",
+        &volume,
+        &name,
+        "sh",
+        "-c",
+        script,
+    ]);
     let want = "ls: /gone: No such file or directory\n\
                 ls: /deleted: No such file or directory\n\
                 upper\n\

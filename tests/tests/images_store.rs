@@ -59,7 +59,11 @@ impl Root {
         assert_eq!(err.trim_end().lines().count(), 1, "one line:\n{err}");
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
         assert_eq!(self.ok(&["images", "--digests"]), before);
-        assert_eq!(self.files("blobs/sha256"), blobs, "the failed command kept blobs");
+        assert_eq!(
+            self.files("blobs/sha256"),
+            blobs,
+            "the failed command kept blobs"
+        );
         self.assert_consistent();
         err
     }
@@ -476,7 +480,11 @@ fn a_store_too_small_for_the_image_is_a_clear_error_and_keeps_nothing() {
         .arg(&data)
         .status()
         .unwrap();
-    assert!(mounted.success(), "cannot mount a small tmpfs at {}", data.display());
+    assert!(
+        mounted.success(),
+        "cannot mount a small tmpfs at {}",
+        data.display()
+    );
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -495,5 +503,9 @@ fn a_store_too_small_for_the_image_is_a_clear_error_and_keeps_nothing() {
     serve(&registry, big, "big:1");
     let name = format!("{}/big:1", registry.addr());
     root.refused(&["pull", &name], "No space left on device");
-    assert_eq!(root.files("blobs/sha256"), 0, "blobs of a failed pull were kept");
+    assert_eq!(
+        root.files("blobs/sha256"),
+        0,
+        "blobs of a failed pull were kept"
+    );
 }
