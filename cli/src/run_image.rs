@@ -67,7 +67,7 @@ pub fn resolve(
             return Ok(RunImage::BuiltIn)
         }
         (None, PullPolicy::Never) => {
-            bail!("No such image: {name} (and --pull never)")
+            bail!("No such image: {name} (not in the store, and --pull never)")
         }
         (None, _) => {
             let parsed = ImageName::parse(name)?;

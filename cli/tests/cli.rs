@@ -53,7 +53,7 @@ fn version_and_help_exit_zero() {
 fn bare_moat_prints_usage_and_exits_zero_as_docker() {
     let out = moat(&[], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: moat <COMMAND>"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: moat [OPTIONS] <COMMAND>"));
     assert_eq!(stderr(&out), "");
 }
 
@@ -105,17 +105,19 @@ fn bad_input_is_one_line_and_125() {
 #[test]
 fn unknown_image_and_missing_vmm() {
     let dir = install("image", "exit 0");
+    // Neither stored nor built in, and not to be pulled.
     let out = moat(
-        &["run", "nginx"],
+        &["run", "--pull", "never", "nginx"],
         &[
             ("MOAT_ASSETS_DIR", &dir),
             ("MOAT_VMM", &dir.join("moat-vmm")),
+            ("MOAT_DATA_ROOT", &dir.join("data")),
         ],
     );
     assert_eq!(out.status.code(), Some(125));
     assert_eq!(
         stderr(&out),
-        "moat: unknown image \"nginx\": built-in images are: busybox\n"
+        "moat: No such image: nginx (not in the store, and --pull never)\n"
     );
     let out = moat(
         &["run"],
