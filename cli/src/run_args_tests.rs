@@ -116,8 +116,13 @@ fn users_by_name_or_id_are_sent_unresolved() {
 #[test]
 fn entrypoint_follows_docker() {
     let args = |flags: &[&str]| process(&config(flags)).args().clone().unwrap();
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (&[], &["sh"]),
+        // The issue's own example: the image's args may start with a dash.
+        (
+            &["--entrypoint", "/bin/sh", "app:1.4", "-c", "id"],
+            &["/bin/sh", "-c", "id"],
+        ),
         (&["--entrypoint", "/bin/echo"], &["/bin/echo"]),
         (
             &["--entrypoint", "/bin/echo", "busybox", "hi"],
@@ -134,6 +139,26 @@ fn entrypoint_follows_docker() {
         .into_config()
         .unwrap_err();
     assert_eq!(err.to_string(), "no command specified");
+}
+
+#[test]
+fn pull_policies_and_registry_flags() {
+    use crate::run_image::PullPolicy;
+    assert_eq!(parse_run(&["x"]).unwrap().pull, PullPolicy::Missing);
+    for (text, want) in [
+        ("always", PullPolicy::Always),
+        ("missing", PullPolicy::Missing),
+        ("never", PullPolicy::Never),
+    ] {
+        assert_eq!(parse_run(&["--pull", text, "x"]).unwrap().pull, want);
+    }
+    assert!(parse_run(&["--pull", "sometimes", "x"]).is_err());
+    let run = parse_run(&["--insecure-registry", "r:5000", "--tls-ca", "/ca.pem", "x"]).unwrap();
+    assert_eq!(run.registry.insecure_registry, ["r:5000"]);
+    assert_eq!(
+        run.registry.tls_ca.as_deref(),
+        Some(std::path::Path::new("/ca.pem"))
+    );
 }
 
 #[test]
