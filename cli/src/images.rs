@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_images::image::manifest_of;
-use moat_images::lookup::{find, Found};
+use moat_images::lookup::{find, Found, Match};
 use moat_images::progress::{human_size, short, Lines, Quiet};
 use moat_images::reference::{display_parts, familiar, ImageName};
 use moat_images::registry::{self, RegistryOptions};
@@ -336,36 +336,57 @@ pub fn inspect(store: &Store, names: &[String]) -> Result<()> {
 
 /// Runs `moat rmi`.
 pub fn rmi(store: &Store, args: &RmiArgs) -> Result<()> {
+    // As docker: every name is tried, what could be removed is, and the first error is told.
+    let mut first_error = None;
     for name in &args.images {
-        let found = must_find(store, name)?;
-        let refs = store.list()?;
-        let by_id = found.record.config["sha256:".len()..]
-            .starts_with(name.strip_prefix("sha256:").unwrap_or(name));
-        let sharing: Vec<String> = refs
-            .iter()
-            .filter(|(_, r)| r.config == found.record.config)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let remove = if by_id {
-            if sharing.len() > 1 && !args.force {
-                bail!(
-                    "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                    short(&found.record.config)
-                );
-            }
-            sharing.clone()
-        } else {
-            vec![found.key.clone()]
-        };
-        store.untag(&remove)?;
-        for key in remove.iter().filter(|k| !k.starts_with("sha256:")) {
-            println!("Untagged: {}", familiar(key));
-        }
-        if remove.len() == sharing.len() {
-            println!("Deleted: {}", found.record.config);
+        if let Err(e) = rmi_one(store, name, args.force) {
+            first_error.get_or_insert(e);
         }
     }
     store.collect(&moat_images::image::blobs_of)?;
+    first_error.map_or(Ok(()), Err)
+}
+
+fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
+    let found = must_find(store, name)?;
+    if found.matched == Match::Short {
+        // Removing is not left to a guess: the name must be the image's own (or its ID).
+        bail!(
+            "No such image: {name} (did you mean {}?)",
+            familiar(&found.key)
+        );
+    }
+    let sharing: Vec<String> = store
+        .list()?
+        .into_iter()
+        .filter(|(_, r)| r.config == found.record.config)
+        .map(|(k, _)| k)
+        .collect();
+    let remove = if found.matched == Match::Id {
+        let mut repositories: Vec<String> = sharing
+            .iter()
+            .filter(|k| !k.starts_with("sha256:"))
+            .map(|k| display_parts(k).0)
+            .collect();
+        repositories.sort();
+        repositories.dedup();
+        if repositories.len() > 1 && !force {
+            bail!(
+                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                short(&found.record.config)
+            );
+        }
+        sharing.clone()
+    } else {
+        vec![found.key.clone()]
+    };
+    store.untag(&remove)?;
+    for key in remove.iter().filter(|k| !k.starts_with("sha256:")) {
+        println!("Untagged: {}", familiar(key));
+    }
+    if remove.len() == sharing.len() {
+        println!("Deleted: {}", found.record.config);
+    }
     Ok(())
 }
 

@@ -182,6 +182,19 @@ fn parse() -> Result<Cli, ExitCode> {
     })
 }
 
+/// An error as one line: what a registry or an archive said may hold newlines and control
+/// characters, which must not reach the user's terminal as such.
+fn one_line(text: &str) -> String {
+    text.trim_end()
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
+}
+
 /// What `-V`/`--version` prints, for `moat` and its subcommands alike.
 fn version() -> String {
     format!("moat {}", env!("CARGO_PKG_VERSION"))
@@ -213,7 +226,7 @@ fn main() -> ExitCode {
             return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("moat: {e:#}");
+                    eprintln!("moat: {}", one_line(&format!("{e:#}")));
                     exit_code(EXIT_RUNTIME_ERROR)
                 }
             };
@@ -226,7 +239,7 @@ fn main() -> ExitCode {
             let code = e
                 .downcast_ref::<RunError>()
                 .map_or(EXIT_RUNTIME_ERROR, RunError::exit_code);
-            eprintln!("moat: {e:#}");
+            eprintln!("moat: {}", one_line(&format!("{e:#}")));
             exit_code(code)
         }
     }
@@ -235,6 +248,11 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_as_one_line() {
+        assert_eq!(one_line("a\nb\x1b[31m\n"), "a b?[31m");
+    }
 
     #[test]
     fn command_definition_is_consistent() {

@@ -95,8 +95,14 @@ pub fn blobs_of(store: &Store, record: &ImageRecord) -> Result<Vec<String>, Stor
     blobs.extend(record.repo_digest.iter().cloned());
     match manifest_of(store, record) {
         Ok(m) => blobs.extend(m.layers.into_iter().map(|l| l.digest)),
-        // A manifest that cannot be read keeps nothing else alive.
-        Err(e) => tracing::warn!(manifest = %record.manifest, "{e}"),
+        // A missing manifest keeps nothing else alive; any other failure stops the collector
+        // (it must not take the layers of an image it could not read).
+        Err(ImageError::Store(StoreError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::debug!(manifest = %record.manifest, "manifest missing")
+        }
+        Err(e) => return Err(StoreError::Unreadable(e.to_string())),
     }
     Ok(blobs)
 }
@@ -119,6 +125,23 @@ fn fetch_missing(
     Ok(())
 }
 
+/// Refuses what the manifest declares before anything is downloaded: a config over its limit
+/// (it is read whole), no layers at all.
+fn check_sizes(manifest: &manifest::Manifest, digest: &str) -> Result<(), ImageError> {
+    if manifest.config.size > CONFIG_LIMIT {
+        return Err(ImageError::Fetch(format!(
+            "config {}: {} bytes, over the {CONFIG_LIMIT}-byte limit",
+            manifest.config.digest, manifest.config.size
+        )));
+    }
+    if manifest.layers.is_empty() {
+        return Err(ImageError::Fetch(format!(
+            "manifest {digest}: an image without layers has no filesystem to run"
+        )));
+    }
+    Ok(())
+}
+
 /// Installs an image manifest (already chosen for linux/amd64) and everything it needs, and
 /// points `names` at it. `repo_digest` is the digest the reference resolved to (the index's).
 pub fn install(
@@ -136,6 +159,7 @@ pub fn install(
         Document::Index(_) => return Err(ImageError::NestedIndex(digest)),
     };
     store.put_blob(&tmp, &digest, manifest_bytes)?;
+    check_sizes(&manifest, &digest)?;
     let mut quiet = crate::progress::Quiet;
     fetch_missing(store, &tmp, &manifest.config, source, &mut quiet)?;
     let config = store.read_blob(&manifest.config.digest, "config", CONFIG_LIMIT)?;
@@ -176,10 +200,10 @@ pub fn install_or_undo(
     let used = store.use_lock()?;
     let result = install(store, names, manifest_bytes, repo_digest, source, progress);
     drop(used);
-    if result.is_err() {
-        if let Err(e) = store.collect_if_idle(&blobs_of) {
-            tracing::warn!("cannot take back the failed command's blobs: {e}");
-        }
+    // A failed install's blobs, and on success those of an image the names pointed at before
+    // and nothing else uses, go now if no other command is using the store.
+    if let Err(e) = store.collect_if_idle(&blobs_of) {
+        tracing::debug!("cannot collect after the install: {e}");
     }
     result
 }

@@ -38,6 +38,9 @@ pub enum LoadError {
     Image(#[from] ImageError),
 }
 
+/// The most entries an archive may have (an image archive has a few per layer).
+const MAX_ENTRIES: usize = 10_000;
+
 /// The largest JSON file of an archive moat reads.
 const JSON_LIMIT: u64 = MANIFEST_LIMIT;
 
@@ -58,7 +61,12 @@ fn safe_name(raw: &Path) -> Result<PathBuf, LoadError> {
 fn unpack(input: &mut dyn Read, dir: &Path) -> Result<BTreeMap<PathBuf, PathBuf>, LoadError> {
     let mut links = BTreeMap::new();
     let mut archive = tar::Archive::new(input);
-    for entry in archive.entries().map_err(LoadError::Read)? {
+    for (n, entry) in archive.entries().map_err(LoadError::Read)?.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(LoadError::Malformed(format!(
+                "more than {MAX_ENTRIES} entries: not an image archive"
+            )));
+        }
         let mut entry = entry.map_err(LoadError::Read)?;
         let name = safe_name(&entry.path().map_err(LoadError::Read)?)?;
         let kind = entry.header().entry_type();
@@ -277,10 +285,17 @@ fn oci_images(archive: &Archive) -> Result<Vec<Loaded>, LoadError> {
         for desc in std::iter::once(&m.config).chain(&m.layers) {
             files.insert(desc.digest.clone(), archive.blob(&desc.digest)?);
         }
+        // containerd's annotation is a full name; the OCI one is often a bare tag (`latest`),
+        // which names no repository: such an image is loaded untagged.
         let name = entry
             .annotations
             .get("io.containerd.image.name")
-            .or_else(|| entry.annotations.get("org.opencontainers.image.ref.name"));
+            .or_else(|| {
+                entry
+                    .annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .filter(|n| n.contains('/') || n.contains(':'))
+            });
         let names = match name {
             Some(n) => vec![ImageName::parse(n)?.canonical()],
             None => vec![],

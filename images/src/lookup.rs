@@ -19,6 +19,17 @@ pub enum LookupError {
     },
 }
 
+/// How a name matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// The normalized name itself.
+    Name,
+    /// An image ID or a prefix of one.
+    Id,
+    /// The last path components and tag of a stored name.
+    Short,
+}
+
 /// A stored image found by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -26,6 +37,8 @@ pub struct Found {
     pub key: String,
     /// The record.
     pub record: ImageRecord,
+    /// How the name matched.
+    pub matched: Match,
 }
 
 fn is_id_prefix(name: &str) -> bool {
@@ -55,10 +68,11 @@ fn unique(name: &str, found: Vec<Found>) -> Result<Option<Found>, LookupError> {
 /// it (`app:1.4` finds `127.0.0.1:5000/team/app:1.4`) if exactly one does.
 pub fn find(store: &Store, name: &str) -> Result<Option<Found>, LookupError> {
     let refs = store.list()?;
-    let all = || {
-        refs.iter().map(|(k, r)| Found {
+    let all = |matched: Match| {
+        refs.iter().map(move |(k, r)| Found {
             key: k.clone(),
             record: r.clone(),
+            matched,
         })
     };
     if let Ok(parsed) = ImageName::parse(name) {
@@ -66,13 +80,19 @@ pub fn find(store: &Store, name: &str) -> Result<Option<Found>, LookupError> {
             return Ok(Some(Found {
                 key: parsed.canonical(),
                 record: record.clone(),
+                matched: Match::Name,
             }));
         }
     }
     if is_id_prefix(name) {
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        let by_id: Vec<Found> = all()
-            .filter(|f| f.record.config["sha256:".len()..].starts_with(hex))
+        let by_id: Vec<Found> = all(Match::Id)
+            .filter(|f| {
+                f.record
+                    .config
+                    .get("sha256:".len()..)
+                    .is_some_and(|id| id.starts_with(hex))
+            })
             .collect();
         if let Some(found) = unique(name, by_id)? {
             return Ok(Some(found));
@@ -88,7 +108,7 @@ pub fn find(store: &Store, name: &str) -> Result<Option<Found>, LookupError> {
         Some((_, tag)) if !tag.contains('/') => name.to_owned(),
         _ => format!("{name}:latest"),
     };
-    let short: Vec<Found> = all()
+    let short: Vec<Found> = all(Match::Short)
         .filter(|f| f.key.ends_with(&format!("/{wanted}")))
         .collect();
     unique(name, short)

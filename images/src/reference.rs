@@ -71,7 +71,10 @@ impl ImageName {
     /// Whether the registry is this host (plain HTTP is allowed there, as docker allows it).
     pub fn is_local(&self) -> bool {
         let host = host_of(self.registry());
-        host == "localhost" || host == "::1" || host.starts_with("127.")
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -147,6 +150,10 @@ mod tests {
         assert!(ImageName::parse("127.0.0.1:5000/a").unwrap().is_local());
         assert!(ImageName::parse("localhost:5000/a").unwrap().is_local());
         assert!(!ImageName::parse("registry.example/a").unwrap().is_local());
+        assert!(!ImageName::parse("127.evil.example:443/a")
+            .unwrap()
+            .is_local());
+        assert!(ImageName::parse("127.0.0.2:5000/a").unwrap().is_local());
         assert_eq!(
             display_parts("docker.io/library/alpine:3"),
             ("alpine".into(), "3".into())

@@ -241,6 +241,38 @@ impl Session {
         Ok((bytes, digest))
     }
 
+    /// Runs the registry's auth flow; whether it issued a Bearer token.
+    fn token(
+        &mut self,
+        name: &ImageName,
+        options: &RegistryOptions,
+    ) -> Result<bool, RegistryError> {
+        let attempt = |session: &Session| {
+            session.runtime.block_on(session.client.auth(
+                name.reference(),
+                &session.auth,
+                RegistryOperation::Pull,
+            ))
+        };
+        let result = match attempt(self) {
+            Err(e) if is_transport(&e) && allows_http(name, options) => {
+                let https = std::mem::replace(&mut self.client, client(options, true)?);
+                match attempt(self) {
+                    Err(http) if is_transport(&http) => {
+                        self.client = https;
+                        Err(e)
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        };
+        match result {
+            Ok(token) => Ok(token.is_some()),
+            Err(e) => Err(classify(name, e)),
+        }
+    }
+
     fn fetch_manifest(
         &self,
         reference: &Reference,
@@ -370,8 +402,6 @@ pub fn pull(
 
 /// Checks credentials against a registry (as `docker login` does) without storing them.
 pub fn login(registry: &str, options: &RegistryOptions) -> Result<(), RegistryError> {
-    // Any repository will do: the registry answers 401 to a bad login before it looks the
-    // repository up, and NAME_UNKNOWN / MANIFEST_UNKNOWN once the login is good.
     let name = ImageName::parse(&format!("{registry}/moat-login-check:latest")).map_err(|e| {
         RegistryError::Protocol {
             name: registry.to_owned(),
@@ -379,13 +409,25 @@ pub fn login(registry: &str, options: &RegistryOptions) -> Result<(), RegistryEr
         }
     })?;
     let mut session = Session::open(&name, options)?;
+    let refused = |detail: String| RegistryError::Unauthorized {
+        name: registry.to_owned(),
+        registry: registry.to_owned(),
+        detail,
+    };
+    // A registry with a token service: a token issued for these credentials is the answer
+    // (its refusal comes as an error). Registries may then say 401/403 for a repository that
+    // does not exist, so the probe below is not asked.
+    match session.token(&name, options) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(RegistryError::Unauthorized { detail, .. }) => return Err(refused(detail)),
+        Err(e) => return Err(e),
+    }
+    // Basic auth: the registry answers 401 to a bad login before it looks the repository up,
+    // and NAME_UNKNOWN / MANIFEST_UNKNOWN once the login is good.
     match session.manifest(&name, name.reference(), options) {
         Ok(_) | Err(RegistryError::NotFound(_)) => Ok(()),
-        Err(RegistryError::Unauthorized { detail, .. }) => Err(RegistryError::Unauthorized {
-            name: registry.to_owned(),
-            registry: registry.to_owned(),
-            detail,
-        }),
+        Err(RegistryError::Unauthorized { detail, .. }) => Err(refused(detail)),
         Err(e) => Err(e),
     }
 }

@@ -58,6 +58,9 @@ pub enum StoreError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A manifest of a stored image cannot be read: nothing is collected.
+    #[error("image store: {0}; nothing was removed")]
+    Unreadable(String),
     /// refs.json could not be parsed.
     #[error("image store: {} is corrupt: {source}", path.display())]
     CorruptIndex {
@@ -148,6 +151,27 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `<pid>-<n>-<nanoseconds>`: unique among the commands of one host and PID namespace, and
+/// unlikely to meet another namespace's (a clash only means another try: names are created
+/// with `mkdir`, never reused).
+fn temp_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{n}-{nanos:09}", std::process::id())
+}
+
+/// Whether `path` is still the file `file` was opened as.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// `sha256:<hex>` of a file's content.
 pub fn file_digest(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
@@ -224,20 +248,23 @@ impl Store {
 
     /// A fresh private temporary directory, locked for this process's life.
     pub fn temp_dir(&self) -> Result<TempDir> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join("tmp")
-            .join(format!("{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io_err("creating", &path))?;
-        let lock = File::open(&path).map_err(io_err("opening", &path))?;
-        flock(&lock, libc::LOCK_EX).map_err(io_err("locking", &path))?;
-        Ok(TempDir { path, _lock: lock })
+        loop {
+            let path = self.dir.join("tmp").join(temp_name());
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("creating", &path)(e)),
+            }
+            // Another command's sweep may take the directory between its creation and the
+            // lock: then it is gone (or another one), and a fresh name is tried.
+            let Ok(lock) = File::open(&path) else {
+                continue;
+            };
+            flock(&lock, libc::LOCK_EX).map_err(io_err("locking", &path))?;
+            if same_file(&lock, &path) {
+                return Ok(TempDir { path, _lock: lock });
+            }
+        }
     }
 
     fn lock(&self, name: &str, mode: libc::c_int) -> Result<Lock> {
@@ -350,12 +377,18 @@ impl Store {
 
     fn read_index(&self) -> Result<Index> {
         let path = self.refs_path();
-        match fs::read(&path) {
+        let index: Index = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StoreError::CorruptIndex { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(io_err("reading", &path)(e)),
+                .map_err(|source| StoreError::CorruptIndex { path, source })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Index::default()),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        for record in index.refs.values() {
+            for digest in [&record.manifest, &record.config, &record.chain_id] {
+                digest_hex(digest)?;
+            }
         }
+        Ok(index)
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {

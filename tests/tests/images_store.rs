@@ -175,7 +175,10 @@ fn pull_list_inspect_and_remove_over_plain_http() {
     root.assert_consistent();
     assert!(root.ok(&["system", "df"]).contains("Images"));
 
-    let rmi = root.ok(&["rmi", "app:1.4"]);
+    let short = root.moat(&["rmi", "app:1.4"], None);
+    short.expect_code(125);
+    assert!(short.err().contains("did you mean"), "{}", short.err());
+    let rmi = root.ok(&["rmi", &name]);
     assert!(
         rmi.contains("Untagged:") && rmi.contains("Deleted: sha256:"),
         "{rmi}"
@@ -190,7 +193,7 @@ fn pull_list_inspect_and_remove_over_plain_http() {
         0,
         "filesystems left after rmi"
     );
-    root.refused(&["rmi", "app:1.4"], "No such image: app:1.4");
+    root.refused(&["rmi", &name], &format!("No such image: {name}"));
 }
 
 #[test]
@@ -508,4 +511,32 @@ fn a_store_too_small_for_the_image_is_a_clear_error_and_keeps_nothing() {
         0,
         "blobs of a failed pull were kept"
     );
+}
+
+#[test]
+fn rmi_by_id_follows_docker_and_rmi_takes_no_guesses() {
+    let root = Root::new("rmi");
+    let registry = Registry::start(RegistryOpts::plain());
+    for reference in ["team/app:1", "team/app:2", "other/app:1"] {
+        serve(&registry, app_image(), reference);
+        root.ok(&["pull", "-q", &format!("{}/{reference}", registry.addr())]);
+    }
+    let id = root.ok(&["images", "-q"]).trim().to_owned();
+    assert_eq!(id.len(), 12, "one image under three names: {id}");
+    root.refused(&["rmi", &id], "must be forced");
+    root.ok(&["rmi", &format!("{}/other/app:1", registry.addr())]);
+    // Both names left are in one repository: no -f needed.
+    let out = root.ok(&["rmi", &id]);
+    assert_eq!(out.matches("Untagged:").count(), 2, "{out}");
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert_eq!(root.files("blobs/sha256"), 0);
+    // Several names, one of them missing: the others go, and the command fails.
+    serve(&registry, app_image(), "team/app:3");
+    let name = format!("{}/team/app:3", registry.addr());
+    root.ok(&["pull", "-q", &name]);
+    let o = root.moat(&["rmi", "nosuch:1", &name], None);
+    o.expect_code(125);
+    assert!(o.out().contains("Deleted:"), "{}", o.out());
+    assert_eq!(root.ok(&["images", "-q"]), "");
+    root.assert_consistent();
 }
