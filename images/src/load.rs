@@ -56,8 +56,9 @@ fn safe_name(raw: &Path) -> Result<PathBuf, LoadError> {
     Ok(out)
 }
 
-/// Unpacks the archive's regular files into `dir`; symlinks (docker's duplicate layers) are
-/// returned as name -> target, resolved later inside the archive.
+/// Unpacks the archive's regular files into `dir`; symlinks (docker's duplicate layers) and hard
+/// links (archives repacked by GNU tar) are returned as name -> target, resolved later inside
+/// the archive.
 fn unpack(input: &mut dyn Read, dir: &Path) -> Result<BTreeMap<PathBuf, PathBuf>, LoadError> {
     let mut links = BTreeMap::new();
     let mut archive = tar::Archive::new(input);
@@ -70,12 +71,16 @@ fn unpack(input: &mut dyn Read, dir: &Path) -> Result<BTreeMap<PathBuf, PathBuf>
         let mut entry = entry.map_err(LoadError::Read)?;
         let name = safe_name(&entry.path().map_err(LoadError::Read)?)?;
         let kind = entry.header().entry_type();
-        if kind.is_symlink() {
+        if kind.is_symlink() || kind.is_hard_link() {
             let target = entry
                 .link_name()
                 .map_err(LoadError::Read)?
                 .ok_or_else(|| LoadError::BadEntry(name.display().to_string()))?;
-            let base = name.parent().unwrap_or(Path::new(""));
+            // A symlink is relative to its directory, a hard link to the archive's root.
+            let base = match kind.is_symlink() {
+                true => name.parent().unwrap_or(Path::new("")),
+                false => Path::new(""),
+            };
             links.insert(name.clone(), base.join(target.as_ref()));
             continue;
         }

@@ -107,6 +107,9 @@ pub fn display_parts(canonical: &str) -> (String, String) {
 
 /// The name a user would type for a stored image (`alpine:latest`, `127.0.0.1:5000/a:1`).
 pub fn familiar(canonical: &str) -> String {
+    if let Some((_, digest)) = canonical.rsplit_once('@') {
+        return format!("{}@{digest}", display_parts(canonical).0);
+    }
     match display_parts(canonical) {
         (repo, tag) if tag == "<none>" => repo,
         (repo, tag) => format!("{repo}:{tag}"),
@@ -163,6 +166,10 @@ mod tests {
             ("127.0.0.1:5000/team/app".into(), "1.4".into())
         );
         assert_eq!(familiar("docker.io/team/app:1"), "team/app:1");
+        assert_eq!(
+            familiar("docker.io/library/alpine@sha256:00"),
+            "alpine@sha256:00"
+        );
         assert_eq!(host_of("[::1]:5000"), "::1");
     }
 }
