@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 
+use crate::guard::HeaderGuard;
+pub use crate::names::MAX_DEPTH;
+use crate::names::{normalize, pax_number, pax_time, whiteout, Whiteout};
 pub use crate::stream::Compression;
 use crate::stream::{decompress, HashingReader};
 use crate::tree::{self, io_err, Tree, TreeError};
@@ -22,11 +25,6 @@ use crate::tree::{self, io_err, Tree, TreeError};
 pub const MAX_PATH: usize = 4096;
 /// The most entries one layer may have.
 pub const MAX_ENTRIES: u64 = 1_000_000;
-
-/// The prefix of a whiteout's name.
-const WHITEOUT: &[u8] = b".wh.";
-/// The name of an opaque directory's marker.
-const OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +100,15 @@ pub fn apply_layer(
         source,
     };
     let (stream, compression) = decompress(blob).map_err(read_err)?;
-    let mut archive = tar::Archive::new(HashingReader::new(stream));
+    let mut archive = tar::Archive::new(HeaderGuard::new(HashingReader::new(stream)));
     let mut layer = Apply::new(tree, digest);
+    layer.budget = space_budget(root);
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         layer.entry(&mut entry)?;
     }
     layer.finish()?;
-    let mut rest = archive.into_inner();
+    let mut rest = archive.into_inner().into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
     let stats = LayerStats {
         entries: layer.entries,
@@ -131,16 +130,6 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-/// What a whiteout entry asks for.
-enum Whiteout {
-    /// `.wh.NAME`: remove `NAME` of the lower layers.
-    Remove(OsString),
-    /// `.wh..wh..opq`: the directory is opaque.
-    Opaque,
-    /// Another `.wh..wh.` name (aufs' own): ignored.
-    Ignored,
-}
-
 /// A layer being applied.
 struct Apply<'a> {
     tree: Tree,
@@ -151,6 +140,8 @@ struct Apply<'a> {
     dirs: Vec<(PathBuf, Timespec)>,
     /// [`MAX_ENTRIES`], but for tests.
     max_entries: u64,
+    /// Bytes of file data this layer may write (see [`space_budget`]).
+    budget: u64,
     entries: u64,
     bytes: u64,
     /// The current entry's path, as the tar has it, for errors.
@@ -165,6 +156,7 @@ impl<'a> Apply<'a> {
             touched: HashSet::new(),
             dirs: Vec::new(),
             max_entries: MAX_ENTRIES,
+            budget: u64::MAX,
             entries: 0,
             bytes: 0,
             shown: String::new(),
@@ -264,8 +256,14 @@ impl<'a> Apply<'a> {
                 b"gid" => gid = pax_number(value).ok_or_else(|| bad("PAX gid"))?,
                 b"mtime" => mtime = pax_time(value).ok_or_else(|| bad("PAX mtime"))?,
                 key => {
-                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                        xattrs.push((OsString::from_vec(name.to_vec()), value.to_vec()));
+                    // overlayfs' own attributes would act on the guest's overlay (the image
+                    // is its lower layer): not an image's to set.
+                    match key.strip_prefix(b"SCHILY.xattr.") {
+                        Some(name) if name.starts_with(b"trusted.overlay.") => {}
+                        Some(name) => {
+                            xattrs.push((OsString::from_vec(name.to_vec()), value.to_vec()))
+                        }
+                        None => {}
                     }
                 }
             }
@@ -328,9 +326,16 @@ impl<'a> Apply<'a> {
                     })
                 }
             };
+            total += n as u64;
+            if self.bytes + total > self.budget {
+                return Err(self.refused(format!(
+                    "the layer unpacks to more than {} bytes, half the space free where it is unpacked \
+                     (the image's filesystem needs the other half)",
+                    self.budget
+                )));
+            }
             file.write_all(&buf[..n])
                 .map_err(|e| self.io_err("write the file", e))?;
-            total += n as u64;
         }
     }
 
@@ -408,7 +413,13 @@ impl<'a> Apply<'a> {
     ) -> Result<(), LayerError> {
         let header = entry.header();
         let number = |n: io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
-        let dev = rustix::fs::makedev(number(header.device_major()), number(header.device_minor()));
+        let (major, minor) = (number(header.device_major()), number(header.device_minor()));
+        if kind == FileType::CharacterDevice && (major, minor) == (0, 0) {
+            // overlayfs' whiteout: layers say `.wh.NAME`; this one would act on the guest's
+            // overlay instead.
+            return Err(self.refused("a 0:0 character device (an overlay whiteout)"));
+        }
+        let dev = rustix::fs::makedev(major, minor);
         let (dir, name) = self.parent(rel)?;
         self.clear(&dir, name)?;
         rustix::fs::mknodat(&dir, name, kind, Mode::from_raw_mode(0o600), dev)
@@ -449,7 +460,18 @@ impl<'a> Apply<'a> {
                 .map_err(err("chmod"))?;
         }
         for (key, value) in &meta.xattrs {
-            tree::set_xattr_at(dir.as_fd(), name, key, value).map_err(|e| self.tree_err(e))?;
+            match tree::set_xattr_at(dir.as_fd(), name, key, value) {
+                Ok(()) => {}
+                // Linux takes no user.* attribute on a symlink or a device node (EPERM), as
+                // docker's applier also lets pass.
+                Err(TreeError::Io { source, .. })
+                    if key.as_bytes().starts_with(b"user.")
+                        && source.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    tracing::debug!(entry = %self.shown, "user.* attribute on a non-file skipped");
+                }
+                Err(e) => return Err(self.tree_err(e)),
+            }
         }
         let times = Timestamps {
             last_access: meta.mtime,
@@ -475,8 +497,17 @@ impl<'a> Apply<'a> {
     /// A whiteout at `rel`: removes what the lower layers had, keeps what this layer made.
     fn whiteout(&mut self, rel: &Path, whiteout: Whiteout) -> Result<(), LayerError> {
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let dir = self.tree.dir(parent, true).map_err(|e| self.tree_err(e))?;
-        self.touch(parent);
+        // A whiteout of something that is not there is nothing to do (the OCI spec).
+        let dir = match self.tree.dir(parent, false) {
+            Ok(dir) => dir,
+            Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(self.tree_err(e)),
+        };
+        if matches!(whiteout, Whiteout::Opaque) {
+            self.touch(parent);
+        }
         match whiteout {
             Whiteout::Ignored => Ok(()),
             Whiteout::Opaque => self.clear_lower(parent),
@@ -517,8 +548,10 @@ impl<'a> Apply<'a> {
             self.shown = rel.to_string_lossy().into_owned();
             match self.tree.dir(&rel, false) {
                 Ok(fd) => self.times(&fd, mtime)?,
-                // Removed by a later whiteout of the same layer.
+                // Removed by a later whiteout of the same layer, or replaced by a later entry
+                // (the last one wins): no directory to date.
                 Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(TreeError::Symlink(_) | TreeError::NotDirectory(_)) => {}
                 Err(e) => return Err(self.tree_err(e)),
             }
         }
@@ -526,67 +559,13 @@ impl<'a> Apply<'a> {
     }
 }
 
-/// The tar path `raw` as normal components: a leading `/` and `.` components dropped; a `..`,
-/// a NUL, or more than [`MAX_PATH`] bytes refused (the reason is returned).
-fn normalize(raw: &[u8]) -> Result<PathBuf, &'static str> {
-    if raw.len() > MAX_PATH {
-        return Err("the path is longer than 4096 bytes");
-    }
-    if raw.contains(&0) {
-        return Err("NUL in the name");
-    }
-    let mut rel = PathBuf::new();
-    for part in raw.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => return Err("`..` in the path"),
-            name => rel.push(OsStr::from_bytes(name)),
-        }
-    }
-    Ok(rel)
-}
-
-/// Whether `rel` is a whiteout, and which.
-fn whiteout(rel: &Path) -> Result<Option<Whiteout>, &'static str> {
-    let Some(name) = rel.file_name().map(OsStr::as_bytes) else {
-        return Ok(None);
-    };
-    let Some(hidden) = name.strip_prefix(WHITEOUT) else {
-        return Ok(None);
-    };
-    if name == OPAQUE {
-        return Ok(Some(Whiteout::Opaque));
-    }
-    if hidden.starts_with(WHITEOUT) {
-        return Ok(Some(Whiteout::Ignored));
-    }
-    if hidden.is_empty() || hidden == b"." || hidden == b".." {
-        return Err("a whiteout of no name");
-    }
-    Ok(Some(Whiteout::Remove(OsString::from_vec(hidden.to_vec()))))
-}
-
-/// A decimal PAX number.
-fn pax_number(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// A PAX time: seconds, optionally with a fraction (`1700000000.5`).
-fn pax_time(value: &[u8]) -> Option<Timespec> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().ok()?
-    };
-    Some(Timespec {
-        tv_sec: secs.parse().ok()?,
-        tv_nsec: nanos,
-    })
+/// Half the space free for unprivileged users on the filesystem of `root` (root may write into
+/// the reserved blocks, which must stay the host's): a layer writes at most that, the packed
+/// image needs about as much again. No bound when the filesystem cannot tell.
+fn space_budget(root: &Path) -> u64 {
+    rustix::fs::statvfs(root)
+        .map(|st| st.f_bavail.saturating_mul(st.f_frsize) / 2)
+        .unwrap_or(u64::MAX)
 }
 
 fn uid(id: u32) -> Uid {

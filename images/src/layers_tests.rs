@@ -347,3 +347,50 @@ fn paths_and_pax_times() {
     assert!(whiteout(Path::new("a/.wh.")).is_err());
     assert!(whiteout(Path::new("a/.wh..")).is_err());
 }
+
+#[test]
+fn bounds_and_overlay_tricks() {
+    let tmp = TempDir::new("bounds");
+    let root = tmp.path();
+    let deep = format!("{}f", "d/".repeat(MAX_DEPTH));
+    let err = apply(root, &Layer::new().long_file(&deep, b"x").tar())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than 256 components"), "{err}");
+    let err = apply(root, &Layer::new().node(EntryType::Char, "wh", 0, 0).tar())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("overlay whiteout"), "{err}");
+    // A whiteout of something absent: nothing to do, no directory made for it.
+    apply(root, &Layer::new().file("nothere/.wh.x", b"").tar()).unwrap();
+    assert!(!exists(&root.join("nothere")));
+    // overlayfs' attributes are not an image's to set; others are kept.
+    let layer = Layer::new()
+        .pax(&[
+            ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ("SCHILY.xattr.user.kept", b"1"),
+        ])
+        .file("o", b"x")
+        .tar();
+    apply(root, &layer).unwrap();
+    assert_eq!(xattr(&root.join("o"), "user.kept"), b"1");
+    let mut buf = [0u8; 8];
+    assert!(rustix::fs::lgetxattr(root.join("o"), "trusted.overlay.opaque", &mut buf).is_err());
+}
+
+#[test]
+fn a_layer_may_replace_its_own_directory() {
+    let tmp = TempDir::new("replace-own");
+    let root = tmp.path();
+    let layer = Layer::new()
+        .dir("d/", 0o755, MTIME)
+        .file("d/x", b"x")
+        .file(".wh.d", b"")
+        .symlink("d", "elsewhere")
+        .tar();
+    apply(root, &layer).unwrap();
+    assert_eq!(
+        fs::read_link(root.join("d")).unwrap(),
+        Path::new("elsewhere")
+    );
+}

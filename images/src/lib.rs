@@ -5,11 +5,13 @@
 pub mod auth;
 pub mod config;
 pub mod flatten;
+mod guard;
 pub mod image;
 pub mod layers;
 pub mod load;
 pub mod lookup;
 pub mod manifest;
+mod names;
 pub mod progress;
 pub mod reference;
 pub mod registry;

@@ -69,7 +69,9 @@ impl InRoot<'_> {
         // SAFETY: `open` returned a new descriptor that nothing else owns.
         let root = unsafe { OwnedFd::from_raw_fd(root) };
         let c_path = std::ffi::CString::new(path).map_err(io::Error::other)?;
-        let flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK;
+        // O_PATH: nothing of the file is touched (an image's /etc/passwd may be a device node,
+        // and opening some devices acts); `read` reopens it only once it is a regular file.
+        let flags = libc::O_PATH;
         match self
             .sys
             .open_in_root(std::os::fd::AsRawFd::as_raw_fd(&root), &c_path, flags)
@@ -88,10 +90,21 @@ impl RootFiles for InRoot<'_> {
         let Some(fd) = self.open(path).map_err(err)? else {
             return Ok(None);
         };
-        let mut file = std::fs::File::from(fd);
-        if !file.metadata().map_err(err)?.is_file() {
+        let located = std::fs::File::from(fd);
+        if !located.metadata().map_err(err)?.is_file() {
             return Err(ResolveError::NotFile(path));
         }
+        let proc_path = std::ffi::CString::new(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&located)
+        ))
+        .map_err(|e| err(io::Error::other(e)))?;
+        let reopened = self
+            .sys
+            .open(&proc_path, libc::O_RDONLY | libc::O_NOCTTY)
+            .map_err(err)?;
+        // SAFETY: `open` returned a new descriptor that nothing else owns.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(reopened) });
         let mut bytes = Vec::new();
         (&mut file)
             .take(MAX_FILE + 1)
@@ -160,10 +173,12 @@ pub fn apply(
     Ok(())
 }
 
-/// What execve leaves a non-root user without file capabilities: nothing but the bounding set.
+/// What execve leaves a non-root user without file capabilities: nothing but the bounding set
+/// (the inheritable set goes too: with file-inheritable capabilities it would be regained).
 fn non_root(caps: &mut CapSets) {
     caps.effective = 0;
     caps.permitted = 0;
+    caps.inheritable = 0;
     caps.ambient = 0;
 }
 
