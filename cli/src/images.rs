@@ -153,19 +153,19 @@ pub fn pull(store: &Store, args: &PullArgs) -> Result<()> {
     } else {
         Report::Stdout
     };
+    let before = store.list()?.remove(&name.canonical());
     let record = pull_name(store, &name, &args.registry, report)?;
-    if args.quiet {
-        println!("{}", name.canonical());
-    } else {
-        if let Some(digest) = &record.repo_digest.clone().or(Some(record.manifest.clone())) {
-            println!("Digest: {digest}");
-        }
-        println!(
-            "Status: image is up to date for {}",
-            familiar(&name.canonical())
-        );
-        println!("{}", name.canonical());
+    if !args.quiet {
+        let digest = record.repo_digest.as_ref().unwrap_or(&record.manifest);
+        println!("Digest: {digest}");
+        let status = if before.as_ref() == Some(&record) {
+            "Image is up to date for"
+        } else {
+            "Downloaded newer image for"
+        };
+        println!("Status: {status} {}", familiar(&name.canonical()));
     }
+    println!("{}", name.canonical());
     Ok(())
 }
 

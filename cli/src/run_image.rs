@@ -9,7 +9,7 @@ use moat_images::lookup::find;
 use moat_images::reference::ImageName;
 use moat_images::store::{Store, TempDir};
 
-use crate::images::{pull_name, RegistryArgs, Report};
+use crate::images::{open_store, pull_name, RegistryArgs, Report};
 
 /// docker's `--pull`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -55,8 +55,9 @@ pub fn resolve(
     data_root: &Path,
     builtin: &dyn Fn(&str) -> bool,
 ) -> Result<RunImage> {
-    let store =
-        Store::open(data_root).with_context(|| format!("data root {}", data_root.display()))?;
+    let store = open_store(data_root)?;
+    // Held from the lookup until the run holds its image: no `moat rmi` collects in between.
+    let _use = store.use_lock()?;
     let found = match policy {
         PullPolicy::Always => None,
         _ => find(&store, name)?,
@@ -82,8 +83,8 @@ pub fn resolve(
     hold(&store, found.key, &found.record)
 }
 
+/// Links the image's filesystem for the run; the caller holds the store's use lock.
 fn hold(store: &Store, name: String, record: &moat_images::store::ImageRecord) -> Result<RunImage> {
-    let _use = store.use_lock()?;
     let disk = moat_images::image::rootfs_of(store, record)?;
     let config = store.read_blob(
         &record.config,

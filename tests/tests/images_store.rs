@@ -139,6 +139,7 @@ fn pull_list_inspect_and_remove_over_plain_http() {
 
     let out = root.ok(&["pull", &name]);
     assert_eq!(out.matches(": pull complete").count(), 2, "{out}");
+    assert!(out.contains("Status: Downloaded newer image for"), "{out}");
     assert!(out.contains("filesystem ready"), "{out}");
     let again = root.ok(&["pull", &name]);
     assert_eq!(again.matches(": already exists").count(), 2, "{again}");
@@ -146,6 +147,7 @@ fn pull_list_inspect_and_remove_over_plain_http() {
         !again.contains("filesystem ready"),
         "converted twice:\n{again}"
     );
+    assert!(again.contains("Status: Image is up to date for"), "{again}");
 
     let list = root.ok(&["images"]);
     let header = list.lines().next().unwrap();
