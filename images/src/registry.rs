@@ -206,21 +206,21 @@ impl Session {
     }
 
     /// Fetches a manifest, trying plain HTTP where that is allowed and HTTPS cannot connect.
-    fn manifest(
+    /// Runs `attempt` over HTTPS and, where plain HTTP is allowed and HTTPS could not connect,
+    /// again over plain HTTP (which the session then keeps). When neither works, the HTTPS
+    /// failure is the one told (a TLS registry with an unknown CA, say), unless the registry
+    /// itself answered the HTTP attempt with an error.
+    fn with_fallback<T>(
         &mut self,
         name: &ImageName,
-        reference: &Reference,
         options: &RegistryOptions,
-    ) -> Result<(Vec<u8>, String), RegistryError> {
-        let first = self.fetch_manifest(reference);
-        let result = match first {
+        attempt: &dyn Fn(&Session) -> Result<T, OciDistributionError>,
+    ) -> Result<T, RegistryError> {
+        let result = match attempt(self) {
             Err(e) if is_transport(&e) && allows_http(name, options) => {
                 tracing::debug!("{}: HTTPS failed ({e}); trying plain HTTP", self.registry);
-                let https = self.client.clone();
-                self.client = client(options, true)?;
-                match self.fetch_manifest(reference) {
-                    // Neither works: the HTTPS failure is the one to tell (a TLS registry
-                    // with an unknown CA, say).
+                let https = std::mem::replace(&mut self.client, client(options, true)?);
+                match attempt(self) {
                     Err(http) if !matches!(http, OciDistributionError::RegistryError { .. }) => {
                         tracing::debug!("{}: plain HTTP failed too: {http}", self.registry);
                         self.client = https;
@@ -231,7 +231,18 @@ impl Session {
             }
             other => other,
         };
-        let (bytes, digest) = result.map_err(|e| classify(name, e))?;
+        result.map_err(|e| classify(name, e))
+    }
+
+    /// Fetches a manifest (see [`Session::with_fallback`]) and checks its size.
+    fn manifest(
+        &mut self,
+        name: &ImageName,
+        reference: &Reference,
+        options: &RegistryOptions,
+    ) -> Result<(Vec<u8>, String), RegistryError> {
+        let (bytes, digest) =
+            self.with_fallback(name, options, &|session| session.fetch_manifest(reference))?;
         if bytes.len() as u64 > MANIFEST_LIMIT {
             return Err(RegistryError::Protocol {
                 name: name.canonical(),
@@ -247,30 +258,14 @@ impl Session {
         name: &ImageName,
         options: &RegistryOptions,
     ) -> Result<bool, RegistryError> {
-        let attempt = |session: &Session| {
+        let token = self.with_fallback(name, options, &|session| {
             session.runtime.block_on(session.client.auth(
                 name.reference(),
                 &session.auth,
                 RegistryOperation::Pull,
             ))
-        };
-        let result = match attempt(self) {
-            Err(e) if is_transport(&e) && allows_http(name, options) => {
-                let https = std::mem::replace(&mut self.client, client(options, true)?);
-                match attempt(self) {
-                    Err(http) if is_transport(&http) => {
-                        self.client = https;
-                        Err(e)
-                    }
-                    other => other,
-                }
-            }
-            other => other,
-        };
-        match result {
-            Ok(token) => Ok(token.is_some()),
-            Err(e) => Err(classify(name, e)),
-        }
+        })?;
+        Ok(token.is_some())
     }
 
     fn fetch_manifest(
@@ -374,6 +369,18 @@ pub fn pull(
                 let chosen = manifest::select_amd64(&name.canonical(), &entries)
                     .map_err(ImageError::from)?
                     .clone();
+                // The entry's digest names a URL and its size is the index's word: both are
+                // checked before anything is asked for.
+                crate::store::digest_hex(&chosen.digest).map_err(ImageError::from)?;
+                if chosen.size > MANIFEST_LIMIT {
+                    return Err(RegistryError::Protocol {
+                        name: name.canonical(),
+                        detail: format!(
+                            "manifest {} is over the {MANIFEST_LIMIT}-byte limit",
+                            chosen.digest
+                        ),
+                    });
+                }
                 let (bytes, got) =
                     session.manifest(name, &name.with_digest(&chosen.digest), options)?;
                 if got != chosen.digest {
