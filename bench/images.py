@@ -551,12 +551,7 @@ def version(cmd):
 
 
 def machine(moat, peers):
-    cpu = "?"
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = report.cpu_model()
     where = "this machine (not the nested test host)"
     if os.environ.get("MOAT_NESTED_L1") == "1":
         where = "nested test host L1 (QEMU TCG, -cpu EPYC,+svm,+npt)"

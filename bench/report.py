@@ -49,13 +49,17 @@ def first_line(cmd):
     return out.splitlines()[0].strip() if out else "?"
 
 
-def machine(setup):
-    cpu = "?"
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo ("?" if it has none)."""
     with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
         for line in f:
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def machine(setup):
+    cpu = cpu_model()
     kvm = [m for m in ("kvm_amd", "kvm_intel", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")]
     nested = ""
     for m in kvm:
