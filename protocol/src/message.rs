@@ -1,13 +1,23 @@
 //! Control messages, carried JSON-encoded in [`FrameKind::Control`](crate::FrameKind) frames.
 //!
-//! Conversation (agent connects, see the crate docs):
+//! Conversation (agent connects, see the crate docs; docs/agent-protocol.md):
 //! 1. agent -> host: [`AgentMessage::Ready`].
-//! 2. host -> agent: [`HostMessage::Run`] (or [`HostMessage::Shutdown`] on a version mismatch).
-//! 3. agent -> host: [`AgentMessage::Started`], or [`AgentMessage::Error`] if the process could
-//!    not be started (the agent then waits for `Shutdown`).
-//! 4. both ways, until the process exits: stdio data frames, [`HostMessage::StdinEof`],
-//!    [`HostMessage::Signal`], [`HostMessage::Resize`].
-//! 5. agent -> host: [`AgentMessage::Exited`], sent after the last stdout/stderr frame.
+//! 2. host -> agent: [`HostMessage::Create`] (or [`HostMessage::Shutdown`] on a version
+//!    mismatch); agent -> host: [`AgentMessage::Created`] (the container exists, its process
+//!    waits) or [`AgentMessage::Error`].
+//! 3. host -> agent: [`HostMessage::Start`]; agent -> host: [`AgentMessage::Started`] for
+//!    [`crate::MAIN_PROCESS`].
+//! 4. While the container runs, any number of [`HostMessage::Exec`]s (each answered by
+//!    `Started` or `Error` for its process id), stdio data frames of every process interleaved
+//!    under flow control ([`crate::WINDOW`]: [`HostMessage::Credit`],
+//!    [`AgentMessage::StdinCredit`]), [`HostMessage::StdinEof`], [`HostMessage::Signal`],
+//!    [`HostMessage::Resize`], and the container requests [`HostMessage::Pause`],
+//!    [`HostMessage::Resume`], [`HostMessage::ListProcesses`], [`HostMessage::Update`], answered
+//!    in order by [`AgentMessage::Done`], [`AgentMessage::Processes`] or an `Error` with no
+//!    process.
+//! 5. agent -> host: [`AgentMessage::Exited`] for each process, after its last stdout/stderr
+//!    frame; the main process's comes last (its end kills every other process of the
+//!    container).
 //! 6. host -> agent: [`HostMessage::Shutdown`]; the agent syncs and powers the VM off.
 
 use serde::{Deserialize, Serialize};
@@ -66,7 +76,7 @@ pub struct VolumeSpec {
 /// Where the agent mounts volumes in the guest (outside any container's root).
 pub const VOLUMES_DIR: &str = "/run/moat-volumes";
 
-/// Everything the agent needs to create and start the container.
+/// Everything the agent needs to create the container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
     /// Container id, for logs and names.
@@ -80,26 +90,83 @@ pub struct RunRequest {
     pub spec: oci_spec::runtime::Spec,
 }
 
+/// A process to run in the running container (`moat exec`, OCI `exec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The host's id for the process: at least [`crate::FIRST_EXEC`], unique in this VM.
+    pub process: u32,
+    /// What to run: args, env, cwd, user, capabilities, no_new_privs, rlimits, terminal and
+    /// console size. The container's seccomp profile, namespaces and cgroup apply as they do to
+    /// the container's own process.
+    pub spec: oci_spec::runtime::Process,
+    /// A user by name (`USER[:GROUP]`, as `org.moat.user`), resolved in the container's
+    /// `/etc/passwd` and `/etc/group`; `None`: `spec.user` as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// An output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Its stdout (or its terminal).
+    Stdout,
+    /// Its stderr.
+    Stderr,
+}
+
 /// Messages from the host to the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
-    /// Create and start the container.
-    Run(Box<RunRequest>),
-    /// The host's stdin reached end of file: close the process's stdin.
-    StdinEof,
-    /// Deliver this signal to the container's process.
+    /// Create the container; its process waits for [`HostMessage::Start`].
+    Create(Box<RunRequest>),
+    /// Start the container's process ([`crate::MAIN_PROCESS`]).
+    Start,
+    /// Start another process in the running container.
+    Exec(Box<ExecRequest>),
+    /// The host's stdin for this process reached end of file: close the process's stdin.
+    StdinEof {
+        /// The process.
+        process: u32,
+    },
+    /// Deliver this signal to a process.
     Signal {
+        /// The process.
+        process: u32,
         /// Signal number.
         signo: i32,
+        /// To every process of the container instead (runc's `kill --all`).
+        #[serde(default)]
+        all: bool,
     },
-    /// The terminal was resized.
+    /// The process's terminal was resized.
     Resize {
+        /// The process.
+        process: u32,
         /// Rows.
         rows: u16,
         /// Columns.
         cols: u16,
     },
+    /// The host delivered this many bytes of a process's output stream: the agent may send that
+    /// many more ([`crate::WINDOW`]).
+    Credit {
+        /// The process.
+        process: u32,
+        /// Which stream.
+        stream: OutputStream,
+        /// Bytes delivered.
+        bytes: u32,
+    },
+    /// Freeze every process of the container (cgroup freezer).
+    Pause,
+    /// Thaw them.
+    Resume,
+    /// List the container's processes (guest pids).
+    ListProcesses,
+    /// Apply these resource limits to the container's cgroup (OCI `update`).
+    Update(Box<oci_spec::runtime::LinuxResources>),
     /// Kill whatever still runs, sync and power the VM off.
     Shutdown,
 }
@@ -155,10 +222,25 @@ pub enum AgentMessage {
         /// The agent's own version string.
         agent_version: String,
     },
-    /// The process was started with this pid (in the guest's pid namespace).
-    Started {
-        /// Pid of the container's process.
+    /// The container exists; its process waits for `Start`.
+    Created {
+        /// Guest pid of the container's process (the container's init).
         pid: i32,
+    },
+    /// A process was started.
+    Started {
+        /// The process.
+        process: u32,
+        /// Its pid in the guest's pid namespace.
+        pid: i32,
+    },
+    /// The agent wrote this many bytes of stdin into the process: the host may send that many
+    /// more ([`crate::WINDOW`]).
+    StdinCredit {
+        /// The process.
+        process: u32,
+        /// Bytes written (or dropped because the process's stdin closed).
+        bytes: u32,
     },
     /// The memory limit's OOM killer killed a process of the container (sent once per kill the
     /// agent sees in the container cgroup's `memory.events`).
@@ -166,13 +248,26 @@ pub enum AgentMessage {
         /// The cgroup's `oom_kill` count so far.
         count: u64,
     },
-    /// The process ended; no stdio frame follows.
+    /// The process ended; no stdio frame of it follows.
     Exited {
+        /// The process.
+        process: u32,
         /// How it ended.
         status: ExitStatus,
     },
+    /// `Pause`, `Resume` or `Update` succeeded.
+    Done,
+    /// The answer to `ListProcesses`.
+    Processes {
+        /// Guest pids, ascending.
+        pids: Vec<i32>,
+    },
     /// A request failed.
     Error {
+        /// The process the failed request was about (`Create`/`Start`: [`crate::MAIN_PROCESS`];
+        /// `Exec`: its id), or `None` for a container request (`Pause`...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<u32>,
         /// What kind of failure.
         kind: ErrorKind,
         /// One line for the user.
@@ -197,7 +292,7 @@ mod tests {
 
     #[test]
     fn host_message_round_trip() {
-        let msg = HostMessage::Run(Box::new(RunRequest {
+        let msg = HostMessage::Create(Box::new(RunRequest {
             id: "c1".into(),
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
@@ -216,6 +311,36 @@ mod tests {
         }));
         let bytes = encode(&msg);
         assert_eq!(decode::<HostMessage>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn exec_and_flow_control_round_trip() {
+        let msgs = [
+            HostMessage::Exec(Box::new(ExecRequest {
+                process: 2,
+                spec: oci_spec::runtime::Process::default(),
+                user: Some("nobody".into()),
+            })),
+            HostMessage::Credit {
+                process: 2,
+                stream: OutputStream::Stderr,
+                bytes: 10,
+            },
+            HostMessage::Signal {
+                process: 1,
+                signo: 15,
+                all: true,
+            },
+        ];
+        for msg in msgs {
+            assert_eq!(decode::<HostMessage>(&encode(&msg)).unwrap(), msg);
+        }
+        let err = AgentMessage::Error {
+            process: None,
+            kind: ErrorKind::Internal,
+            message: "x".into(),
+        };
+        assert_eq!(decode::<AgentMessage>(&encode(&err)).unwrap(), err);
     }
 
     #[test]
