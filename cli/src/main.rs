@@ -8,14 +8,21 @@ use clap::{CommandFactory, Parser, Subcommand};
 use moat_runtime::assets::{current_exe_dir, AssetSearch};
 use moat_runtime::config::Rootfs;
 use moat_runtime::run::EXIT_RUNTIME_ERROR;
-use moat_runtime::session::Stdio;
 use moat_runtime::{RunError, RuntimeOptions};
 
+mod attach;
+mod containers;
+mod exec;
 mod image_config;
 mod images;
+mod inspect;
+mod lifecycle;
+mod logs;
 mod run_args;
 mod run_image;
 mod seccomp;
+mod signals;
+mod when;
 
 use run_args::RunArgs;
 
@@ -26,6 +33,9 @@ struct Cli {
     /// Where images and writable layers live (default /var/lib/moat; or MOAT_DATA_ROOT)
     #[arg(long, global = true, value_name = "DIR")]
     data_root: Option<std::path::PathBuf>,
+    /// Where containers' state lives (default /run/moat)
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +70,108 @@ enum Command {
     /// Manage moat
     #[command(subcommand)]
     System(images::SystemCommand),
+    /// List containers
+    Ps(containers::PsArgs),
+    /// Run a command in a running container
+    Exec(exec::ExecArgs),
+    /// Print a container's logs
+    Logs(logs::LogsArgs),
+    /// Stop containers: their stop signal, then SIGKILL after the grace period
+    Stop(containers::StopArgs),
+    /// Send a signal to containers (default SIGKILL)
+    Kill(KillArgs),
+    /// Wait until containers stop; print their exit codes
+    Wait(containers::NamesArgs),
+    /// Remove containers
+    Rm(containers::RmArgs),
+    /// Show containers as JSON
+    Inspect(containers::NamesArgs),
+    /// Start stopped containers
+    Start(containers::NamesArgs),
+    /// Restart containers
+    Restart(containers::StopArgs),
+    /// Freeze the processes of containers
+    Pause(containers::NamesArgs),
+    /// Thaw them
+    Unpause(containers::NamesArgs),
+    /// The supervisor of one container (started by moat itself)
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The container's state directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// `moat kill`.
+#[derive(Debug, clap::Args)]
+struct KillArgs {
+    /// The signal (name or number)
+    #[arg(short, long, value_name = "SIGNAL")]
+    signal: Option<String>,
+    /// Containers
+    #[arg(required = true, value_name = "CONTAINER")]
+    names: Vec<String>,
+}
+
+/// An error already printed; exit with this code.
+#[derive(Debug)]
+pub struct Reported(pub i32);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// The exit code for an error of a command.
+pub fn exit_code_of(e: &anyhow::Error) -> i32 {
+    if let Some(r) = e.downcast_ref::<Reported>() {
+        return r.0;
+    }
+    if let Some(r) = e.downcast_ref::<RunError>() {
+        return r.exit_code();
+    }
+    if let Some(c) = e.downcast_ref::<moat_runtime::sandbox::client::ClientError>() {
+        return c.exit_code();
+    }
+    EXIT_RUNTIME_ERROR
+}
+
+/// The container verbs; their exit code.
+fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result<i32> {
+    match command {
+        Command::Ps(a) => containers::ps(root, &a)?,
+        Command::Exec(a) => return exec::exec(root, &a),
+        Command::Logs(a) => logs::logs(root, &a)?,
+        Command::Stop(a) => containers::stop(root, &a)?,
+        Command::Kill(a) => {
+            let signo = containers::kill_signal(a.signal.as_deref())?;
+            containers::kill(root, &a.names, signo)?
+        }
+        Command::Wait(a) => containers::wait(root, &a.names)?,
+        Command::Rm(a) => containers::rm(root, &a)?,
+        Command::Inspect(a) => inspect::inspect(root, &a.names)?,
+        Command::Start(a) => containers::start(root, &a.names)?,
+        Command::Restart(a) => containers::restart(root, &a)?,
+        Command::Pause(a) => containers::pause(root, &a.names, true)?,
+        Command::Unpause(a) => containers::pause(root, &a.names, false)?,
+        Command::Supervise { dir } => return supervise(&dir),
+        _ => unreachable!("not a container command"),
+    }
+    Ok(0)
+}
+
+/// `moat __supervise DIR`: stdout is the readiness pipe of the CLI that started it.
+fn supervise(dir: &std::path::Path) -> anyhow::Result<i32> {
+    use std::os::fd::AsFd;
+    let ready = std::io::stdout().as_fd().try_clone_to_owned()?;
+    let devnull = std::fs::File::open("/dev/null")?;
+    let ready = std::fs::File::from(ready);
+    let code = moat_runtime::sandbox::supervise(dir, ready)?;
+    drop(devnull);
+    Ok(code)
 }
 
 /// The data root: --data-root, else MOAT_DATA_ROOT, else /var/lib/moat.
@@ -88,7 +200,11 @@ fn image_command(command: Command, data_root: &std::path::Path) -> anyhow::Resul
     }
 }
 
-fn run(args: RunArgs, data_root: &std::path::Path) -> anyhow::Result<i32> {
+fn run(
+    args: RunArgs,
+    data_root: &std::path::Path,
+    state_root: &std::path::Path,
+) -> anyhow::Result<i32> {
     let (no_jail, no_seccomp) = (args.no_jail, args.no_seccomp);
     let env = |k: &str| std::env::var_os(k);
     let builtin = |name: &str| {
@@ -118,12 +234,22 @@ fn run(args: RunArgs, data_root: &std::path::Path) -> anyhow::Result<i32> {
         .map(|s| moat_images::config::ImageConfig::from_json(&s.config))
         .transpose()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.as_deref().unwrap_or_default()))?;
+    let (life, rm) = (args.life.clone(), args.rm);
+    let image_name = match (&args.bundle, &args.image) {
+        (Some(dir), _) => dir.display().to_string(),
+        (None, Some(name)) => name.clone(),
+        (None, None) => moat_runtime::assets::DEFAULT_IMAGE.to_owned(),
+    };
+    let image_stop_signal = image_config
+        .as_ref()
+        .and_then(|c| c.config.stop_signal.clone());
     let mut config = args.into_config_with(image_config.as_ref())?;
     if let Some(stored) = stored {
         config.rootfs = Rootfs::Image(stored.name.clone());
     }
     let mut options = RuntimeOptions::from_env(|k| std::env::var(k).ok())?;
     options.data_root = data_root.to_owned();
+    options.state_root = state_root.to_owned();
     if no_jail {
         eprintln!("moat: warning: --no-jail: the VMM runs as root in the host's namespaces, unconfined (debugging only)");
         options.jail = false;
@@ -145,13 +271,18 @@ fn run(args: RunArgs, data_root: &std::path::Path) -> anyhow::Result<i32> {
     if let Some(stored) = stored {
         assets.image = Some(stored.disk.clone());
     }
-    Ok(moat_runtime::run(
-        &config,
-        &assets,
-        &options,
-        Stdio::inherit(config.interactive),
-    )?)
+    lifecycle::run(lifecycle::RunRequest {
+        stored_disk: stored.map(|s| s.disk.clone()),
+        config,
+        assets,
+        options,
+        life,
+        rm,
+        image: image_name,
+        image_stop_signal,
+    })
 }
+
 
 /// Parses the command line as docker does its own: help, version and a bare `moat` (its usage)
 /// print to stdout and exit 0; bad input prints one line and exits 125.
@@ -184,7 +315,7 @@ fn parse() -> Result<Cli, ExitCode> {
 
 /// An error as one line: what a registry or an archive said may hold newlines and control
 /// characters, which must not reach the user's terminal as such.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     text.trim_end()
         .chars()
         .map(|c| match c {
@@ -218,8 +349,22 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let data_root = data_root(cli.data_root);
+    let state_root = containers::state_root(cli.root.as_deref());
     let result = match cli.command {
-        Command::Run(args) => run(*args, &data_root),
+        Command::Run(args) => run(*args, &data_root, &state_root),
+        c @ (Command::Ps(_)
+        | Command::Exec(_)
+        | Command::Logs(_)
+        | Command::Stop(_)
+        | Command::Kill(_)
+        | Command::Wait(_)
+        | Command::Rm(_)
+        | Command::Inspect(_)
+        | Command::Start(_)
+        | Command::Restart(_)
+        | Command::Pause(_)
+        | Command::Unpause(_)
+        | Command::Supervise { .. }) => container_command(c, &state_root),
         other => {
             let result = image_command(other, &data_root);
             let _ = std::io::stdout().flush();
@@ -236,10 +381,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => exit_code(code),
         Err(e) => {
-            let code = e
-                .downcast_ref::<RunError>()
-                .map_or(EXIT_RUNTIME_ERROR, RunError::exit_code);
-            eprintln!("moat: {}", one_line(&format!("{e:#}")));
+            let code = exit_code_of(&e);
+            if e.downcast_ref::<Reported>().is_none() {
+                eprintln!("moat: {}", one_line(&format!("{e:#}")));
+            }
             exit_code(code)
         }
     }

@@ -79,9 +79,11 @@ pub struct RunArgs {
     /// Give the container a terminal
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Accepted for docker compatibility: every container is removed when it exits
+    /// Remove the container when it exits (always so without -d)
     #[arg(long)]
     pub rm: bool,
+    #[command(flatten)]
+    pub life: crate::lifecycle::LifeArgs,
     /// Container name, also its id (default: random)
     #[arg(long, value_name = "NAME", value_parser = parse_name, allow_hyphen_values = true)]
     pub name: Option<String>,

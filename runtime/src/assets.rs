@@ -39,7 +39,7 @@ pub enum AssetError {
 }
 
 /// The files a run needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Assets {
     /// The `moat-vmm` binary.
     pub vmm: PathBuf,

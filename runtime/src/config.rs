@@ -339,7 +339,7 @@ pub fn random_id() -> String {
 }
 
 /// Where the VM's assets come from when the user overrides them on the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssetOverrides {
     /// `--kernel`.
     pub kernel: Option<PathBuf>,
@@ -348,7 +348,7 @@ pub struct AssetOverrides {
 }
 
 /// Where the container's root filesystem comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rootfs {
     /// A built-in image, by name.
     Image(String),
@@ -357,7 +357,7 @@ pub enum Rootfs {
 }
 
 /// A validated `moat run` request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
     /// Container id: also the state directory's name.
     pub id: String,

@@ -73,14 +73,23 @@ pub struct VmDisks {
     _scratch: Option<Scratch>,
 }
 
-/// A scratch disk file, removed when dropped.
+/// A scratch disk file, removed when dropped unless it is a container's that outlives its VM.
 #[derive(Debug)]
 struct Scratch {
     path: PathBuf,
+    keep: bool,
+}
+
+/// The scratch disk of container `id` under `data_root`.
+pub fn scratch_path(data_root: &Path, id: &str) -> PathBuf {
+    data_root.join("scratch").join(format!("{id}.ext4"))
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the scratch disk");
         }
@@ -171,7 +180,11 @@ pub fn vm_disks(
     let (upper, scratch) = if readonly_root {
         (UpperLayer::Memory { mib: 1 }, None)
     } else {
-        let scratch = create_scratch(data_root, &config.id, config.storage_bytes)?;
+        let scratch = if state.is_persistent() {
+            reuse_scratch(data_root, &config.id, config.storage_bytes)?
+        } else {
+            create_scratch(data_root, &config.id, config.storage_bytes)?
+        };
         disks.push(Disk {
             path: scratch.path.clone(),
             readonly: false,
@@ -230,7 +243,10 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
         .create_new(true)
         .open(&path)
         .map_err(|e| failed(e.to_string()))?;
-    let scratch = Scratch { path: path.clone() };
+    let scratch = Scratch {
+        path: path.clone(),
+        keep: false,
+    };
     file.set_len(bytes).map_err(|e| failed(e.to_string()))?;
     // mkfs opens the very file created above, whatever happens to the name meanwhile.
     let by_fd = PathBuf::from(format!(
@@ -241,6 +257,23 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
     mkfs_scratch(&by_fd).map_err(failed)?;
     drop(file);
     tracing::debug!(path = %path.display(), bytes, "scratch disk created");
+    Ok(scratch)
+}
+
+/// The scratch disk of a container that outlives its VM: the one its last VM left (its
+/// writable layer as it was), or a new one; kept when the VM ends.
+fn reuse_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, DiskError> {
+    let path = scratch_path(data_root, id);
+    let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+    let mut scratch = if is_file {
+        Scratch {
+            path,
+            keep: false,
+        }
+    } else {
+        create_scratch(data_root, id, bytes)?
+    };
+    scratch.keep = true;
     Ok(scratch)
 }
 

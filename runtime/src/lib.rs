@@ -17,6 +17,7 @@ pub mod disks;
 pub mod host;
 pub mod locks;
 pub mod run;
+pub mod sandbox;
 pub mod session;
 pub mod signals;
 pub mod state;

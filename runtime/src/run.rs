@@ -133,7 +133,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 }
 
 /// Settings of the runtime itself (not of the container).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeOptions {
     /// Parent of the state directories.
     pub state_root: PathBuf,
@@ -184,7 +184,7 @@ impl RuntimeOptions {
 }
 
 /// The agent's request for `config`, with the terminal size when it runs on one.
-fn run_request(config: &RunConfig, upper: UpperLayer, size: (u16, u16)) -> RunRequest {
+pub(crate) fn run_request(config: &RunConfig, upper: UpperLayer, size: (u16, u16)) -> RunRequest {
     let mut spec = config.spec.clone();
     if let Some(process) = spec.process_mut() {
         if config.tty {
@@ -276,11 +276,11 @@ const UID_SLOTS: &str = ".uids";
 /// A started VM. Dropping it kills the VMM's process group and reaps it, removes its cgroup,
 /// frees its uid slot, releases its volumes and removes its scratch disk, then removes the
 /// state directory (fields drop in declaration order).
-struct Vm {
-    vmm: VmmProcess,
+pub(crate) struct Vm {
+    pub(crate) vmm: VmmProcess,
     _jail: Option<JailGuard>,
-    disks: VmDisks,
-    state: StateDir,
+    pub(crate) disks: VmDisks,
+    pub(crate) state: StateDir,
 }
 
 /// A jailed VM's host resources: its uid slot, and its cgroup (made by the VMM), removed once
@@ -347,7 +347,18 @@ fn boot_vm(
         vmm::probe(&assets.vmm)?;
         tracing::debug!("probe passed");
     }
-    let mut state = StateDir::create(&options.state_root, &config.id, options.jail)?;
+    let state = StateDir::create(&options.state_root, &config.id, options.jail)?;
+    boot_vm_in(state, config, assets, options, events)
+}
+
+/// [`boot_vm`] in a state directory the caller made (after the probe).
+pub(crate) fn boot_vm_in(
+    mut state: StateDir,
+    config: &RunConfig,
+    assets: &Assets,
+    options: &RuntimeOptions,
+    events: &Receiver<Event>,
+) -> Result<(Vm, UnixStream), RunError> {
     if let Some(dir) = &options.log_dir {
         state.keep_logs_in(dir.clone());
     }
@@ -457,7 +468,7 @@ pub fn run(
 }
 
 /// The error for a VMM killed by its seccomp filter: one line with the VM id and where to look.
-fn seccomp_killed(config: &RunConfig, options: &RuntimeOptions) -> RunError {
+pub(crate) fn seccomp_killed(config: &RunConfig, options: &RuntimeOptions) -> RunError {
     let hint = match &options.log_dir {
         Some(dir) => format!("see {}", dir.join("vmm.log").display()),
         None => "the kernel log (dmesg, type=1326) names the syscall".to_owned(),

@@ -48,6 +48,10 @@ pub struct StateDir {
     /// Where the VM's own files are: the jail root, or the state dir itself without the jail.
     vm_dir: PathBuf,
     keep_logs: Option<PathBuf>,
+    /// A container's directory, which outlives its VM: dropping removes only the VM's files.
+    persistent: bool,
+    /// Dropping removes nothing.
+    kept: bool,
 }
 
 impl StateDir {
@@ -91,6 +95,8 @@ impl StateDir {
             path,
             vm_dir,
             keep_logs: None,
+            persistent: false,
+            kept: false,
         };
         // The umask may only have removed bits; set the mode exactly anyway.
         std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))
@@ -99,6 +105,68 @@ impl StateDir {
             moat_jail::layout::ensure_dir(&dir.vm_dir, moat_jail::layout::ROOT_MODE)?;
         }
         Ok(dir)
+    }
+
+    /// Leaves the directory in place when dropped (a container's, made by the CLI for its
+    /// supervisor) and returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.kept = true;
+        self.path.clone()
+    }
+
+    /// Opens the existing directory of container `id` for one boot of its VM: a stale jail root
+    /// is replaced by a fresh one; dropping it removes the VM's files only (the jail root, the
+    /// VMM's pid, packed directories), after copying the console log into the directory.
+    pub fn open_existing(root: &Path, id: &str, jailed: bool) -> Result<Self, StateError> {
+        let path = root.join(id);
+        let vm_dir = if jailed {
+            path.join("root")
+        } else {
+            path.clone()
+        };
+        let listener = vm_dir.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
+        if listener.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(StateError::PathTooLong(path));
+        }
+        if jailed {
+            moat_jail::layout::check_base(root)?;
+            match std::fs::remove_dir_all(&vm_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Create { path: vm_dir, source }),
+            }
+            moat_jail::layout::ensure_dir(&vm_dir, moat_jail::layout::ROOT_MODE)?;
+        }
+        Ok(Self {
+            path,
+            vm_dir,
+            keep_logs: None,
+            persistent: true,
+            kept: false,
+        })
+    }
+
+    /// Whether this is a container's directory that outlives its VM.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    fn remove_vm_files(&self) {
+        if self.vm_dir != self.path {
+            let _ = std::fs::copy(self.console_log(), self.path.join(CONSOLE_COPY));
+            let _ = std::fs::remove_dir_all(&self.vm_dir);
+        }
+        let _ = std::fs::remove_file(self.vmm_pid());
+        let _ = std::fs::remove_file(self.agent_listener());
+        let _ = std::fs::remove_file(self.vsock_uds());
+        let packed = std::fs::read_dir(&self.path).into_iter().flatten().flatten();
+        for entry in packed {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == "rootfs.ext4" || (name.starts_with("volume-") && name.ends_with(".ext4")) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Before the directory is removed, copy the console and VMM logs into `dir` (for tests and
@@ -155,10 +223,20 @@ impl StateDir {
     }
 }
 
+/// Where a container's directory keeps its last VM's console log.
+pub const CONSOLE_COPY: &str = "console.log";
+
 impl Drop for StateDir {
     fn drop(&mut self) {
         if let Some(dir) = &self.keep_logs {
             self.copy_logs(dir);
+        }
+        if self.kept {
+            return;
+        }
+        if self.persistent {
+            self.remove_vm_files();
+            return;
         }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != io::ErrorKind::NotFound {

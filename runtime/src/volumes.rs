@@ -48,7 +48,7 @@ pub enum VolumeError {
 }
 
 /// Where a volume's data comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VolumeSource {
     /// A host directory, packed into an ext4 snapshot when the VM starts (read-only).
     Directory(PathBuf),
@@ -57,7 +57,7 @@ pub enum VolumeSource {
 }
 
 /// A checked `-v`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     /// The data.
     pub source: VolumeSource,

@@ -1,0 +1,467 @@
+//! The control socket's connections (docs/lifecycle.md): one thread each. Attach and exec
+//! connections stay open for the process's life; the others are one request, one answer.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use moat_protocol::{AgentMessage, HostMessage, MAIN_PROCESS};
+
+use super::control::{self, Reply, Request, StdioSpec};
+use super::mux::{FdSink, Mux, ProcEvent, Sink};
+use super::output::Attached;
+use super::record::Status;
+use super::supervisor::{agent_code, Command, Ev, Shared};
+use crate::run::EXIT_RUNTIME_ERROR;
+
+/// How long a container request (pause, ps...) may take in the guest.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections that still owe their client an answer about the container's end.
+static OWED: Mutex<usize> = Mutex::new(0);
+static OWED_CV: Condvar = Condvar::new();
+
+struct Owed;
+
+impl Owed {
+    fn new() -> Self {
+        *OWED.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Self
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        *OWED.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        OWED_CV.notify_all();
+    }
+}
+
+/// Waits (up to `timeout`) until every connection that waits for the container's end has been
+/// answered.
+pub(crate) fn drain(timeout: Duration) {
+    let owed = OWED.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = OWED_CV.wait_timeout_while(owed, timeout, |n| *n > 0);
+}
+
+/// Accepts connections on `listener` in a thread of its own.
+pub(crate) fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = Arc::clone(&shared);
+                let _ = std::thread::Builder::new()
+                    .name("client".into())
+                    .spawn(move || handle(&stream, &shared));
+            }
+        })?;
+    Ok(())
+}
+
+fn error(message: impl Into<String>) -> Reply {
+    Reply::Error {
+        message: message.into(),
+        code: EXIT_RUNTIME_ERROR,
+    }
+}
+
+fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
+    let request = match control::recv::<Request>(stream) {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = control::send(stream, &error(crate::error_chain(&e)));
+            return;
+        }
+    };
+    let reply = match request {
+        Request::Attach(stdio) => return attach(stream, shared, stdio),
+        Request::Exec { stdio, spec, user } => return exec(stream, shared, stdio, spec, user),
+        Request::Start => start(shared),
+        Request::Signal { signo, all } => signal(shared, signo, all),
+        Request::Resize { .. } => error("resize needs an attached process"),
+        Request::Stop { timeout } => stop(shared, timeout),
+        Request::Remove => remove(shared),
+        Request::Wait => {
+            let _owed = Owed::new();
+            let code = shared.wait_ended();
+            let _ = control::send(stream, &Reply::Exited { code });
+            return;
+        }
+        Request::Pause => container_request(shared, HostMessage::Pause),
+        Request::Resume => container_request(shared, HostMessage::Resume),
+        Request::Processes => container_request(shared, HostMessage::ListProcesses),
+        Request::Update(r) => container_request(shared, HostMessage::Update(r)),
+    };
+    let _ = control::send(stream, &reply);
+}
+
+fn mux(shared: &Shared) -> Option<Arc<Mux>> {
+    shared.mux.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn start(shared: &Shared) -> Reply {
+    let (tx, rx) = mpsc::channel();
+    if shared.events.send(Ev::Cmd(Command::Start(tx))).is_err() {
+        return error("the container has ended");
+    }
+    rx.recv().unwrap_or_else(|_| error("the container has ended"))
+}
+
+fn signal(shared: &Shared, signo: i32, all: bool) -> Reply {
+    if !(1..=64).contains(&signo) {
+        return error(format!("invalid signal {signo}"));
+    }
+    match shared.state().status {
+        Status::Running | Status::Paused => {
+            let Some(mux) = mux(shared) else {
+                return error("the container is not running");
+            };
+            let msg = HostMessage::Signal {
+                process: MAIN_PROCESS,
+                signo,
+                all,
+            };
+            match mux.send(&msg) {
+                Ok(()) => Reply::Ok,
+                Err(e) => error(crate::error_chain(&e)),
+            }
+        }
+        Status::Created | Status::Creating => {
+            shared.kill(signo);
+            Reply::Ok
+        }
+        Status::Exited => error("the container is not running"),
+    }
+}
+
+/// Kills the VMM outright: the last resort when the guest does not end the container.
+fn kill_vm(shared: &Shared) {
+    if let Some(pid) = shared.state().vmm_pid {
+        super::remove::kill_stray_vmm(pid, &shared.plan.config.id);
+    }
+}
+
+fn stop(shared: &Shared, timeout: Option<u32>) -> Reply {
+    let _owed = Owed::new();
+    let secs = timeout.unwrap_or(shared.plan.stop_timeout);
+    match shared.state().status {
+        Status::Exited => return Reply::Ok,
+        Status::Running | Status::Paused => {
+            let _ = signal(shared, shared.plan.stop_signal, false);
+            if shared.wait_ended_for(Duration::from_secs(secs.into())).is_some() {
+                return Reply::Ok;
+            }
+            shared.kill(libc::SIGKILL);
+        }
+        Status::Created | Status::Creating => shared.kill(libc::SIGKILL),
+    }
+    end_for_sure(shared);
+    Reply::Ok
+}
+
+/// Waits for the end after a SIGKILL, killing the VM if the guest does not answer.
+fn end_for_sure(shared: &Shared) {
+    if shared.wait_ended_for(Duration::from_secs(15)).is_none() {
+        kill_vm(shared);
+        shared.wait_ended();
+    }
+}
+
+fn remove(shared: &Shared) -> Reply {
+    let _owed = Owed::new();
+    shared.remove.store(true, Ordering::Release);
+    shared.kill(libc::SIGKILL);
+    end_for_sure(shared);
+    Reply::Ok
+}
+
+fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
+    if shared.state().status != Status::Running && shared.state().status != Status::Paused {
+        return error(format!("container {} is not running", shared.plan.config.id));
+    }
+    let Some(mux) = mux(shared) else {
+        return error("the container is not running");
+    };
+    let _one = shared.request_lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let (tx, rx) = mpsc::channel();
+    *shared.reply.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    let new_status = match &msg {
+        HostMessage::Pause => Some(Status::Paused),
+        HostMessage::Resume => Some(Status::Running),
+        _ => None,
+    };
+    if let Err(e) = mux.send(&msg) {
+        return error(crate::error_chain(&e));
+    }
+    match rx.recv_timeout(REQUEST_TIMEOUT) {
+        Ok(AgentMessage::Done) => {
+            if let Some(status) = new_status {
+                shared.update(|s| s.status = status);
+            }
+            Reply::Ok
+        }
+        Ok(AgentMessage::Processes { pids }) => Reply::Processes { pids },
+        Ok(AgentMessage::Error { message, .. }) => error(crate::console::sanitize(&message)),
+        Ok(_) => error("unexpected answer from the guest agent"),
+        Err(_) => error("the guest agent did not answer"),
+    }
+}
+
+/// The client's descriptors: stdin (when asked), stdout, stderr.
+fn client_fds(stream: &UnixStream, stdio: StdioSpec) -> Result<(Option<File>, File, File), Reply> {
+    let fds = control::recv_fds(stream).map_err(|e| error(crate::error_chain(&e)))?;
+    let want = if stdio.stdin { 3 } else { 2 };
+    if fds.len() != want {
+        return Err(error(format!("expected {want} descriptors, got {}", fds.len())));
+    }
+    let mut fds = fds.into_iter().map(File::from);
+    let stdin = if stdio.stdin { fds.next() } else { None };
+    let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
+        return Err(error("missing descriptors"));
+    };
+    Ok((stdin, out, err))
+}
+
+fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
+    let _owed = Owed::new();
+    let (stdin, out, err) = match client_fds(stream, stdio) {
+        Ok(fds) => fds,
+        Err(reply) => {
+            let _ = control::send(stream, &reply);
+            return;
+        }
+    };
+    if !matches!(shared.state().status, Status::Created | Status::Creating) {
+        let _ = control::send(stream, &error("cannot attach: the container has already started"));
+        return;
+    }
+    shared.output.attach(Some(Attached {
+        stdout: Some(out),
+        stderr: Some(err),
+    }));
+    if let Some(stdin) = stdin {
+        pump_stdin_when_running(Arc::clone(shared), stdin);
+    } else {
+        close_stdin_when_running(Arc::clone(shared));
+    }
+    let Ok(reader) = stream.try_clone() else {
+        return;
+    };
+    let watcher = Arc::clone(shared);
+    let gone = std::thread::spawn(move || {
+        client_requests(&reader, &watcher, MAIN_PROCESS);
+        watcher.output.attach(None);
+        // A tied client (the OCI relay) that goes takes the container with it.
+        if stdio.tied && watcher.wait_ended_for(Duration::ZERO).is_none() {
+            watcher.kill(libc::SIGKILL);
+        }
+    });
+    let code = shared.wait_ended();
+    let _ = control::send(stream, &Reply::Exited { code });
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = gone.join();
+}
+
+/// Serves `Signal`/`Resize` from an attached client until it goes; for a tied client that goes
+/// before its process ends, the process is killed.
+fn client_requests(stream: &UnixStream, shared: &Arc<Shared>, process: u32) {
+    loop {
+        let msg = match control::recv::<Request>(stream) {
+            Ok(Some(Request::Signal { signo, all })) => HostMessage::Signal {
+                process,
+                signo,
+                all,
+            },
+            Ok(Some(Request::Resize { rows, cols })) => HostMessage::Resize {
+                process,
+                rows,
+                cols,
+            },
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return,
+        };
+        if let Some(mux) = mux(shared) {
+            let _ = mux.send(&msg);
+        }
+    }
+}
+
+fn wait_running(shared: &Shared) -> bool {
+    loop {
+        match shared.state().status {
+            Status::Running | Status::Paused => return true,
+            Status::Exited => return false,
+            Status::Created | Status::Creating => {}
+        }
+        if shared.wait_ended_for(Duration::from_millis(20)).is_some() {
+            return false;
+        }
+    }
+}
+
+fn pump_stdin_when_running(shared: Arc<Shared>, stdin: File) {
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            if wait_running(&shared) {
+                if let Some(mux) = mux(&shared) {
+                    pump_stdin(&mux, MAIN_PROCESS, stdin);
+                }
+            }
+        });
+}
+
+fn close_stdin_when_running(shared: Arc<Shared>) {
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            if wait_running(&shared) {
+                if let Some(mux) = mux(&shared) {
+                    let _ = mux.send(&HostMessage::StdinEof {
+                        process: MAIN_PROCESS,
+                    });
+                }
+            }
+        });
+}
+
+/// Copies `stdin` into process `id` until its end, then closes the process's stdin.
+fn pump_stdin(mux: &Mux, id: u32, mut stdin: File) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => match mux.stdin(id, &buf[..n]) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = mux.send(&HostMessage::StdinEof { process: id });
+}
+
+fn exec(
+    stream: &UnixStream,
+    shared: &Arc<Shared>,
+    stdio: StdioSpec,
+    spec: Box<oci_spec::runtime::Process>,
+    user: Option<String>,
+) {
+    let (stdin, out, err) = match client_fds(stream, stdio) {
+        Ok(fds) => fds,
+        Err(reply) => {
+            let _ = control::send(stream, &reply);
+            return;
+        }
+    };
+    let (Some(mux), Status::Running) = (mux(shared), shared.state().status) else {
+        let message = format!("container {} is not running", shared.plan.config.id);
+        let _ = control::send(stream, &error(message));
+        return;
+    };
+    let id = shared.next_exec.fetch_add(1, Ordering::AcqRel);
+    let sinks: [Box<dyn Sink>; 2] = [
+        Box::new(FdSink::new(Some(out))),
+        Box::new(FdSink::new((!stdio.tty).then_some(err))),
+    ];
+    let mut handle = match mux.register(id, sinks) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = control::send(stream, &error(crate::error_chain(&e)));
+            return;
+        }
+    };
+    let request = moat_protocol::ExecRequest {
+        process: id,
+        spec: *spec,
+        user,
+    };
+    if let Err(e) = mux.send(&HostMessage::Exec(Box::new(request))) {
+        mux.finish(handle);
+        let _ = control::send(stream, &error(crate::error_chain(&e)));
+        return;
+    }
+    let events = handle.take_events();
+    match events.recv_timeout(REQUEST_TIMEOUT) {
+        Ok(ProcEvent::Started(pid)) => {
+            let _ = control::send(stream, &Reply::Started { pid });
+        }
+        Ok(ProcEvent::Failed(kind, message)) => {
+            mux.finish(handle);
+            let reply = Reply::Error {
+                message,
+                code: agent_code(kind),
+            };
+            let _ = control::send(stream, &reply);
+            return;
+        }
+        _ => {
+            mux.finish(handle);
+            let _ = control::send(stream, &error("the exec did not start"));
+            return;
+        }
+    }
+    run_exec(stream, shared, &mux, handle, events, stdio, stdin);
+}
+
+fn run_exec(
+    stream: &UnixStream,
+    shared: &Arc<Shared>,
+    mux: &Arc<Mux>,
+    handle: super::mux::ProcHandle,
+    events: mpsc::Receiver<ProcEvent>,
+    stdio: StdioSpec,
+    stdin: Option<File>,
+) {
+    let id = handle.id;
+    match stdin {
+        Some(stdin) => {
+            let m = Arc::clone(mux);
+            let _ = std::thread::Builder::new()
+                .name("exec-stdin".into())
+                .spawn(move || pump_stdin(&m, id, stdin));
+        }
+        None => {
+            let _ = mux.send(&HostMessage::StdinEof { process: id });
+        }
+    }
+    if let Ok(reader) = stream.try_clone() {
+        let (shared, mux) = (Arc::clone(shared), Arc::clone(mux));
+        let _ = std::thread::Builder::new()
+            .name("exec-client".into())
+            .spawn(move || {
+                client_requests(&reader, &shared, id);
+                if stdio.tied {
+                    let kill = HostMessage::Signal {
+                        process: id,
+                        signo: libc::SIGKILL,
+                        all: false,
+                    };
+                    let _ = mux.send(&kill);
+                }
+            });
+    }
+    let started = Instant::now();
+    let reply = loop {
+        match events.recv() {
+            Ok(ProcEvent::Exited(status)) => break Reply::Exited {
+                code: crate::run::exit_code(status),
+            },
+            Ok(ProcEvent::Failed(_, message)) => break error(message),
+            Ok(ProcEvent::Started(_)) => {}
+            Err(_) => break error("the VM ended"),
+        }
+    };
+    mux.finish(handle);
+    tracing::debug!(id, secs = started.elapsed().as_secs_f64(), "exec ended");
+    let _ = control::send(stream, &reply);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
