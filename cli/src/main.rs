@@ -197,6 +197,7 @@ fn image_command(command: Command, data_root: &std::path::Path) -> anyhow::Resul
         Command::Login(a) => images::login(&a),
         Command::Logout(a) => images::logout(&a),
         Command::System(images::SystemCommand::Df) => images::system_df(&store()?, data_root),
+        _ => unreachable!("not an image command"),
     }
 }
 
