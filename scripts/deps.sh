@@ -15,6 +15,11 @@
 # postinst starts its init script through invoke-rc.d; no service is started here: while
 # packages install, a policy-rc.d that denies every start is in place (the machine's own, or a
 # temporary one removed afterwards).
+#
+# The docker tests' daemon: docker.io (dockerd and CLI 20.10, with containerd 1.6 and runc as
+# dependencies). Its postinst would start docker.service/docker.socket; the same policy-rc.d denies
+# that (on a machine with systemd the units stay enabled for the next boot). tests/src/docker.rs
+# runs its own dockerd and containerd under a temp dir, never the system's.
 set -euo pipefail
 
 packages=(
@@ -26,6 +31,7 @@ packages=(
   cpio
   curl
   docker-registry
+  docker.io
   e2fsprogs
   file
   flex
