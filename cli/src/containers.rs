@@ -332,3 +332,17 @@ pub fn kill_signal(text: Option<&str>) -> anyhow::Result<i32> {
         Some(t) => signals::parse(t).ok_or_else(|| anyhow::anyhow!("invalid signal: {t}")),
     }
 }
+
+/// `moat system prune`: removes every container that is not running (exited, or dead because
+/// its supervisor was killed) with everything it had on the host.
+pub fn prune(root: &Path) -> anyhow::Result<()> {
+    let mut removed = 0;
+    for c in store::list(root) {
+        if !c.is_live() && store::remove_unsupervised(&c) {
+            println!("{}", c.plan.long_id);
+            removed += 1;
+        }
+    }
+    println!("Deleted Containers: {removed}");
+    Ok(())
+}

@@ -138,6 +138,12 @@ pub enum ImageCommand {
 pub enum SystemCommand {
     /// Disk used by images and writable layers
     Df,
+    /// Remove every stopped container and what dead ones left behind
+    Prune {
+        /// Do not ask (moat never asks; accepted for docker compatibility)
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 /// Opens the store under the data root.

@@ -158,6 +158,7 @@ fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result
         Command::Pause(a) => containers::pause(root, &a.names, true)?,
         Command::Unpause(a) => containers::pause(root, &a.names, false)?,
         Command::Supervise { dir } => return supervise(&dir),
+        Command::System(images::SystemCommand::Prune { .. }) => containers::prune(root)?,
         _ => unreachable!("not a container command"),
     }
     Ok(0)
@@ -197,6 +198,7 @@ fn image_command(command: Command, data_root: &std::path::Path) -> anyhow::Resul
         Command::Login(a) => images::login(&a),
         Command::Logout(a) => images::logout(&a),
         Command::System(images::SystemCommand::Df) => images::system_df(&store()?, data_root),
+        Command::System(images::SystemCommand::Prune { .. }) => unreachable!("a container verb"),
         _ => unreachable!("not an image command"),
     }
 }
@@ -365,6 +367,7 @@ fn main() -> ExitCode {
         | Command::Restart(_)
         | Command::Pause(_)
         | Command::Unpause(_)
+        | Command::System(images::SystemCommand::Prune { .. })
         | Command::Supervise { .. }) => container_command(c, &state_root),
         other => {
             let result = image_command(other, &data_root);

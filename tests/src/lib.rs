@@ -311,6 +311,31 @@ pub fn assert_nothing_left(name: &str) {
         "scratch disk {} left behind",
         scratch.display()
     );
+    let data = scratch.parent().and_then(Path::parent).map(|root| root.join("containers").join(name));
+    if let Some(data) = data {
+        assert!(!data.exists(), "container data {} left behind", data.display());
+    }
+    let supervisors = processes_mentioning("__supervise", &format!("/run/moat/{name}"));
+    assert!(
+        supervisors.is_empty(),
+        "supervisors left behind for {name}: {supervisors:?}"
+    );
+}
+
+/// Pids of processes whose command line has both `a` and `b`.
+pub fn processes_mentioning(a: &str, b: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(a) && cmdline.contains(b) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Where the writable layer's disk of the run named `name` lives (docs/storage.md).
