@@ -33,6 +33,9 @@ pub enum LimitsError {
     /// The cgroup could not be created or configured.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The container has ended and its cgroup is gone.
+    #[error("the container has ended")]
+    Ended,
 }
 
 impl LimitsError {
@@ -44,6 +47,7 @@ impl LimitsError {
                 ErrorKind::InvalidRequest
             }
             Self::Cgroup(_) => ErrorKind::Internal,
+            Self::Ended => ErrorKind::InvalidRequest,
         }
     }
 }
@@ -139,6 +143,28 @@ impl ContainerCgroup {
     /// Moves `pid` (the container's init, before it runs anything) into the cgroup.
     pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         self.with(|c| c.add(pid)).unwrap_or(Ok(()))
+    }
+
+    /// Freezes or thaws the container (`Pause`, `Resume`).
+    pub fn freeze(&self, frozen: bool) -> Result<(), LimitsError> {
+        self.with(|c| c.freeze(frozen))
+            .ok_or(LimitsError::Ended)?
+            .map_err(LimitsError::from)
+    }
+
+    /// The container's processes (`ListProcesses`).
+    pub fn pids(&self) -> Result<Vec<libc::pid_t>, LimitsError> {
+        self.with(Cgroup::pids)
+            .ok_or(LimitsError::Ended)?
+            .map_err(LimitsError::from)
+    }
+
+    /// Applies new limits (`Update`): checked before anything is written, as at `Create`; a
+    /// missing `devices` leaves the device rules as they are.
+    pub fn update(&self, r: &LinuxResources) -> Result<(), LimitsError> {
+        self.with(|c| c.apply(r))
+            .ok_or(LimitsError::Ended)?
+            .map_err(LimitsError::from)
     }
 
     /// Sends [`AgentMessage::Oom`] if the cgroup counted OOM kills not reported yet.

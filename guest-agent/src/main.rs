@@ -11,6 +11,7 @@
 mod bench;
 pub mod cgroup;
 mod container;
+mod flow;
 mod init;
 mod limits;
 mod reaper;

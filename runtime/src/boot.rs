@@ -116,10 +116,13 @@ impl Logs<'_> {
 
 /// Waits for the agent to connect and say `Ready`, until `deadline`.
 ///
-/// Fails if the VMM exits first, the deadline passes, or a terminating signal arrives in
-/// `events`. The returned stream is blocking, without timeouts.
+/// The listener takes exactly one connection, the agent's: it is closed and its socket file
+/// unlinked as soon as that connection is accepted (before any container exists), so no host
+/// listener stays open for a process in the guest to reach. Fails if the VMM exits first, the
+/// deadline passes, or a terminating signal arrives in `events`. The returned stream is
+/// blocking, without timeouts.
 pub fn wait_for_agent(
-    listener: &UnixListener,
+    listener: UnixListener,
     vmm: &VmmProcess,
     logs: &Logs<'_>,
     timeout: Duration,
@@ -146,10 +149,11 @@ pub fn wait_for_agent(
             tv_sec: 0,
             tv_nsec: 0,
         });
-        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
         // EINTR and timeouts both just go round the loop again.
         let _ = poll(&mut fds, Some(&ts));
     };
+    close_listener(listener);
     stream.set_nonblocking(false).map_err(BootError::Accept)?;
     let left = deadline
         .saturating_duration_since(Instant::now())
@@ -191,6 +195,20 @@ pub fn wait_for_agent(
     }
     stream.set_read_timeout(None).map_err(BootError::Accept)?;
     Ok(stream)
+}
+
+/// Closes the agent's listener and unlinks its socket file: nothing can connect any more.
+fn close_listener(listener: UnixListener) {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
+    drop(listener);
+    if let Some(path) = path {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!(path = %path.display(), error = %e, "cannot unlink the agent's listener");
+        }
+    }
 }
 
 fn agent_failed(what: String, logs: &Logs<'_>) -> BootError {
@@ -246,17 +264,15 @@ mod tests {
 
     struct Fixture {
         tmp: TempDir,
-        listener: UnixListener,
         vmm: VmmProcess,
     }
 
     fn fixture(name: &str, vmm_script: &str) -> Fixture {
         let tmp = TempDir::new(name);
-        let listener = listen(&tmp.path().join("vsock.sock_1024")).unwrap();
         let vmm_bin = fake_vmm(tmp.path(), vmm_script);
         let log = File::create(tmp.path().join("vmm.log")).unwrap();
         let vmm = VmmProcess::spawn(&vmm_bin, &[], &log, false).unwrap();
-        Fixture { tmp, listener, vmm }
+        Fixture { tmp, vmm }
     }
 
     fn wait(
@@ -270,7 +286,10 @@ mod tests {
             vmm_log: &vmm_log,
             console_log: &console_log,
         };
-        wait_for_agent(&f.listener, &f.vmm, &logs, timeout, events)
+        let path = f.tmp.path().join("vsock.sock_1024");
+        let _ = std::fs::remove_file(&path);
+        let listener = listen(&path).unwrap();
+        wait_for_agent(listener, &f.vmm, &logs, timeout, events)
     }
 
     #[test]
@@ -307,23 +326,39 @@ mod tests {
         assert!(matches!(err, BootError::Interrupted(libc::SIGINT)), "{err}");
     }
 
+    /// Connects once the test's `wait` has bound the listener.
+    fn connect_retry(path: &Path) -> UnixStream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => return s,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn ready_handshake() {
         let f = fixture("boot-ready", "exec sleep 60");
         let (_tx, rx) = sync_channel(1);
         let path = f.tmp.path().join("vsock.sock_1024");
         let agent = std::thread::spawn(move || {
-            let mut s = UnixStream::connect(path).unwrap();
-            write_frame(&mut s, FrameKind::Control, &ready(PROTOCOL_VERSION)).unwrap();
+            let mut s = connect_retry(&path);
+            write_frame(&mut s, FrameKind::Control, 0, &ready(PROTOCOL_VERSION)).unwrap();
             s
         });
         wait(&f, Duration::from_secs(10), &rx).unwrap();
         drop(agent.join().unwrap());
+        // One connection, then the listener is gone: closed and unlinked.
+        let path = f.tmp.path().join("vsock.sock_1024");
+        assert!(!path.exists(), "the listener's socket is still there");
+        assert!(UnixStream::connect(&path).is_err());
 
         let path = f.tmp.path().join("vsock.sock_1024");
         let agent = std::thread::spawn(move || {
-            let mut s = UnixStream::connect(path).unwrap();
-            write_frame(&mut s, FrameKind::Control, &ready(99)).unwrap();
+            let mut s = connect_retry(&path);
+            write_frame(&mut s, FrameKind::Control, 0, &ready(99)).unwrap();
             s
         });
         let err = wait(&f, Duration::from_secs(10), &rx).unwrap_err();
@@ -332,8 +367,8 @@ mod tests {
 
         let path = f.tmp.path().join("vsock.sock_1024");
         let agent = std::thread::spawn(move || {
-            let mut s = UnixStream::connect(path).unwrap();
-            write_frame(&mut s, FrameKind::Control, b"{\"type\":\"bogus\"}").unwrap();
+            let mut s = connect_retry(&path);
+            write_frame(&mut s, FrameKind::Control, 0, b"{\"type\":\"bogus\"}").unwrap();
         });
         let err = wait(&f, Duration::from_secs(10), &rx).unwrap_err();
         assert!(err

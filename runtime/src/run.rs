@@ -417,7 +417,7 @@ pub(crate) fn boot_vm_in(
         console_log: &console_log,
     };
     tracing::debug!(pid, jailed = options.jail, "moat-vmm started");
-    let stream = boot::wait_for_agent(&listener, &vm.vmm, &logs, options.boot_timeout, events)?;
+    let stream = boot::wait_for_agent(listener, &vm.vmm, &logs, options.boot_timeout, events)?;
     tracing::debug!("agent ready");
     Ok((vm, stream))
 }

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use moat_protocol::{
-    decode, encode, read_frame, write_frame, AgentMessage, FrameKind, HostMessage,
+    decode, encode, read_frame, write_frame, AgentMessage, FrameKind, HostMessage, MAIN_PROCESS,
 };
 
 use super::*;
@@ -267,21 +267,48 @@ impl Setup {
                 protocol_version: moat_protocol::PROTOCOL_VERSION,
                 agent_version: "fake".into(),
             };
-            write_frame(&mut stream, FrameKind::Control, &encode(&ready)).unwrap();
+            write_frame(&mut stream, FrameKind::Control, 0, &encode(&ready)).unwrap();
             script(&mut stream, &state);
         })
     }
 }
 
+/// The next control message, credits skipped.
 fn recv(stream: &mut UnixStream) -> HostMessage {
-    let frame = read_frame(stream).unwrap();
-    assert_eq!(frame.kind, FrameKind::Control);
-    decode(&frame.payload).unwrap()
+    loop {
+        let frame = read_frame(stream).unwrap();
+        assert_eq!(frame.kind, FrameKind::Control);
+        let msg = decode(&frame.payload).unwrap();
+        if !matches!(msg, HostMessage::Credit { .. }) {
+            return msg;
+        }
+    }
 }
 
 fn send(stream: &mut UnixStream, msg: &AgentMessage) {
-    write_frame(stream, FrameKind::Control, &encode(msg)).unwrap();
+    write_frame(stream, FrameKind::Control, 0, &encode(msg)).unwrap();
 }
+
+/// Answers `Create` and `Start`; the request.
+fn created_and_started(stream: &mut UnixStream) -> Box<moat_protocol::RunRequest> {
+    let HostMessage::Create(req) = recv(stream) else {
+        panic!("expected create")
+    };
+    send(stream, &AgentMessage::Created { pid: 7 });
+    assert_eq!(recv(stream), HostMessage::Start);
+    send(
+        stream,
+        &AgentMessage::Started {
+            process: MAIN_PROCESS,
+            pid: 7,
+        },
+    );
+    req
+}
+
+const EOF: HostMessage = HostMessage::StdinEof {
+    process: MAIN_PROCESS,
+};
 
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -310,9 +337,7 @@ fn stdio() -> (Stdio, Shared) {
 fn a_whole_run_returns_the_status_and_cleans_up() {
     let s = setup("run-ok");
     let agent = s.agent("ok1", |stream, state| {
-        let HostMessage::Run(req) = recv(stream) else {
-            panic!("expected run")
-        };
+        let req = created_and_started(stream);
         assert_eq!(
             req.spec
                 .process()
@@ -323,12 +348,12 @@ fn a_whole_run_returns_the_status_and_cleans_up() {
                 .unwrap(),
             ["echo", "hi"]
         );
-        send(stream, &AgentMessage::Started { pid: 7 });
-        assert_eq!(recv(stream), HostMessage::StdinEof);
-        write_frame(stream, FrameKind::Stdout, b"hi\n").unwrap();
+        assert_eq!(recv(stream), EOF);
+        write_frame(stream, FrameKind::Stdout, MAIN_PROCESS, b"hi\n").unwrap();
         send(
             stream,
             &AgentMessage::Exited {
+                process: MAIN_PROCESS,
                 status: ExitStatus::Code { code: 5 },
             },
         );
@@ -348,10 +373,12 @@ fn an_unjailed_run_works_the_same() {
     let mut s = setup("run-nojail");
     s.options.jail = false;
     let agent = s.agent("nj1", |stream, state| {
-        recv(stream);
+        created_and_started(stream);
+        assert_eq!(recv(stream), EOF);
         send(
             stream,
             &AgentMessage::Exited {
+                process: MAIN_PROCESS,
                 status: ExitStatus::Code { code: 3 },
             },
         );
@@ -369,10 +396,13 @@ fn agent_errors_map_to_exit_codes() {
     let s = setup("run-notfound");
     let agent = s.agent("nf", |stream, state| {
         recv(stream);
+        send(stream, &AgentMessage::Created { pid: 7 });
+        assert_eq!(recv(stream), HostMessage::Start);
         let msg = "exec: nope: not found".to_owned();
         send(
             stream,
             &AgentMessage::Error {
+                process: Some(MAIN_PROCESS),
                 kind: ErrorKind::NotFound,
                 message: msg,
             },
@@ -391,8 +421,7 @@ fn agent_errors_map_to_exit_codes() {
 fn a_vm_that_dies_under_the_container_is_reported() {
     let s = setup("run-panic");
     let agent = s.agent("p1", |stream, state| {
-        recv(stream);
-        send(stream, &AgentMessage::Started { pid: 7 });
+        created_and_started(stream);
         let panic = "[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n";
         std::fs::write(state.join("console.log"), panic).unwrap();
         // The connection drops without Exited, and the VMM keeps running.

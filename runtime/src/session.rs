@@ -1,18 +1,21 @@
-//! The conversation with a ready agent: `Run`, then stdio, signals and resizes until `Exited`.
+//! The conversation with a ready agent (protocol v4) for the container's main process:
+//! `Create`, `Start`, then stdio, signals and resizes until `Exited`.
 //!
 //! Threads: one reads the agent's frames (writing stdout/stderr itself, so output never waits
-//! for the main loop), one reads our stdin (with `-i`), one turns signals into events. All of
-//! them feed one bounded channel of [`Event`]s that the calling thread serves; only it writes
-//! to the agent, so frames never interleave.
+//! for the main loop, and crediting each chunk once written), one reads our stdin (with `-i`)
+//! within the stdin window ([`StdinGate`]), one turns signals into events. All of them feed one
+//! bounded channel of [`Event`]s that the calling thread serves. Frames go out through one
+//! mutex ([`Writer`]), so they never interleave.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameError,
-    FrameKind, HostMessage, RunRequest,
+    FrameKind, HostMessage, OutputStream, RunRequest, MAIN_PROCESS, WINDOW,
 };
 
 use crate::terminal;
@@ -117,21 +120,122 @@ impl Sink {
     }
 }
 
-/// Reads the agent's frames until its stream ends or it says `Exited`.
-fn read_agent(
-    mut stream: UnixStream,
-    stdout: Box<dyn Write + Send>,
-    stderr: Box<dyn Write + Send>,
-    tx: SyncSender<Event>,
-) {
-    let mut stdout = Sink {
-        out: stdout,
-        broken: false,
-    };
-    let mut stderr = Sink {
-        out: stderr,
-        broken: false,
-    };
+/// The sending half of the agent's connection; a mutex keeps every frame whole.
+#[derive(Clone)]
+struct Writer(Arc<Mutex<UnixStream>>);
+
+impl Writer {
+    fn frame(&self, kind: FrameKind, payload: &[u8]) -> Result<(), FrameError> {
+        let mut stream = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let process = match kind {
+            FrameKind::Control => 0,
+            _ => MAIN_PROCESS,
+        };
+        write_frame(&mut *stream, kind, process, payload)
+    }
+
+    fn control(&self, msg: &HostMessage) -> Result<(), FrameError> {
+        self.frame(FrameKind::Control, &encode(msg))
+    }
+
+    /// A second descriptor of the stream, for reading.
+    fn try_clone(&self) -> io::Result<UnixStream> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_clone()
+    }
+}
+
+/// The stdin window: bytes we may still send before the agent credits them.
+pub struct StdinGate {
+    available: Mutex<u32>,
+    changed: Condvar,
+}
+
+impl Default for StdinGate {
+    fn default() -> Self {
+        Self {
+            available: Mutex::new(WINDOW),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl StdinGate {
+    /// Waits for some window and takes at most `max` bytes of it.
+    pub fn take(&self, max: usize) -> usize {
+        let mut available = self
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *available == 0 {
+            available = self
+                .changed
+                .wait(available)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let n = max.min(*available as usize);
+        *available -= n as u32;
+        n
+    }
+
+    /// Gives back `bytes` taken but not sent (a short read).
+    pub fn give_back(&self, bytes: usize) {
+        self.credit(u32::try_from(bytes).unwrap_or(u32::MAX));
+    }
+
+    /// The agent credited `bytes` (capped at the window).
+    pub fn credit(&self, bytes: u32) {
+        let mut available = self
+            .available
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *available = available.saturating_add(bytes).min(WINDOW);
+        self.changed.notify_all();
+    }
+}
+
+/// Where the agent's output goes, and the credit it earns once written.
+struct Outputs {
+    stdout: Sink,
+    stderr: Sink,
+    writer: Writer,
+}
+
+impl Outputs {
+    /// Writes a data frame of the main process and credits it (also when the sink is broken:
+    /// the bytes are then dropped, and the container must not stall on them).
+    fn write(&mut self, kind: FrameKind, process: u32, bytes: &[u8]) -> Result<(), String> {
+        if process != MAIN_PROCESS {
+            return Err(format!("the agent sent output of process {process}"));
+        }
+        let stream = match kind {
+            FrameKind::Stdout => {
+                self.stdout.write(bytes);
+                OutputStream::Stdout
+            }
+            _ => {
+                self.stderr.write(bytes);
+                OutputStream::Stderr
+            }
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let credit = HostMessage::Credit {
+            process,
+            stream,
+            bytes: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        };
+        // A broken connection is what the next read reports.
+        let _ = self.writer.control(&credit);
+        Ok(())
+    }
+}
+
+/// Reads the agent's frames until its stream ends or it says `Exited` for the main process.
+fn read_agent(mut stream: UnixStream, mut outputs: Outputs, tx: SyncSender<Event>) {
     let end = loop {
         let frame = match read_frame(&mut stream) {
             Ok(frame) => frame,
@@ -139,12 +243,21 @@ fn read_agent(
             Err(e) => break Some(crate::error_chain(&e)),
         };
         match frame.kind {
-            FrameKind::Stdout => stdout.write(&frame.payload),
-            FrameKind::Stderr => stderr.write(&frame.payload),
+            FrameKind::Stdout | FrameKind::Stderr => {
+                if let Err(e) = outputs.write(frame.kind, frame.process, &frame.payload) {
+                    break Some(e);
+                }
+            }
             FrameKind::Stdin => break Some("the agent sent a stdin frame".to_owned()),
             FrameKind::Control => match decode::<AgentMessage>(&frame.payload) {
                 Ok(msg) => {
-                    let exited = matches!(msg, AgentMessage::Exited { .. });
+                    let exited = matches!(
+                        msg,
+                        AgentMessage::Exited {
+                            process: MAIN_PROCESS,
+                            ..
+                        }
+                    );
                     if tx.send(Event::Agent(msg)).is_err() || exited {
                         return;
                     }
@@ -177,14 +290,21 @@ pub fn oom_notice(request: &RunRequest) -> String {
     )
 }
 
-/// Reads `stdin` in chunks until its end.
-fn read_stdin(mut stdin: Box<dyn Read + Send>, tx: SyncSender<Event>) {
+/// Reads `stdin` in chunks until its end, never more than the stdin window allows.
+fn read_stdin(mut stdin: Box<dyn Read + Send>, gate: Arc<StdinGate>, tx: SyncSender<Event>) {
     let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
-        let event = match stdin.read(&mut buf) {
+        let max = gate.take(STDIN_CHUNK);
+        let event = match stdin.read(&mut buf[..max]) {
             Ok(0) => Event::StdinEof,
-            Ok(n) => Event::Stdin(buf[..n].to_vec()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => {
+                gate.give_back(max - n);
+                Event::Stdin(buf[..n].to_vec())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                gate.give_back(max);
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "stdin failed; closing the container's stdin");
                 Event::StdinEof
@@ -199,17 +319,32 @@ fn read_stdin(mut stdin: Box<dyn Read + Send>, tx: SyncSender<Event>) {
 
 /// The agent's connection, from the host side.
 pub struct Session {
-    stream: UnixStream,
+    writer: Writer,
+    gate: Arc<StdinGate>,
+}
+
+/// Where the main process is in its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// `Create` sent.
+    Creating,
+    /// `Start` sent.
+    Starting,
+    /// `Started` read.
+    Running,
 }
 
 impl Session {
     /// Wraps a stream whose `Ready` was already checked.
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream }
+        Self {
+            writer: Writer(Arc::new(Mutex::new(stream))),
+            gate: Arc::new(StdinGate::default()),
+        }
     }
 
     fn send(&mut self, msg: &HostMessage) -> Result<(), SessionError> {
-        write_frame(&mut self.stream, FrameKind::Control, &encode(msg)).map_err(SessionError::Send)
+        self.writer.control(msg).map_err(SessionError::Send)
     }
 
     /// Sends `Shutdown`; the VM powers itself off after that.
@@ -217,9 +352,10 @@ impl Session {
         self.send(&HostMessage::Shutdown)
     }
 
-    /// Runs the container: sends `request`, then serves `events` until the agent reports the
-    /// process's end or its failure to start it. `tx` is the sender of `events`, used by the
-    /// threads this starts. With the spec's `process.terminal`, `SIGWINCH` becomes `Resize`.
+    /// Runs the container: sends `Create` with `request`, `Start` once created, then serves
+    /// `events` until the agent reports the process's end or its failure to create or start
+    /// it. `tx` is the sender of `events`, used by the threads this starts. With the spec's
+    /// `process.terminal`, `SIGWINCH` becomes `Resize`.
     pub fn run(
         &mut self,
         request: RunRequest,
@@ -235,34 +371,61 @@ impl Session {
             .unwrap_or(false);
         let oom = oom_notice(&request);
         let sent = Instant::now();
-        self.send(&HostMessage::Run(Box::new(request)))?;
-        let reader = self.stream.try_clone().map_err(SessionError::Thread)?;
+        self.send(&HostMessage::Create(Box::new(request)))?;
+        let reader = self.writer.try_clone().map_err(SessionError::Thread)?;
         let agent_tx = tx.clone();
-        let (stdout, stderr) = (stdio.stdout, stdio.stderr);
+        let outputs = Outputs {
+            stdout: Sink {
+                out: stdio.stdout,
+                broken: false,
+            },
+            stderr: Sink {
+                out: stdio.stderr,
+                broken: false,
+            },
+            writer: self.writer.clone(),
+        };
         std::thread::Builder::new()
             .name("agent-reader".into())
-            .spawn(move || read_agent(reader, stdout, stderr, agent_tx))
+            .spawn(move || read_agent(reader, outputs, agent_tx))
             .map_err(SessionError::Thread)?;
         let mut stdin = stdio.stdin;
-        let mut started = false;
+        let mut stage = Stage::Creating;
         loop {
             let event = events.recv().unwrap_or(Event::AgentGone(None));
             match event {
-                Event::Agent(AgentMessage::Started { pid }) if !started => {
-                    // From Run sent to Started read: the agent's container setup up to the
-                    // exec, plus one round trip on the channel (bench/ reads this).
+                Event::Agent(AgentMessage::Created { pid }) if stage == Stage::Creating => {
+                    tracing::debug!(pid, "container created");
+                    stage = Stage::Starting;
+                    self.send(&HostMessage::Start)?;
+                }
+                Event::Agent(AgentMessage::Started {
+                    process: MAIN_PROCESS,
+                    pid,
+                }) if stage == Stage::Starting => {
+                    // From Create sent to Started read: the agent's container setup up to the
+                    // exec, plus two round trips on the channel (bench/ reads this).
                     let setup_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                     tracing::debug!(pid, setup_us, "container started");
-                    started = true;
+                    stage = Stage::Running;
                     self.start_stdin(stdin.take(), tx)?;
                 }
-                Event::Agent(AgentMessage::Exited { status }) => {
-                    return Ok(Outcome::Exited(status))
-                }
-                Event::Agent(AgentMessage::Error { kind, message }) if !started => {
+                Event::Agent(AgentMessage::Exited {
+                    process: MAIN_PROCESS,
+                    status,
+                }) => return Ok(Outcome::Exited(status)),
+                Event::Agent(AgentMessage::Error {
+                    process: Some(MAIN_PROCESS),
+                    kind,
+                    message,
+                }) if stage != Stage::Running => {
                     let message = crate::console::sanitize(&message);
                     return Ok(Outcome::Failed { kind, message });
                 }
+                Event::Agent(AgentMessage::StdinCredit {
+                    process: MAIN_PROCESS,
+                    bytes,
+                }) => self.gate.credit(bytes),
                 Event::Agent(AgentMessage::Oom { count }) => {
                     tracing::debug!(count, "container out of memory");
                     eprintln!("{oom}");
@@ -273,9 +436,15 @@ impl Session {
                 Event::AgentGone(reason) => return Err(SessionError::Ended(reason)),
                 Event::Signal(libc::SIGWINCH) if terminal => self.send_resize(),
                 Event::Signal(libc::SIGWINCH) => {}
-                Event::Signal(signo) => self.send_lossy(&HostMessage::Signal { signo }),
+                Event::Signal(signo) => self.send_lossy(&HostMessage::Signal {
+                    process: MAIN_PROCESS,
+                    signo,
+                    all: false,
+                }),
                 Event::Stdin(bytes) => self.send_stdin(&bytes),
-                Event::StdinEof => self.send_lossy(&HostMessage::StdinEof),
+                Event::StdinEof => self.send_lossy(&HostMessage::StdinEof {
+                    process: MAIN_PROCESS,
+                }),
             }
         }
     }
@@ -287,13 +456,15 @@ impl Session {
         tx: &SyncSender<Event>,
     ) -> Result<(), SessionError> {
         let Some(stdin) = stdin else {
-            self.send_lossy(&HostMessage::StdinEof);
+            self.send_lossy(&HostMessage::StdinEof {
+                process: MAIN_PROCESS,
+            });
             return Ok(());
         };
-        let tx = tx.clone();
+        let (tx, gate) = (tx.clone(), Arc::clone(&self.gate));
         std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || read_stdin(stdin, tx))
+            .spawn(move || read_stdin(stdin, gate, tx))
             .map_err(SessionError::Thread)?;
         Ok(())
     }
@@ -307,14 +478,18 @@ impl Session {
     }
 
     fn send_stdin(&mut self, bytes: &[u8]) {
-        if let Err(e) = write_frame(&mut self.stream, FrameKind::Stdin, bytes) {
+        if let Err(e) = self.writer.frame(FrameKind::Stdin, bytes) {
             tracing::debug!(error = %e, "cannot send stdin to the agent");
         }
     }
 
     fn send_resize(&mut self) {
         if let Some((rows, cols)) = terminal::window_size() {
-            self.send_lossy(&HostMessage::Resize { rows, cols });
+            self.send_lossy(&HostMessage::Resize {
+                process: MAIN_PROCESS,
+                rows,
+                cols,
+            });
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use moat_protocol::RootfsSpec;
+use moat_protocol::{RootfsSpec, MAIN_PROCESS, WINDOW};
 
 use super::*;
 
@@ -53,21 +53,54 @@ struct Agent(UnixStream);
 
 impl Agent {
     fn send(&mut self, msg: &AgentMessage) {
-        write_frame(&mut self.0, FrameKind::Control, &encode(msg)).unwrap();
+        write_frame(&mut self.0, FrameKind::Control, 0, &encode(msg)).unwrap();
     }
     fn data(&mut self, kind: FrameKind, bytes: &[u8]) {
-        write_frame(&mut self.0, kind, bytes).unwrap();
+        write_frame(&mut self.0, kind, MAIN_PROCESS, bytes).unwrap();
     }
+    /// The next frame that is not a `Credit`.
     fn recv(&mut self) -> (FrameKind, Vec<u8>) {
-        let frame = read_frame(&mut self.0).unwrap();
-        (frame.kind, frame.payload)
+        loop {
+            let frame = read_frame(&mut self.0).unwrap();
+            let credit = frame.kind == FrameKind::Control
+                && matches!(
+                    decode::<HostMessage>(&frame.payload),
+                    Ok(HostMessage::Credit { .. })
+                );
+            if !credit {
+                return (frame.kind, frame.payload);
+            }
+        }
     }
     fn recv_msg(&mut self) -> HostMessage {
         let (kind, payload) = self.recv();
         assert_eq!(kind, FrameKind::Control);
         decode(&payload).unwrap()
     }
+    /// Answers `Create` and `Start`; the request.
+    fn start(&mut self) -> Box<RunRequest> {
+        let HostMessage::Create(req) = self.recv_msg() else {
+            panic!("expected create")
+        };
+        self.send(&AgentMessage::Created { pid: 2 });
+        assert_eq!(self.recv_msg(), HostMessage::Start);
+        self.send(&AgentMessage::Started {
+            process: MAIN_PROCESS,
+            pid: 2,
+        });
+        req
+    }
+    fn exited(&mut self, status: ExitStatus) {
+        self.send(&AgentMessage::Exited {
+            process: MAIN_PROCESS,
+            status,
+        });
+    }
 }
+
+const EOF: HostMessage = HostMessage::StdinEof {
+    process: MAIN_PROCESS,
+};
 
 fn spawn_agent(script: impl FnOnce(Agent) + Send + 'static) -> (UnixStream, JoinHandle<()>) {
     let (host, agent) = UnixStream::pair().unwrap();
@@ -89,17 +122,16 @@ fn output_is_kept_apart_and_binary_safe() {
     let all_bytes: Vec<u8> = (0..=255).collect();
     let expected = all_bytes.clone();
     let (host, agent) = spawn_agent(move |mut a| {
-        assert!(
-            matches!(a.recv_msg(), HostMessage::Run(r) if r.spec.process().as_ref().unwrap().args().as_deref() == Some(&["sh".to_string()][..]))
+        let r = a.start();
+        assert_eq!(
+            r.spec.process().as_ref().unwrap().args().as_deref(),
+            Some(&["sh".to_string()][..])
         );
-        a.send(&AgentMessage::Started { pid: 2 });
-        assert_eq!(a.recv_msg(), HostMessage::StdinEof);
+        assert_eq!(a.recv_msg(), EOF);
         a.data(FrameKind::Stdout, &all_bytes);
         a.data(FrameKind::Stderr, b"oops\n");
         a.data(FrameKind::Stdout, b"");
-        a.send(&AgentMessage::Exited {
-            status: ExitStatus::Code { code: 3 },
-        });
+        a.exited(ExitStatus::Code { code: 3 });
         assert_eq!(a.recv_msg(), HostMessage::Shutdown);
     });
     let (tx, rx) = sync_channel(EVENT_QUEUE);
@@ -116,26 +148,20 @@ fn output_is_kept_apart_and_binary_safe() {
 #[test]
 fn stdin_is_forwarded_then_closed() {
     let (host, agent) = spawn_agent(|mut a| {
-        a.recv_msg();
-        a.send(&AgentMessage::Started { pid: 2 });
+        a.start();
         let mut got = Vec::new();
         loop {
             match a.recv() {
                 (FrameKind::Stdin, bytes) => got.extend(bytes),
                 (FrameKind::Control, payload) => {
-                    assert_eq!(
-                        decode::<HostMessage>(&payload).unwrap(),
-                        HostMessage::StdinEof
-                    );
+                    assert_eq!(decode::<HostMessage>(&payload).unwrap(), EOF);
                     break;
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
         a.data(FrameKind::Stdout, &got);
-        a.send(&AgentMessage::Exited {
-            status: ExitStatus::Signaled { signo: 9 },
-        });
+        a.exited(ExitStatus::Signaled { signo: 9 });
     });
     let (tx, rx) = sync_channel(EVENT_QUEUE);
     let (stdio, out, _) = make_stdio(Some(b"line one\nline two\n"));
@@ -152,20 +178,19 @@ fn signals_are_forwarded_and_winch_only_with_a_terminal() {
     let (tx, rx) = sync_channel(EVENT_QUEUE);
     let signal_tx = tx.clone();
     let (host, agent) = spawn_agent(move |mut a| {
-        a.recv_msg();
-        a.send(&AgentMessage::Started { pid: 2 });
-        assert_eq!(a.recv_msg(), HostMessage::StdinEof);
+        a.start();
+        assert_eq!(a.recv_msg(), EOF);
         signal_tx.send(Event::Signal(libc::SIGWINCH)).unwrap();
         signal_tx.send(Event::Signal(libc::SIGTERM)).unwrap();
         assert_eq!(
             a.recv_msg(),
             HostMessage::Signal {
-                signo: libc::SIGTERM
+                process: MAIN_PROCESS,
+                signo: libc::SIGTERM,
+                all: false,
             }
         );
-        a.send(&AgentMessage::Exited {
-            status: ExitStatus::Code { code: 0 },
-        });
+        a.exited(ExitStatus::Code { code: 0 });
     });
     let (stdio, _, _) = make_stdio(None);
     let outcome = Session::new(host)
@@ -180,6 +205,7 @@ fn start_failure_is_an_outcome() {
     let (host, agent) = spawn_agent(|mut a| {
         a.recv_msg();
         a.send(&AgentMessage::Error {
+            process: Some(MAIN_PROCESS),
             kind: ErrorKind::NotFound,
             message: "nope: \x1b[2Jnot found".into(),
         });
@@ -203,8 +229,7 @@ fn start_failure_is_an_outcome() {
 #[test]
 fn a_dropped_connection_or_garbage_ends_the_session() {
     let (host, agent) = spawn_agent(|mut a| {
-        a.recv_msg();
-        a.send(&AgentMessage::Started { pid: 2 });
+        a.start();
         a.data(FrameKind::Stdout, b"partial");
     });
     let (tx, rx) = sync_channel(EVENT_QUEUE);
@@ -234,13 +259,10 @@ fn a_dropped_connection_or_garbage_ends_the_session() {
 #[test]
 fn oom_events_do_not_end_the_session() {
     let (host, agent) = spawn_agent(|mut a| {
-        a.recv_msg();
-        a.send(&AgentMessage::Started { pid: 2 });
+        a.start();
         a.send(&AgentMessage::Oom { count: 1 });
         a.send(&AgentMessage::Oom { count: 2 });
-        a.send(&AgentMessage::Exited {
-            status: ExitStatus::Signaled { signo: 9 },
-        });
+        a.exited(ExitStatus::Signaled { signo: 9 });
     });
     let (tx, rx) = sync_channel(EVENT_QUEUE);
     let (stdio, _, _) = make_stdio(None);
@@ -273,4 +295,70 @@ fn oom_notice_names_the_container_and_its_limit() {
         oom_notice(&req),
         "moat: container t: out of memory: a process was killed by the memory limit (64 MiB)"
     );
+}
+
+#[test]
+fn output_is_credited_and_stdin_keeps_to_its_window() {
+    let data: &'static [u8] = Box::leak(vec![7u8; 3 * WINDOW as usize].into_boxed_slice());
+    let (host, agent) = spawn_agent(|mut a| {
+        a.start();
+        a.data(FrameKind::Stderr, b"0123456789");
+        // The first credit: the host wrote the bytes to its sink.
+        let frame = read_frame(&mut a.0).unwrap();
+        let mut got = 0;
+        match decode::<HostMessage>(&frame.payload) {
+            Ok(HostMessage::Credit {
+                process: MAIN_PROCESS,
+                stream: OutputStream::Stderr,
+                bytes: 10,
+            }) => {}
+            _ => {
+                assert_eq!(frame.kind, FrameKind::Stdin);
+                got += frame.payload.len();
+            }
+        }
+        while got < WINDOW as usize {
+            let (kind, bytes) = a.recv();
+            if kind == FrameKind::Stdin {
+                got += bytes.len();
+            }
+        }
+        assert_eq!(got, WINDOW as usize);
+        // Nothing more comes until the window is credited.
+        a.0.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        assert!(read_frame(&mut a.0).is_err(), "stdin past the window");
+        a.0.set_read_timeout(None).unwrap();
+        let mut total = got;
+        let mut credited = 0;
+        loop {
+            if credited < total {
+                let bytes = (total - credited) as u32;
+                a.send(&AgentMessage::StdinCredit {
+                    process: MAIN_PROCESS,
+                    bytes,
+                });
+                credited = total;
+            }
+            match a.recv() {
+                (FrameKind::Stdin, bytes) => total += bytes.len(),
+                (FrameKind::Control, payload) => {
+                    assert_eq!(decode::<HostMessage>(&payload).unwrap(), EOF);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(total - credited <= WINDOW as usize);
+        }
+        assert_eq!(total, 3 * WINDOW as usize);
+        a.exited(ExitStatus::Code { code: 0 });
+    });
+    let (tx, rx) = sync_channel(EVENT_QUEUE);
+    let (stdio, _, err) = make_stdio(Some(data));
+    let outcome = Session::new(host)
+        .run(request(false), stdio, &rx, &tx)
+        .unwrap();
+    assert_eq!(outcome, Outcome::Exited(ExitStatus::Code { code: 0 }));
+    agent.join().unwrap();
+    assert_eq!(err.bytes(), b"0123456789");
 }

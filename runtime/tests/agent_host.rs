@@ -111,7 +111,7 @@ fn run_in_agent(
         vmm_log: &vmm_log,
         console_log: &console_log,
     };
-    let stream = boot::wait_for_agent(&listener, &proc, &logs, Duration::from_secs(20), &events)
+    let stream = boot::wait_for_agent(listener, &proc, &logs, Duration::from_secs(20), &events)
         .expect("agent ready");
     let (stdout, stderr) = (Shared::default(), Shared::default());
     let stdio = Stdio {

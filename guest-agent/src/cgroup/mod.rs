@@ -234,6 +234,38 @@ impl Cgroup {
         write_file(&procs, &pid.to_string()).map_err(io_error("writing", &procs))
     }
 
+    /// Freezes (`true`) or thaws the cgroup (cgroup.freeze) and waits until cgroup.events says
+    /// so (at most [`KILL_TIMEOUT`]).
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let file = self.path.join("cgroup.freeze");
+        write_file(&file, if frozen { "1" } else { "0" }).map_err(io_error("writing", &file))?;
+        let events = self.path.join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&events).map_err(io_error("reading", &events))?;
+            if text.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::Malformed {
+                    path: events,
+                    what: "the freezer did not get there in time",
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The pids in the cgroup and its descendants, ascending.
+    pub fn pids(&self) -> Result<Vec<libc::pid_t>, CgroupError> {
+        let mut pids = Vec::new();
+        collect_pids(&self.path, &mut pids)?;
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
     /// The cgroup's directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -270,6 +302,23 @@ impl Cgroup {
         drop(self.fd);
         remove_tree(&self.path)
     }
+}
+
+/// Adds the pids of `dir`'s cgroup.procs and of its child cgroups' to `pids`.
+fn collect_pids(dir: &Path, pids: &mut Vec<libc::pid_t>) -> Result<(), CgroupError> {
+    let procs = dir.join("cgroup.procs");
+    let text = std::fs::read_to_string(&procs).map_err(io_error("reading", &procs))?;
+    pids.extend(
+        text.lines()
+            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+    );
+    for entry in std::fs::read_dir(dir).map_err(io_error("listing", dir))? {
+        let entry = entry.map_err(io_error("listing", dir))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_pids(&entry.path(), pids)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes an empty cgroup and its descendants, deepest first (the only directories in a

@@ -115,8 +115,31 @@ pub struct Failure {
     pub errno: i32,
 }
 
-/// Size of an encoded [`Failure`].
+/// Size of an encoded [`Failure`] (and of every [`Report`] on the error pipe).
 pub const FAILURE_LEN: usize = 8;
+
+/// The record a process held for `Start` writes on the error pipe once everything but the
+/// seccomp filter and the exec is done: no [`Stage`] has this number.
+const READY: [u8; FAILURE_LEN] = [0xff, 0, 0, 0, 0, 0, 0, 0];
+
+/// What a child wrote on the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The process is set up and waits for its start.
+    Ready,
+    /// It failed.
+    Failed(Failure),
+}
+
+impl Report {
+    /// Decodes one record; `None` for anything malformed.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        match b == READY {
+            true => Some(Self::Ready),
+            false => Failure::from_bytes(b).map(Self::Failed),
+        }
+    }
+}
 
 impl Failure {
     pub(crate) fn at(stage: Stage) -> impl Fn(io::Error) -> Failure {
@@ -173,10 +196,34 @@ pub enum Exit {
     Code(i32),
 }
 
-/// The host mode's child, in the agent's root: sets the process up and execs; returns only on
-/// failure. The container's init runs the same for its command.
-pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio, err: RawFd) -> Failure {
-    match setup_process(sys, plan, stdio, err) {
+/// The descriptors a child reports on and waits on.
+#[derive(Debug, Clone, Copy)]
+pub struct Pipes {
+    /// The close-on-exec error pipe's write end: a [`Report`] goes there.
+    pub err: RawFd,
+    /// The start pipe's read end, for a process that waits for `Start` once set up (it writes
+    /// [`Report::Ready`] first); `None` execs at once.
+    pub start: Option<RawFd>,
+}
+
+/// The host mode's child, in the agent's root (and an exec's, in the container's namespaces):
+/// sets the process up, waits for its start if it has to, and execs; returns only on failure.
+/// The container's init runs the same for its command.
+pub fn run(sys: &dyn Syscall, plan: &ExecPlan, stdio: ChildStdio, pipes: Pipes) -> Failure {
+    if let Err(failure) = setup_process(sys, plan, stdio, pipes) {
+        return failure;
+    }
+    if let Some(start) = pipes.start {
+        if let Err(e) = sys.write_fd(pipes.err, &READY) {
+            return Failure::at(Stage::Init)(e);
+        }
+        // No byte: the agent gave the container up; end without running anything.
+        if !matches!(sys.read_byte(start), Ok(true)) {
+            return Failure::at(Stage::Init)(io::Error::from_raw_os_error(libc::ECANCELED));
+        }
+        sys.close(start);
+    }
+    match load_seccomp_last(sys, &plan.security) {
         Ok(()) => exec(sys, plan),
         Err(failure) => failure,
     }
@@ -191,8 +238,9 @@ pub fn run_init(
     plan: &ExecPlan,
     container: &ContainerPlan,
     stdio: ChildStdio,
-    err: RawFd,
+    pipes: Pipes,
 ) -> Exit {
+    let err = pipes.err;
     if let Err(failure) = setup_container(sys, plan, container) {
         return Exit::Failed(failure);
     }
@@ -201,12 +249,12 @@ pub fn run_init(
     // `run` (system calls on the prepared plan) and then execs or reports and `_exit`s.
     match unsafe { sys.clone_process(fork) } {
         Err(e) => Exit::Failed(Failure::at(Stage::Init)(e)),
-        Ok(0) => Exit::Failed(run(sys, plan, stdio, err)),
+        Ok(0) => Exit::Failed(run(sys, plan, stdio, pipes)),
         Ok(command) => {
             // The copies of the agent's descriptors (the stdin pipe's write end, the
             // connection, the cgroup's directory) go first: nothing in the container may reach
             // them, not even through /proc/1/fd. The error pipe stays for a failure below.
-            close_all_but(sys, 0, err);
+            close_all_but(sys, 0, &[err]);
             // Nothing in the container keeps more privilege than the command: the init only
             // waits, forwards signals and reaps.
             let ids = Ids {
@@ -252,19 +300,23 @@ fn setup_container(sys: &dyn Syscall, plan: &ExecPlan, c: &ContainerPlan) -> Res
 }
 
 /// The command's part: default signals, its own session (with the pty as controlling terminal),
-/// stdio, limits, privileges and ids, working directory, and the seccomp filter last.
+/// stdio, limits, privileges and ids, working directory; [`run`] loads the seccomp filter last.
 fn setup_process(
     sys: &dyn Syscall,
     plan: &ExecPlan,
     stdio: ChildStdio,
-    err: RawFd,
+    pipes: Pipes,
 ) -> Result<(), Failure> {
     sys.reset_signals().map_err(Failure::at(Stage::Signals))?;
     sys.setsid().map_err(Failure::at(Stage::Session))?;
     install_stdio(sys, stdio)?;
-    // Only stdio and the (close-on-exec) error pipe are left: no descriptor of the agent's
-    // can serve as a way out of the root, e.g. as a working directory under /proc/self/fd.
-    close_all_but(sys, 3, err);
+    // Only stdio and the (close-on-exec) error and start pipes are left: no descriptor of the
+    // agent's can serve as a way out of the root, e.g. as a working directory under
+    // /proc/self/fd.
+    match pipes.start {
+        Some(start) => close_all_but(sys, 3, &[pipes.err.min(start), pipes.err.max(start)]),
+        None => close_all_but(sys, 3, &[pipes.err]),
+    }
     apply_limits(sys, &plan.security)?;
     let ids = Ids {
         uid: plan.uid,
@@ -283,15 +335,19 @@ fn setup_process(
         }
         Err(e) => return Err(Failure::at(Stage::Cwd)(e)),
     }
-    load_seccomp_last(sys, &plan.security)
+    Ok(())
 }
 
-/// Closes every descriptor from `first` on except `keep`.
-fn close_all_but(sys: &dyn Syscall, first: RawFd, keep: RawFd) {
-    if keep > first {
-        sys.close_range(first, keep - 1);
+/// Closes every descriptor from `first` on except those of `keep` (ascending, each >= `first`).
+fn close_all_but(sys: &dyn Syscall, first: RawFd, keep: &[RawFd]) {
+    let mut from = first;
+    for &fd in keep {
+        if fd > from {
+            sys.close_range(from, fd - 1);
+        }
+        from = from.max(fd + 1);
     }
-    sys.close_range(first.max(keep + 1), RawFd::MAX);
+    sys.close_range(from, RawFd::MAX);
 }
 
 fn install_stdio(sys: &dyn Syscall, stdio: ChildStdio) -> Result<(), Failure> {

@@ -6,7 +6,6 @@ use crate::container::security::{SeccompProgram, Security};
 use crate::container::{plan, spec};
 use crate::syscall::mock::Recorder;
 use oci_spec::runtime::Spec;
-use std::os::fd::RawFd;
 
 fn plan(args: &[&str], cwd: &str) -> ExecPlan {
     let spec = ProcessSpec {
@@ -39,7 +38,10 @@ const PIPES: ChildStdio = ChildStdio::Pipes {
 };
 
 /// The error pipe's write end.
-const ERR: RawFd = 9;
+const ERR: Pipes = Pipes {
+    err: 9,
+    start: None,
+};
 
 fn pos(lines: &[String], needle: &str) -> usize {
     lines

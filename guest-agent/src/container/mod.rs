@@ -1,9 +1,12 @@
 //! Creating the container and starting its process: the root ([`rootfs`]), the plan
-//! ([`plan`]), the forked child's setup ([`child`]), the loop of the container's init
-//! ([`supervisor`]) and the stdio the process gets (pipes or a [`pty`]).
+//! ([`plan`]), the fork ([`launch`]), the forked child's setup ([`child`]), the loop of the
+//! container's init ([`supervisor`]), the stdio the process gets (pipes or a [`pty`]), and
+//! processes started in the running container ([`exec`]).
 
 pub mod child;
+pub mod exec;
 pub mod guest_devices;
+pub mod launch;
 pub mod mountopts;
 pub mod mounts;
 pub mod passwd;
@@ -16,15 +19,16 @@ pub mod supervisor;
 pub mod user;
 pub mod volumes;
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::AsRawFd;
 
-use moat_protocol::{ErrorKind, FrameKind, RunRequest};
+use moat_protocol::{ErrorKind, RunRequest};
 
-use self::child::{ChildStdio, Exit, Failure, Stage, FAILURE_LEN};
+use self::child::{ChildStdio, Exit, Failure, Pipes, Stage};
+use self::launch::{abandon, end_child, open_stdio, pipe, release, spawn_err, AgentStdio, Held};
 use self::plan::{ExecPlan, PlanError, ProcessSpec};
 use self::rootfs::RootfsError;
-use self::security::Security;
+use self::security::{SeccompProgram, Security};
 use self::spec::{ContainerPlan, IdMaps};
 use self::user::ResolveError;
 use self::volumes::VolumeError;
@@ -124,33 +128,15 @@ pub struct Process {
     /// Its pid: in the guest mode, the container's init, which passes signals on to the command
     /// and exits with its status (128 + N for a death by signal N).
     pub pid: libc::pid_t,
-    /// Where its stdin is written (pipe write end, or a duplicate of the pty master).
-    pub stdin: OwnedFd,
-    /// Its output streams and the frame kind each is sent as.
-    pub outputs: Vec<(FrameKind, OwnedFd)>,
-    /// The pty master, for resizing, in terminal mode.
-    pub pty: Option<OwnedFd>,
-}
-
-fn spawn_err(what: &'static str) -> impl Fn(io::Error) -> ContainerError {
-    move |source| ContainerError::Spawn { what, source }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    /// The agent's ends of its stdio.
+    pub stdio: AgentStdio,
 }
 
 /// Names the command in a child failure.
-fn with_program(p: &ProcessSpec) -> impl Fn(ContainerError) -> ContainerError + '_ {
+pub(crate) fn with_program(program: &str) -> impl Fn(ContainerError) -> ContainerError + '_ {
     move |e| match e {
         ContainerError::Child { failure, .. } => ContainerError::Child {
-            program: p.args[0].clone(),
+            program: program.to_owned(),
             failure,
         },
         other => other,
@@ -178,7 +164,7 @@ fn is_file(path: &str) -> bool {
     std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
 }
 
-/// A request that passed every check [`start`] can make before it mounts anything.
+/// A request that passed every check [`create`] can make before it mounts anything.
 pub struct Checked {
     process: ProcessSpec,
     plan: ExecPlan,
@@ -202,82 +188,113 @@ pub fn check(req: &RunRequest, isolation: Isolation) -> Result<Checked, Containe
 }
 
 /// Mounts the volumes and the root of the [`check`]ed `req` (in [`Isolation::Container`]),
-/// then starts its process. `placed` is called with the pid of the container's init (of the
-/// process in the host mode) after the user namespace's id maps are written and before it goes
-/// on: the caller moves it into its cgroup there.
-pub fn start(
+/// then forks its process, which is set up up to its exec and waits for [`Created::start`].
+/// `placed` is called with the pid of the container's init (of the process in the host mode)
+/// after the user namespace's id maps are written and before it goes on: the caller moves it
+/// into its cgroup there.
+pub fn create(
     req: &RunRequest,
     checked: Checked,
     isolation: Isolation,
     reaper: &Reaper,
     placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
-) -> Result<Process, ContainerError> {
+) -> Result<Created, ContainerError> {
     let Checked {
         mut process,
         mut plan,
     } = checked;
     let container = match isolation {
         Isolation::None => None,
-        Isolation::Container => {
-            volumes::mount_all(&Linux, &req.volumes)?;
-            // Built again now that the volumes are mounted: a bind of a file needs a file.
-            let mut container = spec::build(&req.spec, &is_file)?;
-            if guest_devices::wanted(&req.spec) {
-                let found = guest_devices::scan(std::path::Path::new("/dev"))
-                    .map_err(spawn_err("reading the guest's /dev"))?;
-                guest_devices::add(&mut container, &found)?;
-            }
-            let readonly = req
-                .spec
-                .root()
-                .as_ref()
-                .is_some_and(|r| r.readonly() == Some(true));
-            let owner = container.userns.as_ref().map(|m| m.root);
-            rootfs::prepare(&Linux, &req.rootfs, &req.id, readonly, owner)?;
-            rootfs::check_pseudo_dirs()?;
-            Some(container)
-        }
+        Isolation::Container => Some(prepare_root(req)?),
     };
     resolve_user(req, isolation, &mut process, &mut plan)?;
+    let p = &process;
+    let owner = container_ids(
+        container.as_ref().and_then(|c| c.userns.as_ref()),
+        p.uid,
+        p.gid,
+    );
+    let stdio = open_stdio(p.terminal.then_some((p.rows, p.cols)), owner)?;
     let launch = Launch {
         plan: &plan,
         container: container.as_ref(),
         reaper,
     };
-    let p = &process;
-    if p.terminal {
-        let pty = pty::open(p.rows, p.cols).map_err(spawn_err("opening a pty"))?;
-        let owner = container_ids(container.as_ref(), p.uid, p.gid);
-        pty::give_to(&pty.slave, owner.0, owner.1)
-            .map_err(spawn_err("giving the pty to the user"))?;
-        let stdio = ChildStdio::Pty {
-            slave: pty.slave.as_raw_fd(),
-        };
-        let pid = launch.fork_exec(stdio, placed).map_err(with_program(p))?;
-        drop(pty.slave);
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(spawn_err("duplicating the pty"));
-        return Ok(Process {
-            pid,
-            stdin: dup(&pty.master)?,
-            outputs: vec![(FrameKind::Stdout, dup(&pty.master)?)],
-            pty: Some(pty.master),
-        });
-    }
-    let (stdin_r, stdin_w) = pipe().map_err(spawn_err("creating pipes"))?;
-    let (stdout_r, stdout_w) = pipe().map_err(spawn_err("creating pipes"))?;
-    let (stderr_r, stderr_w) = pipe().map_err(spawn_err("creating pipes"))?;
-    let stdio = ChildStdio::Pipes {
-        stdin: stdin_r.as_raw_fd(),
-        stdout: stdout_w.as_raw_fd(),
-        stderr: stderr_w.as_raw_fd(),
-    };
-    let pid = launch.fork_exec(stdio, placed).map_err(with_program(p))?;
-    Ok(Process {
-        pid,
-        stdin: stdin_w,
-        outputs: vec![(FrameKind::Stdout, stdout_r), (FrameKind::Stderr, stderr_r)],
-        pty: None,
+    let held = launch
+        .fork(stdio.child, placed)
+        .map_err(with_program(&p.args[0]))?;
+    drop(stdio.child_ends);
+    Ok(Created {
+        held,
+        stdio: stdio.agent,
+        program: p.args[0].clone(),
+        context: ExecContext {
+            isolation,
+            seccomp: plan.security.seccomp.clone(),
+            userns: container.and_then(|c| c.userns),
+        },
     })
+}
+
+/// Mounts the volumes and the container's root; the plan of the container.
+fn prepare_root(req: &RunRequest) -> Result<ContainerPlan, ContainerError> {
+    volumes::mount_all(&Linux, &req.volumes)?;
+    // Built again now that the volumes are mounted: a bind of a file needs a file.
+    let mut container = spec::build(&req.spec, &is_file)?;
+    if guest_devices::wanted(&req.spec) {
+        let found = guest_devices::scan(std::path::Path::new("/dev"))
+            .map_err(spawn_err("reading the guest's /dev"))?;
+        guest_devices::add(&mut container, &found)?;
+    }
+    let readonly = req
+        .spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly() == Some(true));
+    let owner = container.userns.as_ref().map(|m| m.root);
+    rootfs::prepare(&Linux, &req.rootfs, &req.id, readonly, owner)?;
+    rootfs::check_pseudo_dirs()?;
+    Ok(container)
+}
+
+/// What an exec into the container needs of it.
+#[derive(Clone)]
+pub struct ExecContext {
+    /// The container's confinement.
+    pub isolation: Isolation,
+    /// The container's seccomp filter, compiled at `Create`.
+    pub seccomp: Option<SeccompProgram>,
+    /// The user namespace's maps, if it has one (for the owner of an exec's pty).
+    pub userns: Option<IdMaps>,
+}
+
+/// A created container whose process waits for its start.
+pub struct Created {
+    held: Held,
+    stdio: AgentStdio,
+    program: String,
+    /// What execs into it need.
+    pub context: ExecContext,
+}
+
+impl Created {
+    /// The pid of the container's init (of the process in the host mode).
+    pub fn pid(&self) -> libc::pid_t {
+        self.held.pid
+    }
+
+    /// Lets the process exec its command; its stdio once it did.
+    pub fn start(self, reaper: &Reaper) -> Result<(Process, ExecContext), ContainerError> {
+        let pid = self
+            .held
+            .start(reaper)
+            .map_err(with_program(&self.program))?;
+        let process = Process {
+            pid,
+            stdio: self.stdio,
+        };
+        Ok((process, self.context))
+    }
 }
 
 /// Resolves the spec's [`moat_spec::USER_ANNOTATION`] user, if any, in the container's root (the
@@ -301,8 +318,8 @@ fn resolve_user(
 }
 
 /// The guest ids of container ids `uid`/`gid` (through the user namespace's maps, if any).
-fn container_ids(container: Option<&ContainerPlan>, uid: u32, gid: u32) -> (u32, u32) {
-    match container.and_then(|c| c.userns.as_ref()) {
+pub fn container_ids(userns: Option<&IdMaps>, uid: u32, gid: u32) -> (u32, u32) {
+    match userns {
         Some(maps) => (
             map_id(&maps.uid_map, uid).unwrap_or(uid),
             map_id(&maps.gid_map, gid).unwrap_or(gid),
@@ -326,7 +343,7 @@ fn write_id_maps(pid: libc::pid_t, maps: &IdMaps) -> io::Result<()> {
     std::fs::write(format!("/proc/{pid}/gid_map"), &maps.gid_map)
 }
 
-/// What [`Launch::fork_exec`] starts.
+/// What [`Launch::fork`] starts.
 struct Launch<'a> {
     plan: &'a ExecPlan,
     container: Option<&'a ContainerPlan>,
@@ -336,20 +353,26 @@ struct Launch<'a> {
 impl Launch<'_> {
     /// Forks (in the host mode) or clones the container's init (in the guest mode), which
     /// waits on the sync pipe until the agent has written the id maps and called `placed`;
-    /// the child then runs [`child::run`] or [`child::run_init`], and a failure is reported on
-    /// a close-on-exec pipe, so an end of file there means the exec succeeded.
-    fn fork_exec(
+    /// the child then runs [`child::run`] or [`child::run_init`] with a start pipe: the command
+    /// reports [`child::Report::Ready`] on the close-on-exec error pipe once set up and waits
+    /// for its start, a failure is reported there too.
+    fn fork(
         &self,
         stdio: ChildStdio,
         placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
-    ) -> Result<libc::pid_t, ContainerError> {
+    ) -> Result<Held, ContainerError> {
         let (err_r, err_w) = pipe().map_err(spawn_err("creating the error pipe"))?;
         let (sync_r, sync_w) = pipe().map_err(spawn_err("creating the sync pipe"))?;
+        let (start_r, start_w) = pipe().map_err(spawn_err("creating the start pipe"))?;
         let flags = match self.container {
             Some(c) => c.clone_flags,
             None => libc::SIGCHLD as libc::c_ulong,
         };
         let (plan, container) = (self.plan, self.container);
+        let pipes = Pipes {
+            err: err_w.as_raw_fd(),
+            start: Some(start_r.as_raw_fd()),
+        };
         let pid = self
             .reaper
             .spawn_registered(|| {
@@ -358,12 +381,12 @@ impl Launch<'_> {
                 // never returns here.
                 match unsafe { Linux.clone_process(flags)? } {
                     0 => {
-                        let err = err_w.as_raw_fd();
                         Linux.close(sync_w.as_raw_fd());
+                        Linux.close(start_w.as_raw_fd());
                         let exit = match Linux.read_byte(sync_r.as_raw_fd()) {
                             Ok(true) => match container {
-                                Some(c) => child::run_init(&Linux, plan, c, stdio, err),
-                                None => Exit::Failed(child::run(&Linux, plan, stdio, err)),
+                                Some(c) => child::run_init(&Linux, plan, c, stdio, pipes),
+                                None => Exit::Failed(child::run(&Linux, plan, stdio, pipes)),
                             },
                             _ => Exit::Code(127),
                         };
@@ -377,81 +400,24 @@ impl Launch<'_> {
             } else {
                 "fork"
             }))?;
-        drop((err_w, sync_r));
-        if let Err(e) = self.release(pid, sync_w, placed) {
-            self.abandon(pid);
+        drop((err_w, sync_r, start_r));
+        if let Err(e) = self.place(pid, placed).and_then(|()| release(sync_w)) {
+            abandon(self.reaper, pid);
             return Err(e);
         }
-        self.wait_for_exec(pid, err_r)
+        Held::wait_ready(self.reaper, pid, err_r, start_w)
     }
 
-    /// The parent's part while the child waits: id maps, `placed`, then one byte to go on.
-    fn release(
+    /// The parent's part while the child waits: id maps, then `placed`.
+    fn place(
         &self,
         pid: libc::pid_t,
-        sync_w: OwnedFd,
         placed: impl FnOnce(libc::pid_t) -> Result<(), ContainerError>,
     ) -> Result<(), ContainerError> {
         if let Some(maps) = self.container.and_then(|c| c.userns.as_ref()) {
             write_id_maps(pid, maps).map_err(spawn_err("writing the user namespace's id maps"))?;
         }
-        placed(pid)?;
-        std::fs::File::from(sync_w)
-            .write_all(b"g")
-            .map_err(spawn_err("releasing the container's init"))
-    }
-
-    /// Ends a child that will not be released.
-    fn abandon(&self, pid: libc::pid_t) {
-        // SAFETY: kill takes no pointers; the pid is our unreaped child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        self.reaper.forget(pid);
-    }
-
-    fn wait_for_exec(
-        &self,
-        pid: libc::pid_t,
-        err_r: OwnedFd,
-    ) -> Result<libc::pid_t, ContainerError> {
-        let mut report = Vec::with_capacity(FAILURE_LEN);
-        let read = std::fs::File::from(err_r)
-            .take(FAILURE_LEN as u64)
-            .read_to_end(&mut report);
-        match read {
-            Ok(0) => Ok(pid),
-            Ok(_) => {
-                self.reaper.forget(pid);
-                let failure = Failure::from_bytes(&report).unwrap_or(Failure {
-                    stage: Stage::Exec,
-                    errno: libc::EIO,
-                });
-                Err(ContainerError::Child {
-                    program: String::new(),
-                    failure,
-                })
-            }
-            Err(e) => {
-                self.reaper.forget(pid);
-                Err(spawn_err("reading the error pipe")(e))
-            }
-        }
-    }
-}
-
-/// Ends the child: a failure is written to the error pipe `err_w` first.
-fn end_child(err_w: libc::c_int, exit: Exit) -> ! {
-    match exit {
-        Exit::Failed(failure) => {
-            let bytes = failure.to_bytes();
-            // SAFETY: writes a local buffer to our pipe end, then ends the child without
-            // running any of the parent's exit handlers.
-            unsafe {
-                libc::write(err_w, bytes.as_ptr().cast(), FAILURE_LEN);
-                libc::_exit(127)
-            }
-        }
-        // SAFETY: ends the init without running any of the parent's exit handlers.
-        Exit::Code(code) => unsafe { libc::_exit(code) },
+        placed(pid)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Process, Spec};
 
 use super::security::Security;
 use crate::syscall::CStrArray;
@@ -71,10 +71,16 @@ pub struct ProcessSpec {
 impl ProcessSpec {
     /// The process of an OCI spec.
     pub fn from_oci(spec: &Spec) -> Result<Self, PlanError> {
-        let p = spec.process().as_ref().ok_or(PlanError::NoCommand)?;
+        Ok(Self::from_process(
+            spec.process().as_ref().ok_or(PlanError::NoCommand)?,
+        ))
+    }
+
+    /// The fields of an OCI process (the spec's or an exec's).
+    pub fn from_process(p: &Process) -> Self {
         let size = p.console_size();
         let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
-        Ok(Self {
+        Self {
             args: p.args().clone().unwrap_or_default(),
             env: p.env().clone().unwrap_or_default(),
             cwd: p.cwd().to_string_lossy().into_owned(),
@@ -84,7 +90,7 @@ impl ProcessSpec {
             terminal: p.terminal().unwrap_or(false),
             rows: size.map(|b| clamp(b.height())).unwrap_or(0),
             cols: size.map(|b| clamp(b.width())).unwrap_or(0),
-        })
+        }
     }
 }
 

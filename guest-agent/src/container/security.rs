@@ -136,6 +136,11 @@ impl Security {
     /// The security fields of `spec`'s process; fields the agent cannot honour are refused.
     pub fn from_oci(spec: &Spec) -> Result<Self, PlanError> {
         let p = spec.process().as_ref().ok_or(PlanError::NoCommand)?;
+        Self::from_process(p, seccomp_program(spec)?)
+    }
+
+    /// The security fields of process `p` (the spec's or an exec's), with `seccomp`.
+    pub fn from_process(p: &Process, seccomp: Option<SeccompProgram>) -> Result<Self, PlanError> {
         refuse_unsupported(p)?;
         let umask = p.user().umask();
         if umask.is_some_and(|m| m > 0o777) {
@@ -165,7 +170,7 @@ impl Security {
             oom_score_adj,
             caps: cap_sets(p),
             no_new_privs: p.no_new_privileges().unwrap_or(false),
-            seccomp: seccomp_program(spec)?,
+            seccomp,
         })
     }
 }

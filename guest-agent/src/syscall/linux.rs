@@ -469,6 +469,24 @@ impl Syscall for Linux {
             }
         }
     }
+
+    fn write_fd(&self, fd: RawFd, data: &[u8]) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `data`; the caller owns the descriptor.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize != data.len() => Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
+    }
+
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+        // SAFETY: setns takes a descriptor and a flag, no pointers.
+        if unsafe { libc::setns(fd, nstype) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 fn fd_result(ret: libc::c_long) -> io::Result<RawFd> {

@@ -289,6 +289,12 @@ impl Syscall for Recorder {
         self.record(format!("read_byte {fd}"))?;
         Ok(true)
     }
+    fn write_fd(&self, fd: RawFd, data: &[u8]) -> io::Result<()> {
+        self.record(format!("write_fd {fd} {}", data.len()))
+    }
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+        self.record(format!("setns {fd} {nstype:#x}"))
+    }
 }
 
 impl Recorder {

@@ -167,4 +167,8 @@ pub trait Syscall {
     fn loopback_up(&self) -> io::Result<()>;
     /// Reads one byte: `Ok(false)` at end of file.
     fn read_byte(&self, fd: RawFd) -> io::Result<bool>;
+    /// Writes all of `data` to `fd` in one write(2).
+    fn write_fd(&self, fd: RawFd, data: &[u8]) -> io::Result<()>;
+    /// setns(2): joins the namespace `fd` refers to (`nstype` one `CLONE_NEW*` flag).
+    fn setns(&self, fd: RawFd, nstype: libc::c_int) -> io::Result<()>;
 }
