@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -263,7 +263,13 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
         }
     });
     let code = shared.wait_ended();
-    let _ = control::send(stream, &Reply::Exited { code });
+    // A container that ended in an error (its VM died, the VMM was killed by its filter...)
+    // tells the attached client why; a normal end just gives the code.
+    let reply = match shared.state().error {
+        Some(message) => Reply::Error { message, code },
+        None => Reply::Exited { code },
+    };
+    let _ = control::send(stream, &reply);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = gone.join();
 }
@@ -311,7 +317,7 @@ fn pump_stdin_when_running(shared: Arc<Shared>, stdin: File) {
         .spawn(move || {
             if wait_running(&shared) {
                 if let Some(mux) = mux(&shared) {
-                    pump_stdin(&mux, MAIN_PROCESS, stdin);
+                    pump_stdin(&mux, MAIN_PROCESS, stdin, &AtomicBool::new(false));
                 }
             }
         });
@@ -331,10 +337,14 @@ fn close_stdin_when_running(shared: Arc<Shared>) {
         });
 }
 
-/// Copies `stdin` into process `id` until its end, then closes the process's stdin.
-fn pump_stdin(mux: &Mux, id: u32, mut stdin: File) {
+/// Copies `stdin` into process `id` until its end (or until `stop` is set: the process ended,
+/// and a client's terminal must not lose keystrokes to us), then closes the process's stdin.
+fn pump_stdin(mux: &Mux, id: u32, mut stdin: File, stop: &AtomicBool) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
+        if !readable(&stdin, stop) {
+            return;
+        }
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => match mux.stdin(id, &buf[..n]) {
@@ -346,6 +356,26 @@ fn pump_stdin(mux: &Mux, id: u32, mut stdin: File) {
         }
     }
     let _ = mux.send(&HostMessage::StdinEof { process: id });
+}
+
+/// Waits until `file` is readable; false once `stop` is set.
+fn readable(file: &File, stop: &AtomicBool) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut fds = [PollFd::new(file, PollFlags::IN)];
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        match poll(&mut fds, Some(&tick)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 fn exec(
@@ -422,12 +452,13 @@ fn run_exec(
     stdin: Option<File>,
 ) {
     let id = handle.id;
+    let stop = Arc::new(AtomicBool::new(false));
     match stdin {
         Some(stdin) => {
-            let m = Arc::clone(mux);
+            let (m, stop) = (Arc::clone(mux), Arc::clone(&stop));
             let _ = std::thread::Builder::new()
                 .name("exec-stdin".into())
-                .spawn(move || pump_stdin(&m, id, stdin));
+                .spawn(move || pump_stdin(&m, id, stdin, &stop));
         }
         None => {
             let _ = mux.send(&HostMessage::StdinEof { process: id });
@@ -460,6 +491,7 @@ fn run_exec(
             Err(_) => break error("the VM ended"),
         }
     };
+    stop.store(true, Ordering::Release);
     mux.finish(handle);
     tracing::debug!(id, secs = started.elapsed().as_secs_f64(), "exec ended");
     let _ = control::send(stream, &reply);

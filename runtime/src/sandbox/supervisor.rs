@@ -317,18 +317,16 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
             return run::EXIT_RUNTIME_ERROR;
         };
         match ev {
-            Ev::Cmd(Command::Start(reply)) => {
-                let answer = start(shared, rx, started);
-                if let Reply::Exited { code } = answer {
-                    let _ = reply.send(Reply::Error {
-                        message: "the container's process could not start".into(),
-                        code,
-                    });
+            Ev::Cmd(Command::Start(reply)) => match start(shared, rx, started) {
+                Ok(answer) => {
+                    started |= matches!(answer, Reply::Started { .. });
+                    let _ = reply.send(answer);
+                }
+                Err((message, code)) => {
+                    let _ = reply.send(Reply::Error { message, code });
                     return code;
                 }
-                started |= matches!(answer, Reply::Started { .. });
-                let _ = reply.send(answer);
-            }
+            },
             Ev::Cmd(Command::Kill(signo)) if !started => return 128 + signo,
             Ev::Cmd(Command::Kill(signo)) => signal_main(shared, signo),
             Ev::Main(ProcEvent::Exited(status)) => return run::exit_code(status),
@@ -353,20 +351,24 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
     }
 }
 
-/// Starts the main process; `Exited` when it failed to (the container is over).
-fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Reply {
+/// Starts the main process; an error (message, code) when it could not start, which ends the
+/// container.
+fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply, (String, i32)> {
     if started {
-        return Reply::Error {
+        return Ok(Reply::Error {
             message: "the container is already running".into(),
             code: run::EXIT_RUNTIME_ERROR,
-        };
+        });
     }
+    let fail = |message: String, code: i32| {
+        shared.update(|s| s.error = Some(message.clone()));
+        Err((message, code))
+    };
     let Some(mux) = mux_of(shared) else {
-        return not_yet();
+        return Ok(not_yet());
     };
     if let Err(e) = mux.send(&HostMessage::Start) {
-        tracing::warn!(error = %e, "cannot send start");
-        return Reply::Exited { code: run::EXIT_RUNTIME_ERROR };
+        return fail(crate::error_chain(&e), run::EXIT_RUNTIME_ERROR);
     }
     loop {
         match rx.recv() {
@@ -377,16 +379,22 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Reply {
                     s.started = Some(record::now());
                     s.starts += 1;
                 });
-                return Reply::Started { pid };
+                return Ok(Reply::Started { pid });
             }
             Ok(Ev::Main(ProcEvent::Failed(kind, message))) => {
-                shared.update(|s| s.error = Some(message));
-                return Reply::Exited { code: agent_code(kind) };
+                return fail(message, agent_code(kind));
             }
-            Ok(Ev::Vm(VmEvent::Gone(_))) | Err(_) => {
-                return Reply::Exited { code: run::EXIT_RUNTIME_ERROR };
+            Ok(Ev::Vm(VmEvent::Gone(reason))) => {
+                let reason = reason.unwrap_or_else(|| "the guest gave no reason".into());
+                return fail(
+                    format!("VM ended before the container started: {}", crate::console::sanitize(&reason)),
+                    run::EXIT_RUNTIME_ERROR,
+                );
             }
-            Ok(Ev::Cmd(Command::Kill(signo))) => return Reply::Exited { code: 128 + signo },
+            Err(_) => return fail("the supervisor lost its events".into(), run::EXIT_RUNTIME_ERROR),
+            Ok(Ev::Cmd(Command::Kill(signo))) => {
+                return fail(format!("killed by signal {signo} while starting"), 128 + signo);
+            }
             Ok(Ev::Cmd(Command::Start(reply))) => {
                 let _ = reply.send(Reply::Error {
                     message: "the container is being started".into(),
