@@ -1,0 +1,1 @@
+//! Execs (protocol v4): several processes at once in one container.
