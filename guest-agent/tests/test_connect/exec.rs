@@ -285,3 +285,147 @@ fn exec_errors_and_host_mode_refusals() {
     assert_eq!(exited(&seen, 2), Some(ExitStatus::Signaled { signo: 9 }));
     host.shutdown();
 }
+
+/// A filter that allows everything but `mknod`/`mknodat` (EPERM).
+fn no_mknod() -> oci::LinuxSeccomp {
+    let deny = oci::LinuxSyscallBuilder::default()
+        .names(vec!["mknod".to_string(), "mknodat".to_string()])
+        .action(oci::LinuxSeccompAction::ScmpActErrno)
+        .build()
+        .unwrap();
+    oci::LinuxSeccompBuilder::default()
+        .default_action(oci::LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![deny])
+        .build()
+        .unwrap()
+}
+
+fn ns_link(pid: i32, ns: &str) -> String {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    link.display().to_string()
+}
+
+const EXEC_SCRIPT: &str = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+    hostname; echo $$; ls /bin/busybox; test -e /work && echo host-root; \
+    mknod /tmp/fifo p 2>/dev/null || echo mknod-denied; echo ready; read x";
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_exec_joins_the_container() {
+    let mut s = spec(&["sh", "-c", "read x; exit 5"]).to_oci(Some("box"), false);
+    s.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(no_mknod()));
+    let (mut host, _dev, started) = isolated_spec_request(s, vec![]);
+    let init = started.unwrap();
+    // The exec's own capabilities and no_new_privs; the container's filter.
+    let caps_of =
+        |list: &[oci::Capability]| -> oci::Capabilities { list.iter().copied().collect() };
+    let mut p = spec(&["sh", "-c", EXEC_SCRIPT]).to_oci(None, false);
+    let process = p.process_mut().as_mut().unwrap();
+    let set = caps_of(&[oci::Capability::Chown, oci::Capability::Kill]);
+    let capabilities = oci::LinuxCapabilitiesBuilder::default()
+        .bounding(caps_of(&[
+            oci::Capability::Chown,
+            oci::Capability::Kill,
+            oci::Capability::Setuid,
+        ]))
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(caps_of(&[]))
+        .ambient(caps_of(&[]))
+        .build()
+        .unwrap();
+    process.set_capabilities(Some(capabilities));
+    process.set_no_new_privileges(Some(true));
+    host.send(&HostMessage::Exec(Box::new(ExecRequest {
+        process: 2,
+        spec: p.process().clone().unwrap(),
+        user: None,
+    })));
+    let pid = match host.recv_control() {
+        AgentMessage::Started { process: 2, pid } => pid,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    let mut seen = Seen::default();
+    host.watch(&mut seen, None, |s| {
+        text(s, 2).contains("ready") || !s.exited.is_empty()
+    });
+    let out = text(&seen, 2);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "CapEff:\t0000000000000021",
+            "CapBnd:\t00000000000000a1",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ],
+        "{out}"
+    );
+    assert_eq!(lines[4], "box", "{out}");
+    let inner: i32 = lines[5].parse().unwrap();
+    assert!(
+        inner > 2 && inner != pid,
+        "pid {inner} in the container, {pid} outside"
+    );
+    assert_eq!(
+        lines[6..],
+        ["/bin/busybox", "mknod-denied", "ready"],
+        "{out}"
+    );
+    // Every namespace and the cgroup of the container's init, seen from the host.
+    for ns in ["mnt", "pid", "net", "uts", "ipc", "cgroup"] {
+        assert_eq!(ns_link(pid, ns), ns_link(init, ns), "{ns}");
+        assert_ne!(
+            ns_link(pid, ns),
+            ns_link(std::process::id() as i32, ns),
+            "{ns}"
+        );
+    }
+    let cgroup = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(cgroup(pid), cgroup(init));
+    assert!(
+        cgroup(pid).contains("0::/containers/iso"),
+        "{}",
+        cgroup(pid)
+    );
+    // The container requests work on that cgroup.
+    host.send(&HostMessage::ListProcesses);
+    let pids = match host.recv_control() {
+        AgentMessage::Processes { pids } => pids,
+        other => panic!("expected Processes, got {other:?}"),
+    };
+    assert!(pids.contains(&init) && pids.contains(&pid), "{pids:?}");
+    assert!(pids.windows(2).all(|w| w[0] < w[1]), "{pids:?}");
+    for msg in [HostMessage::Pause, HostMessage::Resume] {
+        host.send(&msg);
+        assert_eq!(host.recv_control(), AgentMessage::Done, "{msg:?}");
+    }
+    let mut pids_limit = oci::LinuxResources::default();
+    pids_limit.set_pids(Some(
+        oci::LinuxPidsBuilder::default().limit(64).build().unwrap(),
+    ));
+    host.send(&HostMessage::Update(Box::new(pids_limit)));
+    match host.recv_control() {
+        AgentMessage::Done => {}
+        // A host whose cgroup2 hierarchy has no pids controller refuses the limit.
+        AgentMessage::Error {
+            process: None,
+            message,
+            ..
+        } => {
+            assert!(message.contains("pids"), "{message}")
+        }
+        other => panic!("expected Done, got {other:?}"),
+    }
+    host.send(&HostMessage::StdinEof { process: 2 });
+    host.watch(&mut seen, None, |s| exited(s, 2).is_some());
+    // `read` at end of file fails: the script's status.
+    assert_eq!(exited(&seen, 2), Some(ExitStatus::Code { code: 1 }));
+    host.eof();
+    let out = host.collect();
+    assert_eq!(out.status, Some(ExitStatus::Code { code: 5 }));
+    host.shutdown();
+}
