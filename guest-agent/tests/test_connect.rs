@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameKind,
-    HostMessage, RootfsSpec, RunRequest, VolumeSpec, MAX_PAYLOAD, PROTOCOL_VERSION,
+    HostMessage, OutputStream, RootfsSpec, RunRequest, VolumeSpec, MAIN_PROCESS, MAX_PAYLOAD,
+    PROTOCOL_VERSION,
 };
 use oci_spec::runtime as oci;
 
@@ -134,11 +135,42 @@ impl Host {
     }
 
     fn send(&mut self, msg: &HostMessage) {
-        write_frame(&mut self.conn, FrameKind::Control, &encode(msg)).unwrap();
+        write_frame(&mut self.conn, FrameKind::Control, 0, &encode(msg)).unwrap();
     }
 
     fn stdin(&mut self, data: &[u8]) {
-        write_frame(&mut self.conn, FrameKind::Stdin, data).unwrap();
+        self.stdin_to(MAIN_PROCESS, data);
+    }
+
+    fn stdin_to(&mut self, process: u32, data: &[u8]) {
+        write_frame(&mut self.conn, FrameKind::Stdin, process, data).unwrap();
+    }
+
+    fn eof(&mut self) {
+        self.send(&HostMessage::StdinEof {
+            process: MAIN_PROCESS,
+        });
+    }
+
+    fn signal(&mut self, signo: i32) {
+        self.send(&HostMessage::Signal {
+            process: MAIN_PROCESS,
+            signo,
+            all: false,
+        });
+    }
+
+    /// Credits a data frame the test has read.
+    fn credit(&mut self, kind: FrameKind, process: u32, bytes: usize) {
+        let stream = match kind {
+            FrameKind::Stderr => OutputStream::Stderr,
+            _ => OutputStream::Stdout,
+        };
+        self.send(&HostMessage::Credit {
+            process,
+            stream,
+            bytes: bytes as u32,
+        });
     }
 
     fn recv_control(&mut self) -> AgentMessage {
@@ -161,29 +193,57 @@ impl Host {
         self.run_request(req)
     }
 
+    /// `Create`, then `Start`: the pid of the started process.
     fn run_request(&mut self, req: RunRequest) -> Result<i32, (ErrorKind, String)> {
-        self.send(&HostMessage::Run(Box::new(req)));
+        self.send(&HostMessage::Create(Box::new(req)));
         match self.recv_control() {
-            AgentMessage::Started { pid } => Ok(pid),
-            AgentMessage::Error { kind, message } => Err((kind, message)),
+            AgentMessage::Created { .. } => {}
+            AgentMessage::Error {
+                process: Some(MAIN_PROCESS),
+                kind,
+                message,
+            } => return Err((kind, message)),
+            other => panic!("expected Created, got {other:?}"),
+        }
+        self.send(&HostMessage::Start);
+        match self.recv_control() {
+            AgentMessage::Started {
+                process: MAIN_PROCESS,
+                pid,
+            } => Ok(pid),
+            AgentMessage::Error {
+                process: Some(MAIN_PROCESS),
+                kind,
+                message,
+            } => Err((kind, message)),
             other => panic!("expected Started, got {other:?}"),
         }
     }
 
-    /// Reads frames until `Exited`.
+    /// Reads frames until the main process's `Exited`, crediting output.
     fn collect(&mut self) -> Output {
         let mut out = Output::default();
         loop {
             let frame = read_frame(&mut self.conn).unwrap();
             match frame.kind {
-                FrameKind::Stdout => out.stdout.extend(frame.payload),
-                FrameKind::Stderr => out.stderr.extend(frame.payload),
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    assert_eq!(frame.process, MAIN_PROCESS);
+                    self.credit(frame.kind, frame.process, frame.payload.len());
+                    match frame.kind {
+                        FrameKind::Stdout => out.stdout.extend(frame.payload),
+                        _ => out.stderr.extend(frame.payload),
+                    }
+                }
                 FrameKind::Control => match decode(&frame.payload).unwrap() {
-                    AgentMessage::Exited { status } => {
+                    AgentMessage::Exited {
+                        process: MAIN_PROCESS,
+                        status,
+                    } => {
                         out.status = Some(status);
                         return out;
                     }
-                    AgentMessage::Error { kind, message } => out.error = Some((kind, message)),
+                    AgentMessage::Error { kind, message, .. } => out.error = Some((kind, message)),
+                    AgentMessage::StdinCredit { .. } => {}
                     other => panic!("unexpected {other:?}"),
                 },
                 FrameKind::Stdin => panic!("stdin frame from the agent"),
@@ -203,7 +263,7 @@ fn stdout_stderr_and_exit_code() {
     let mut host = Host::start();
     host.run(spec(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
         .unwrap();
-    host.send(&HostMessage::StdinEof);
+    host.eof();
     let out = host.collect();
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
@@ -218,7 +278,7 @@ fn stdin_round_trip_and_large_output() {
         .unwrap();
     host.stdin(b"hello ");
     host.stdin(b"agent\n");
-    host.send(&HostMessage::StdinEof);
+    host.eof();
     let out = host.collect();
     assert_eq!(&out.stdout[..12], b"hello agent\n");
     assert_eq!(out.stdout.len(), 12 + 3_000_000);
@@ -250,7 +310,7 @@ fn exec_errors() {
 fn signals_reach_the_process() {
     let mut host = Host::start();
     host.run(spec(&["sleep", "30"])).unwrap();
-    host.send(&HostMessage::Signal { signo: SIGTERM });
+    host.signal(SIGTERM);
     let out = host.collect();
     assert_eq!(out.status, Some(ExitStatus::Signaled { signo: SIGTERM }));
     host.shutdown();
@@ -271,13 +331,15 @@ fn background_children_do_not_hold_exited_back() {
 fn process_that_never_reads_stdin() {
     let mut host = Host::start();
     host.run(spec(&["sh", "-c", "sleep 1; exit 4"])).unwrap();
-    // Much more than a pipe and the agent's queue hold; the connection must keep flowing.
+    // A whole stdin window, far more than a pipe holds; the connection must keep flowing, and
+    // what the process never read is dropped and credited.
     let chunk = vec![b'x'; 256 * 1024];
-    for _ in 0..40 {
+    for _ in 0..moat_protocol::WINDOW as usize / chunk.len() {
         host.stdin(&chunk);
     }
     let out = host.collect();
     assert_eq!(out.status, Some(ExitStatus::Code { code: 4 }));
+    assert_eq!(out.error, None);
     host.shutdown();
 }
 
@@ -359,7 +421,7 @@ fn isolated_run(readonly: bool, terminal: bool, cwd: &str, script: &str) -> Outp
     process.cwd = cwd.into();
     process.terminal = terminal;
     let (mut host, _dev) = isolated_start(readonly, process);
-    host.send(&HostMessage::StdinEof);
+    host.eof();
     let out = host.collect();
     host.shutdown();
     out
@@ -407,7 +469,7 @@ fn isolated_spec_request(
 fn run_spec(spec: oci::Spec, volumes: Vec<VolumeSpec>) -> Output {
     let (mut host, _dev, started) = isolated_spec_request(spec, volumes);
     started.unwrap();
-    host.send(&HostMessage::StdinEof);
+    host.eof();
     let out = host.collect();
     host.shutdown();
     out
@@ -496,7 +558,7 @@ fn isolated_pid_namespace() {
 #[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
 fn isolated_signals_reach_the_command() {
     let (mut host, _dev) = isolated_start(false, spec(&["sleep", "30"]));
-    host.send(&HostMessage::Signal { signo: SIGTERM });
+    host.signal(SIGTERM);
     let out = host.collect();
     assert_eq!(
         out.status,
@@ -541,7 +603,7 @@ fn isolated_poweroff_ends_only_the_container() {
         process.set_capabilities(Some(caps.clone()));
         let (mut host, _dev, started) = isolated_spec_request(s.clone(), vec![]);
         started.unwrap();
-        host.send(&HostMessage::StdinEof);
+        host.eof();
         let out = host.collect();
         assert_eq!(out.status, Some(ExitStatus::Signaled { signo }), "{out:?}");
         host.shutdown();
@@ -550,3 +612,6 @@ fn isolated_poweroff_ends_only_the_container() {
 
 #[path = "test_connect/full_spec.rs"]
 mod full_spec;
+
+#[path = "test_connect/exec.rs"]
+mod exec;

@@ -400,3 +400,39 @@ fn failure_encoding() {
     assert_eq!(Failure::from_bytes(&[0; FAILURE_LEN]), None);
     assert_eq!(Failure::from_bytes(&[1, 0, 0]), None);
 }
+
+#[test]
+fn a_held_process_reports_ready_and_waits_before_its_filter_and_exec() {
+    let sys = Recorder::default();
+    let pipes = Pipes {
+        err: 9,
+        start: Some(13),
+    };
+    let mut p = plan(&["/bin/true"], "/");
+    p.security.no_new_privs = true;
+    p.security.seccomp = Some(SeccompProgram {
+        filter: vec![],
+        flags: 0,
+    });
+    run(&sys, &p, PIPES, pipes);
+    let lines = sys.lines();
+    // Both pipes stay open through the descriptor sweep.
+    assert!(lines.contains(&"close_range 3 8".to_string()), "{lines:#?}");
+    assert!(
+        lines.contains(&"close_range 10 12".to_string()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"close_range 14 2147483647".to_string()),
+        "{lines:#?}"
+    );
+    let (cwd, ready, wait, closed) = (
+        pos(&lines, "getcwd"),
+        pos(&lines, "write_fd 9 8"),
+        pos(&lines, "read_byte 13"),
+        pos(&lines, "close 13"),
+    );
+    let (filter, exec) = (pos(&lines, "seccomp"), pos(&lines, "execve"));
+    assert!(cwd < ready && ready < wait && wait < closed, "{lines:#?}");
+    assert!(closed < filter && filter < exec, "{lines:#?}");
+}
