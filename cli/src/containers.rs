@@ -132,7 +132,15 @@ pub fn ps(root: &Path, args: &PsArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let header = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"];
+    let header = [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ];
     print_table(&header, &rows);
     Ok(())
 }
@@ -198,7 +206,11 @@ pub fn stop(root: &Path, args: &StopArgs) -> anyhow::Result<()> {
     for_each(&args.names, |name| {
         let c = find(root, name)?;
         if c.is_live() {
-            check(client::request(&c.dir, c.name(), &Request::Stop { timeout: args.time })?)?;
+            check(client::request(
+                &c.dir,
+                c.name(),
+                &Request::Stop { timeout: args.time },
+            )?)?;
         }
         Ok(Some(name.to_owned()))
     })
@@ -214,7 +226,11 @@ pub fn kill(root: &Path, names: &[String], signo: i32) -> anyhow::Result<()> {
                 c.plan.long_id
             );
         }
-        check(client::request(&c.dir, c.name(), &Request::Signal { signo, all: false })?)?;
+        check(client::request(
+            &c.dir,
+            c.name(),
+            &Request::Signal { signo, all: false },
+        )?)?;
         Ok(Some(name.to_owned()))
     })
 }
@@ -234,7 +250,10 @@ pub fn wait(root: &Path, names: &[String]) -> anyhow::Result<()> {
             }
         }
         let c = find(root, name)?;
-        let code = c.state.exit_code.unwrap_or(if c.is_dead() { 255 } else { 0 });
+        let code = c
+            .state
+            .exit_code
+            .unwrap_or(if c.is_dead() { 255 } else { 0 });
         Ok(Some(code.to_string()))
     })
 }
@@ -305,7 +324,11 @@ pub fn restart(root: &Path, args: &StopArgs) -> anyhow::Result<()> {
     for_each(&args.names, |name| {
         let c = find(root, name)?;
         if c.is_live() {
-            check(client::request(&c.dir, c.name(), &Request::Stop { timeout: args.time })?)?;
+            check(client::request(
+                &c.dir,
+                c.name(),
+                &Request::Stop { timeout: args.time },
+            )?)?;
         }
         start_one(&find(root, name)?)?;
         Ok(Some(name.to_owned()))
@@ -319,7 +342,11 @@ pub fn pause(root: &Path, names: &[String], pause: bool) -> anyhow::Result<()> {
         if !c.is_live() {
             bail!("Container {} is not running", c.plan.long_id);
         }
-        let req = if pause { Request::Pause } else { Request::Resume };
+        let req = if pause {
+            Request::Pause
+        } else {
+            Request::Resume
+        };
         check(client::request(&c.dir, c.name(), &req)?)?;
         Ok(Some(name.to_owned()))
     })

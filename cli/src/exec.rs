@@ -67,8 +67,8 @@ pub fn exec(root: &Path, args: &ExecArgs) -> anyhow::Result<i32> {
         process.set_cwd(dir.into());
     }
     if args.tty {
-        let (rows, cols) = moat_runtime::terminal::window_size()
-            .unwrap_or(moat_runtime::terminal::DEFAULT_SIZE);
+        let (rows, cols) =
+            moat_runtime::terminal::window_size().unwrap_or(moat_runtime::terminal::DEFAULT_SIZE);
         let size = oci_spec::runtime::BoxBuilder::default()
             .height(u64::from(rows))
             .width(u64::from(cols))
@@ -98,5 +98,13 @@ pub fn exec(root: &Path, args: &ExecArgs) -> anyhow::Result<i32> {
         user,
     };
     let target = attach::forward_signals()?;
-    Ok(attach::exec(&c.dir, c.name(), &req, stdin, args.tty, args.detach, &target)?)
+    Ok(attach::exec(
+        &c.dir,
+        c.name(),
+        &req,
+        stdin,
+        args.tty,
+        args.detach,
+        &target,
+    )?)
 }

@@ -35,8 +35,9 @@ pub struct LogsArgs {
 fn time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<std::time::SystemTime>> {
     text.as_deref()
         .map(|t| {
-            moat_logs::time::parse_rfc3339(t)
-                .ok_or_else(|| anyhow::anyhow!("invalid value {t:?} for {flag}: expected an RFC 3339 time"))
+            moat_logs::time::parse_rfc3339(t).ok_or_else(|| {
+                anyhow::anyhow!("invalid value {t:?} for {flag}: expected an RFC 3339 time")
+            })
         })
         .transpose()
 }
@@ -49,10 +50,9 @@ pub fn logs(root: &Path, args: &LogsArgs) -> anyhow::Result<()> {
     }
     let tail = match args.tail.as_deref() {
         None | Some("all") => None,
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| anyhow::anyhow!("invalid value {n:?} for --tail: expected a number or all"))?,
-        ),
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            anyhow::anyhow!("invalid value {n:?} for --tail: expected a number or all")
+        })?),
     };
     let options = moat_logs::ReadOptions {
         tail,
@@ -75,7 +75,10 @@ fn vm_logs(c: &Container) -> anyhow::Result<()> {
     } else {
         c.dir.join(moat_runtime::state::CONSOLE_COPY)
     };
-    for (title, path) in [("guest console", console), ("moat-vmm log", c.dir.join("vmm.log"))] {
+    for (title, path) in [
+        ("guest console", console),
+        ("moat-vmm log", c.dir.join("vmm.log")),
+    ] {
         println!("==> {title}: {}", path.display());
         match std::fs::read(&path) {
             Ok(bytes) => {

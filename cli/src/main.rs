@@ -286,7 +286,6 @@ fn run(
     })
 }
 
-
 /// Parses the command line as docker does its own: help, version and a bare `moat` (its usage)
 /// print to stdout and exit 0; bad input prints one line and exits 125.
 fn parse() -> Result<Cli, ExitCode> {

@@ -18,7 +18,11 @@ pub fn parse(text: &str) -> Option<i32> {
         return Some(i as i32 + 1);
     }
     let rt = |base: i32, rest: &str| -> Option<i32> {
-        let off: i32 = if rest.is_empty() { 0 } else { rest.parse().ok()? };
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().ok()?
+        };
         Some(base + off)
     };
     let n = if let Some(rest) = name.strip_prefix("RTMIN") {

@@ -266,10 +266,7 @@ fn reuse_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Disk
     let path = scratch_path(data_root, id);
     let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
     let mut scratch = if is_file {
-        Scratch {
-            path,
-            keep: false,
-        }
+        Scratch { path, keep: false }
     } else {
         create_scratch(data_root, id, bytes)?
     };

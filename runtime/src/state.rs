@@ -133,7 +133,12 @@ impl StateDir {
             match std::fs::remove_dir_all(&vm_dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StateError::Create { path: vm_dir, source }),
+                Err(source) => {
+                    return Err(StateError::Create {
+                        path: vm_dir,
+                        source,
+                    })
+                }
             }
             moat_jail::layout::ensure_dir(&vm_dir, moat_jail::layout::ROOT_MODE)?;
         }
@@ -159,7 +164,10 @@ impl StateDir {
         let _ = std::fs::remove_file(self.vmm_pid());
         let _ = std::fs::remove_file(self.agent_listener());
         let _ = std::fs::remove_file(self.vsock_uds());
-        let packed = std::fs::read_dir(&self.path).into_iter().flatten().flatten();
+        let packed = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten();
         for entry in packed {
             let name = entry.file_name();
             let name = name.to_string_lossy();

@@ -311,9 +311,16 @@ pub fn assert_nothing_left(name: &str) {
         "scratch disk {} left behind",
         scratch.display()
     );
-    let data = scratch.parent().and_then(Path::parent).map(|root| root.join("containers").join(name));
+    let data = scratch
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("containers").join(name));
     if let Some(data) = data {
-        assert!(!data.exists(), "container data {} left behind", data.display());
+        assert!(
+            !data.exists(),
+            "container data {} left behind",
+            data.display()
+        );
     }
     let supervisors = processes_mentioning("__supervise", &format!("/run/moat/{name}"));
     assert!(

@@ -48,7 +48,11 @@ impl Detached {
             if logs.out().contains(text) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{text:?} not logged: {}", logs.diagnostics());
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not logged: {}",
+                logs.diagnostics()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -76,22 +80,56 @@ fn detached_container_lives_execs_logs_and_stops() {
     c.wait_log("started");
     let ps = moat(&["ps"], None);
     ps.expect_code(0);
-    let line = ps.out().lines().find(|l| l.contains(&c.name)).map(str::to_owned);
+    let line = ps
+        .out()
+        .lines()
+        .find(|l| l.contains(&c.name))
+        .map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("not in ps: {}", ps.diagnostics()));
-    assert!(line.starts_with(&c.id[..12]) && line.contains("Up"), "{line}");
+    assert!(
+        line.starts_with(&c.id[..12]) && line.contains("Up"),
+        "{line}"
+    );
     assert!(moat(&["ps", "-q"], None).out().contains(&c.id[..12]));
 
     let out = c.exec(&[], &["sh", "-c", "echo inside; exit 3"], None);
-    assert_eq!((out.code, out.out().as_str()), (3, "inside\n"), "{}", out.diagnostics());
+    assert_eq!(
+        (out.code, out.out().as_str()),
+        (3, "inside\n"),
+        "{}",
+        out.diagnostics()
+    );
     let out = c.exec(&["-i"], &["cat"], Some(b"through stdin"));
     assert_eq!(out.out(), "through stdin", "{}", out.diagnostics());
-    let out = c.exec(&["-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000"], &["sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)"], None);
+    let out = c.exec(
+        &["-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000"],
+        &["sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)"],
+        None,
+    );
     assert_eq!(out.out(), "bar /tmp 1000:1000\n", "{}", out.diagnostics());
     // The exec'd process gets the container's own capabilities, no_new_privs and seccomp.
-    let exec_status = c.exec(&[], &["grep", "-E", "CapEff|Seccomp:|NoNewPrivs", "/proc/self/status"], None);
+    let exec_status = c.exec(
+        &[],
+        &[
+            "grep",
+            "-E",
+            "CapEff|Seccomp:|NoNewPrivs",
+            "/proc/self/status",
+        ],
+        None,
+    );
     let logs = c.moat(&["logs"]).out();
-    let main_status: String = logs.lines().filter(|l| !l.contains("started")).map(|l| format!("{l}\n")).collect();
-    assert_eq!(exec_status.out(), main_status, "{}", exec_status.diagnostics());
+    let main_status: String = logs
+        .lines()
+        .filter(|l| !l.contains("started"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        exec_status.out(),
+        main_status,
+        "{}",
+        exec_status.diagnostics()
+    );
     assert!(main_status.contains("Seccomp:\t2"), "{main_status}");
 
     let inspect = c.moat(&["inspect"]);
@@ -99,12 +137,24 @@ fn detached_container_lives_execs_logs_and_stops() {
     let json: serde_json::Value = serde_json::from_str(&inspect.out()).expect("inspect JSON");
     assert_eq!(json[0]["Id"], c.id.as_str());
     assert_eq!(json[0]["State"]["Status"], "running");
-    assert!(json[0]["VM"]["VmmPid"].as_u64().is_some_and(|p| p > 0), "{json}");
-    assert!(json[0]["VM"]["Uid"].as_u64().is_some_and(|u| u >= 1_000_000), "{json}");
+    assert!(
+        json[0]["VM"]["VmmPid"].as_u64().is_some_and(|p| p > 0),
+        "{json}"
+    );
+    assert!(
+        json[0]["VM"]["Uid"]
+            .as_u64()
+            .is_some_and(|u| u >= 1_000_000),
+        "{json}"
+    );
 
     let rm = c.moat(&["rm"]);
     assert_eq!(rm.code, 125);
-    assert!(rm.err().contains("You cannot remove a running container"), "{}", rm.diagnostics());
+    assert!(
+        rm.err().contains("You cannot remove a running container"),
+        "{}",
+        rm.diagnostics()
+    );
 
     c.moat(&["stop"]).expect_code(0);
     assert_eq!(c.moat(&["wait"]).out().trim(), "7");
@@ -113,9 +163,17 @@ fn detached_container_lives_execs_logs_and_stops() {
     c.moat(&["stop"]).expect_code(0);
     let out = c.exec(&[], &["true"], None);
     assert_eq!(out.code, 125, "{}", out.diagnostics());
-    assert!(out.err().contains("is not running"), "{}", out.diagnostics());
+    assert!(
+        out.err().contains("is not running"),
+        "{}",
+        out.diagnostics()
+    );
     let ps = moat(&["ps", "-a"], None).out();
-    assert!(ps.lines().any(|l| l.contains(&c.name) && l.contains("Exited (7)")), "{ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.contains(&c.name) && l.contains("Exited (7)")),
+        "{ps}"
+    );
     assert!(!moat(&["ps"], None).out().contains(&c.name));
 }
 
@@ -124,12 +182,20 @@ fn stop_kills_after_the_grace_period_and_start_keeps_the_files() {
     if !vm_available("stop_kills_after_the_grace_period_and_start_keeps_the_files") {
         return;
     }
-    let c = Detached::start("grace", &[], "trap '' TERM; echo started; while true; do sleep 0.2; done");
+    let c = Detached::start(
+        "grace",
+        &[],
+        "trap '' TERM; echo started; while true; do sleep 0.2; done",
+    );
     c.wait_log("started");
-    c.exec(&[], &["sh", "-c", "echo kept > /data"], None).expect_code(0);
+    c.exec(&[], &["sh", "-c", "echo kept > /data"], None)
+        .expect_code(0);
     let begin = Instant::now();
     c.moat(&["stop", "-t", "2"]).expect_code(0);
-    assert!(begin.elapsed() >= Duration::from_secs(2), "stop did not wait for the grace period");
+    assert!(
+        begin.elapsed() >= Duration::from_secs(2),
+        "stop did not wait for the grace period"
+    );
     assert_eq!(c.moat(&["wait"]).out().trim(), "137");
     c.moat(&["start"]).expect_code(0);
     let out = c.exec(&[], &["cat", "/data"], None);
@@ -154,7 +220,10 @@ fn logs_follow_kill_signal_and_parallel_execs() {
             let name = c.name.clone();
             std::thread::spawn(move || {
                 let text = format!("exec {i}");
-                let out = moat(&["exec", &name, "sh", "-c", &format!("sleep 1; echo {text}")], None);
+                let out = moat(
+                    &["exec", &name, "sh", "-c", &format!("sleep 1; echo {text}")],
+                    None,
+                );
                 (out.code, out.out(), text)
             })
         })
@@ -170,7 +239,10 @@ fn logs_follow_kill_signal_and_parallel_execs() {
     let followed = follower.join().expect("follower");
     followed.expect_code(0);
     let text = followed.out();
-    assert!(text.ends_with("usr1\n") && text.lines().count() >= 3, "{text}");
+    assert!(
+        text.ends_with("usr1\n") && text.lines().count() >= 3,
+        "{text}"
+    );
     assert_eq!(c.moat(&["wait"]).out().trim(), "5");
 }
 
@@ -187,7 +259,10 @@ fn racing_removals_leave_one_result() {
             std::thread::spawn(move || moat(&["rm", "-f", &name], None))
         })
         .collect();
-    let codes: Vec<i32> = racers.into_iter().map(|r| r.join().expect("racer").code).collect();
+    let codes: Vec<i32> = racers
+        .into_iter()
+        .map(|r| r.join().expect("racer").code)
+        .collect();
     assert!(codes.contains(&0), "{codes:?}");
     assert_nothing_left(&c.name);
     // Already gone: the drop's rm -f fails, which the drop tolerates only if we forget it.
@@ -214,13 +289,23 @@ fn a_killed_supervisor_or_vmm_leaves_a_container_rm_can_remove() {
             );
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        let expected = if victim == "supervisor" { "Dead" } else { "Exited" };
+        let expected = if victim == "supervisor" {
+            "Dead"
+        } else {
+            "Exited"
+        };
         loop {
             let ps = moat(&["ps", "-a"], None).out();
-            if ps.lines().any(|l| l.contains(&c.name) && l.contains(expected)) {
+            if ps
+                .lines()
+                .any(|l| l.contains(&c.name) && l.contains(expected))
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "after killing the {victim}: {ps}");
+            assert!(
+                Instant::now() < deadline,
+                "after killing the {victim}: {ps}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         // Dropping runs rm -f and the leak check.
@@ -240,12 +325,20 @@ fn bad_input_is_one_line_and_125() {
     ] {
         let out = moat(args, None);
         assert_eq!(out.code, 125, "{args:?}: {}", out.diagnostics());
-        assert_eq!(out.err(), "moat: No such container: no-such-container-x\n", "{args:?}");
+        assert_eq!(
+            out.err(),
+            "moat: No such container: no-such-container-x\n",
+            "{args:?}"
+        );
     }
     let c = Detached::start("taken", &[], "echo started; exec sleep 600");
     let out = moat(&["run", "-d", "--name", &c.name, "--", "true"], None);
     assert_eq!(out.code, 125, "{}", out.diagnostics());
-    assert!(out.err().contains("is already in use by container"), "{}", out.diagnostics());
+    assert!(
+        out.err().contains("is already in use by container"),
+        "{}",
+        out.diagnostics()
+    );
     let out = c.exec(&[], &["/no/such/binary"], None);
     assert_eq!(out.code, 127, "{}", out.diagnostics());
 }

@@ -149,14 +149,22 @@ pub fn recv<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> Result<Option<
 const MAX_FDS: usize = 3;
 
 /// Sends `fds` on one byte.
-pub fn send_fds(stream: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), ControlError> {
+pub fn send_fds(
+    stream: &UnixStream,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), ControlError> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut buffer = SendAncillaryBuffer::new(&mut space);
     if !buffer.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(ControlError::Fds(io::Error::other("too many descriptors")));
     }
-    sendmsg(stream, &[IoSlice::new(b"F")], &mut buffer, SendFlags::empty())
-        .map_err(|e| ControlError::Fds(e.into()))?;
+    sendmsg(
+        stream,
+        &[IoSlice::new(b"F")],
+        &mut buffer,
+        SendFlags::empty(),
+    )
+    .map_err(|e| ControlError::Fds(e.into()))?;
     Ok(())
 }
 

@@ -256,9 +256,10 @@ impl Mux {
         };
         // Every process still registered hears that the VM is gone.
         for proc in self.lock_procs().values() {
-            let _ = proc
-                .events
-                .send(ProcEvent::Failed(ErrorKind::Internal, "the VM ended".into()));
+            let _ = proc.events.send(ProcEvent::Failed(
+                ErrorKind::Internal,
+                "the VM ended".into(),
+            ));
             close_window(&proc.stdin);
         }
         let _ = tx.send(VmEvent::Gone(end));
@@ -283,9 +284,7 @@ impl Mux {
         };
         match msg {
             AgentMessage::Started { process, pid } => to_proc(process, ProcEvent::Started(pid)),
-            AgentMessage::Exited { process, status } => {
-                to_proc(process, ProcEvent::Exited(status))
-            }
+            AgentMessage::Exited { process, status } => to_proc(process, ProcEvent::Exited(status)),
             AgentMessage::Error {
                 process: Some(process),
                 kind,

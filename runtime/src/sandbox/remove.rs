@@ -12,7 +12,9 @@ pub fn remove_files(dir: &Path, plan: &Plan) {
     match std::fs::remove_file(&scratch) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %scratch.display(), error = %e, "cannot remove the writable layer"),
+        Err(e) => {
+            tracing::warn!(path = %scratch.display(), error = %e, "cannot remove the writable layer")
+        }
     }
     remove_cgroup(plan);
     let data = data_dir(plan);
@@ -31,7 +33,10 @@ pub fn remove_files(dir: &Path, plan: &Plan) {
 /// The container's own directory in the data root (`<data root>/containers/<name>/`): the link
 /// to its stored image, which must outlive the CLI that ran it (for `moat start`).
 pub fn data_dir(plan: &Plan) -> std::path::PathBuf {
-    plan.options.data_root.join("containers").join(&plan.config.id)
+    plan.options
+        .data_root
+        .join("containers")
+        .join(&plan.config.id)
 }
 
 /// Where the container's link to its stored image is.

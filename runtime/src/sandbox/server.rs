@@ -102,7 +102,11 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
 }
 
 fn mux(shared: &Shared) -> Option<Arc<Mux>> {
-    shared.mux.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    shared
+        .mux
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 fn start(shared: &Shared) -> Reply {
@@ -110,7 +114,8 @@ fn start(shared: &Shared) -> Reply {
     if shared.events.send(Ev::Cmd(Command::Start(tx))).is_err() {
         return error("the container has ended");
     }
-    rx.recv().unwrap_or_else(|_| error("the container has ended"))
+    rx.recv()
+        .unwrap_or_else(|_| error("the container has ended"))
 }
 
 fn signal(shared: &Shared, signo: i32, all: bool) -> Reply {
@@ -154,7 +159,10 @@ fn stop(shared: &Shared, timeout: Option<u32>) -> Reply {
         Status::Exited => return Reply::Ok,
         Status::Running | Status::Paused => {
             let _ = signal(shared, shared.plan.stop_signal, false);
-            if shared.wait_ended_for(Duration::from_secs(secs.into())).is_some() {
+            if shared
+                .wait_ended_for(Duration::from_secs(secs.into()))
+                .is_some()
+            {
                 return Reply::Ok;
             }
             shared.kill(libc::SIGKILL);
@@ -183,12 +191,18 @@ fn remove(shared: &Shared) -> Reply {
 
 fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
     if shared.state().status != Status::Running && shared.state().status != Status::Paused {
-        return error(format!("container {} is not running", shared.plan.config.id));
+        return error(format!(
+            "container {} is not running",
+            shared.plan.config.id
+        ));
     }
     let Some(mux) = mux(shared) else {
         return error("the container is not running");
     };
-    let _one = shared.request_lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let _one = shared
+        .request_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let (tx, rx) = mpsc::channel();
     *shared.reply.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     let new_status = match &msg {
@@ -218,7 +232,10 @@ fn client_fds(stream: &UnixStream, stdio: StdioSpec) -> Result<(Option<File>, Fi
     let fds = control::recv_fds(stream).map_err(|e| error(crate::error_chain(&e)))?;
     let want = if stdio.stdin { 3 } else { 2 };
     if fds.len() != want {
-        return Err(error(format!("expected {want} descriptors, got {}", fds.len())));
+        return Err(error(format!(
+            "expected {want} descriptors, got {}",
+            fds.len()
+        )));
     }
     let mut fds = fds.into_iter().map(File::from);
     let stdin = if stdio.stdin { fds.next() } else { None };
@@ -238,7 +255,10 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
         }
     };
     if !matches!(shared.state().status, Status::Created | Status::Creating) {
-        let _ = control::send(stream, &error("cannot attach: the container has already started"));
+        let _ = control::send(
+            stream,
+            &error("cannot attach: the container has already started"),
+        );
         return;
     }
     shared.output.attach(Some(Attached {
@@ -483,9 +503,11 @@ fn run_exec(
     let started = Instant::now();
     let reply = loop {
         match events.recv() {
-            Ok(ProcEvent::Exited(status)) => break Reply::Exited {
-                code: crate::run::exit_code(status),
-            },
+            Ok(ProcEvent::Exited(status)) => {
+                break Reply::Exited {
+                    code: crate::run::exit_code(status),
+                }
+            }
             Ok(ProcEvent::Failed(_, message)) => break error(message),
             Ok(ProcEvent::Started(_)) => {}
             Err(_) => break error("the VM ended"),

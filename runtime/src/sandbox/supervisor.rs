@@ -77,7 +77,10 @@ pub(crate) struct Shared {
 impl Shared {
     /// The current state.
     pub(crate) fn state(&self) -> State {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the state and writes it out.
@@ -167,7 +170,12 @@ pub fn supervise(dir: &Path, mut ready: File) -> Result<i32, SupervisorError> {
 }
 
 /// Boots, creates, starts and waits; returns the container's exit code.
-fn life(shared: &Arc<Shared>, rx: &Receiver<Ev>, boot_rx: &Receiver<Event>, ready: &mut File) -> i32 {
+fn life(
+    shared: &Arc<Shared>,
+    rx: &Receiver<Ev>,
+    boot_rx: &Receiver<Event>,
+    ready: &mut File,
+) -> i32 {
     let plan = &shared.plan;
     let booted = boot(shared, boot_rx);
     let (mut vm, main) = match booted {
@@ -197,7 +205,12 @@ fn life(shared: &Arc<Shared>, rx: &Receiver<Ev>, boot_rx: &Receiver<Event>, read
         }
     };
     shut_down(shared, &mut vm);
-    if let Some(mux) = shared.mux.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+    if let Some(mux) = shared
+        .mux
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
         mux.finish(main);
     }
     let status = vm.vmm.kill_and_reap();
@@ -219,8 +232,8 @@ fn boot(shared: &Arc<Shared>, boot_rx: &Receiver<Event>) -> Result<(Vm, ProcHand
         crate::vmm::probe(&plan.assets.vmm)?;
     }
     let state = StateDir::open_existing(&options.state_root, &config.id, options.jail)?;
-    let (vm, stream) = run::boot_vm_in(state, config, &plan.assets, options, boot_rx)
-        .map_err(|e| match e {
+    let (vm, stream) =
+        run::boot_vm_in(state, config, &plan.assets, options, boot_rx).map_err(|e| match e {
             RunError::Boot(crate::boot::BootError::SeccompKilled) => {
                 run::seccomp_killed(config, options)
             }
@@ -228,7 +241,8 @@ fn boot(shared: &Arc<Shared>, boot_rx: &Receiver<Event>) -> Result<(Vm, ProcHand
         })?;
     let vmm_pid = vm.vmm.pid().as_raw_nonzero().get() as u32;
     shared.update(|s| s.vmm_pid = Some(vmm_pid));
-    let (mux, vm_events) = Mux::start(stream).map_err(|e| RunError::Setup(std::io::Error::other(e)))?;
+    let (mux, vm_events) =
+        Mux::start(stream).map_err(|e| RunError::Setup(std::io::Error::other(e)))?;
     let sinks: [Box<dyn Sink>; 2] = [
         Box::new(shared.output.sink()),
         Box::new(shared.output.sink()),
@@ -256,7 +270,11 @@ fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Ev>, wrap: fn(T) -> Ev
 }
 
 fn mux_of(shared: &Shared) -> Option<Arc<Mux>> {
-    shared.mux.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    shared
+        .mux
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 /// Sends `Create`; the container init's guest pid, or the message and exit code.
@@ -272,15 +290,25 @@ fn create(shared: &Arc<Shared>, vm: &Vm, rx: &Receiver<Ev>) -> Result<i32, (Stri
             Ok(Ev::Main(ProcEvent::Failed(kind, message))) => {
                 return Err((message, agent_code(kind)));
             }
-            Ok(Ev::Vm(VmEvent::Gone(reason))) => return Err((vm_gone(vm, reason), run::EXIT_RUNTIME_ERROR)),
+            Ok(Ev::Vm(VmEvent::Gone(reason))) => {
+                return Err((vm_gone(vm, reason), run::EXIT_RUNTIME_ERROR))
+            }
             Ok(Ev::Cmd(Command::Kill(signo))) => {
-                return Err((format!("killed by signal {signo} while being created"), 128 + signo));
+                return Err((
+                    format!("killed by signal {signo} while being created"),
+                    128 + signo,
+                ));
             }
             Ok(Ev::Cmd(Command::Start(reply))) => {
                 let _ = reply.send(not_yet());
             }
             Ok(_) => {}
-            Err(_) => return Err(("the supervisor lost its events".into(), run::EXIT_RUNTIME_ERROR)),
+            Err(_) => {
+                return Err((
+                    "the supervisor lost its events".into(),
+                    run::EXIT_RUNTIME_ERROR,
+                ))
+            }
         }
     }
 }
@@ -342,7 +370,12 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
                 return run::EXIT_RUNTIME_ERROR;
             }
             Ev::Vm(VmEvent::Reply(msg)) => {
-                if let Some(tx) = shared.reply.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                if let Some(tx) = shared
+                    .reply
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
                     let _ = tx.send(msg);
                 }
             }
@@ -387,13 +420,24 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply
             Ok(Ev::Vm(VmEvent::Gone(reason))) => {
                 let reason = reason.unwrap_or_else(|| "the guest gave no reason".into());
                 return fail(
-                    format!("VM ended before the container started: {}", crate::console::sanitize(&reason)),
+                    format!(
+                        "VM ended before the container started: {}",
+                        crate::console::sanitize(&reason)
+                    ),
                     run::EXIT_RUNTIME_ERROR,
                 );
             }
-            Err(_) => return fail("the supervisor lost its events".into(), run::EXIT_RUNTIME_ERROR),
+            Err(_) => {
+                return fail(
+                    "the supervisor lost its events".into(),
+                    run::EXIT_RUNTIME_ERROR,
+                )
+            }
             Ok(Ev::Cmd(Command::Kill(signo))) => {
-                return fail(format!("killed by signal {signo} while starting"), 128 + signo);
+                return fail(
+                    format!("killed by signal {signo} while starting"),
+                    128 + signo,
+                );
             }
             Ok(Ev::Cmd(Command::Start(reply))) => {
                 let _ = reply.send(Reply::Error {
