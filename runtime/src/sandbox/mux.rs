@@ -411,6 +411,9 @@ mod tests {
         let (mux, _events) = Mux::start(host).unwrap();
         let sinks: [Box<dyn Sink>; 2] = [Box::new(FdSink::new(None)), Box::new(FdSink::new(None))];
         let _handle = mux.register(3, sinks).unwrap();
+        // The agent's side reads whatever comes, as the real agent does.
+        let mut drain = agent.try_clone().unwrap();
+        thread::spawn(move || while read_frame(&mut drain).is_ok() {});
         let big = vec![1u8; WINDOW as usize];
         assert!(mux.stdin(3, &big).unwrap());
         let m = Arc::clone(&mux);
@@ -426,7 +429,7 @@ mod tests {
         let m = Arc::clone(&mux);
         let blocked = thread::spawn(move || m.stdin(3, b"again").unwrap());
         thread::sleep(Duration::from_millis(100));
-        drop(agent);
+        agent.shutdown(std::net::Shutdown::Both).unwrap();
         assert!(!blocked.join().unwrap(), "a gone VM ends the wait");
     }
 }
