@@ -427,6 +427,10 @@ mod tests {
         let sink = Sink::default();
         let w = FrameWriter::new(Box::new(sink.clone()));
         let (_r, wr) = pipe();
+        // The pipe is full from the start, so the writer cannot take (and credit) any chunk.
+        set_nonblocking(&wr).unwrap();
+        let mut filler = File::from(wr.try_clone().unwrap());
+        while filler.write(&[0u8; 4096]).is_ok() {}
         let stop = Arc::new(AtomicBool::new(false));
         let queue = spawn_stdin(wr, 5, w, Arc::clone(&stop)).unwrap();
         // A whole window for a process that never reads: every push returns at once.
