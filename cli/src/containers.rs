@@ -305,7 +305,7 @@ pub fn start_one(c: &Container) -> anyhow::Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe()?;
-    let child = client::spawn_supervisor(&exe, &c.dir, &|_| {})?;
+    let child = client::spawn_supervisor(&exe, &c.dir, &|_| {}, false)?;
     drop(child);
     check(client::request(&c.dir, c.name(), &Request::Start)?)?;
     Ok(())

@@ -118,7 +118,7 @@ pub fn run(req: RunRequest) -> anyhow::Result<i32> {
     let target = attach::forward_signals()?;
     let exe = std::env::current_exe()?;
     let on_spawn = |pid: u32| attach::set_target(&target, Target::Pid(pid));
-    let mut child = match client::spawn_supervisor(&exe, &dir, &on_spawn) {
+    let mut child = match client::spawn_supervisor(&exe, &dir, &on_spawn, !detach) {
         Ok(child) => child,
         Err(e) => {
             forget(&dir);

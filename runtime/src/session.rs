@@ -272,8 +272,12 @@ fn read_agent(mut stream: UnixStream, mut outputs: Outputs, tx: SyncSender<Event
 /// The line `moat run` prints on stderr each time the memory limit's OOM killer kills a process
 /// of the container.
 pub fn oom_notice(request: &RunRequest) -> String {
-    let limit = request
-        .spec
+    oom_line(&request.id, &request.spec)
+}
+
+/// [`oom_notice`] for container `id` of `spec`.
+pub fn oom_line(id: &str, spec: &oci_spec::runtime::Spec) -> String {
+    let limit = spec
         .linux()
         .as_ref()
         .and_then(|l| l.resources().as_ref())
@@ -285,8 +289,7 @@ pub fn oom_notice(request: &RunRequest) -> String {
         None => "none set: the VM's memory".to_owned(),
     };
     format!(
-        "moat: container {}: out of memory: a process was killed by the memory limit ({limit})",
-        request.id
+        "moat: container {id}: out of memory: a process was killed by the memory limit ({limit})"
     )
 }
 

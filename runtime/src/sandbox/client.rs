@@ -45,17 +45,24 @@ impl ClientError {
 }
 
 /// Starts `moat __supervise DIR` (`exe` is the moat binary) and waits until it has created the
-/// container (or failed to). Its log goes to `DIR/supervisor.log`.
+/// container (or failed to). Its log goes to `DIR/supervisor.log`, or with `our_stderr` (a
+/// foreground run) to ours, as the runtime's own warnings always did.
 pub fn spawn_supervisor(
     exe: &Path,
     dir: &Path,
     on_spawn: &dyn Fn(u32),
+    our_stderr: bool,
 ) -> Result<Child, ClientError> {
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("supervisor.log"))
-        .map_err(ClientError::Spawn)?;
+    let log = if our_stderr {
+        Stdio::inherit()
+    } else {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("supervisor.log"))
+            .map_err(ClientError::Spawn)?;
+        Stdio::from(file)
+    };
     let mut child = Command::new(exe)
         .arg("__supervise")
         .arg(dir)

@@ -100,21 +100,5 @@ impl Sink for MainSink {
 }
 
 fn oom_line(plan: &Plan) -> String {
-    let limit = plan
-        .config
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0);
-    let limit = match limit {
-        Some(bytes) => format!("{} MiB", (bytes as u64).div_ceil(1 << 20)),
-        None => "none set: the VM's memory".to_owned(),
-    };
-    format!(
-        "moat: container {}: out of memory: a process was killed by the memory limit ({limit})",
-        plan.config.id
-    )
+    crate::session::oom_line(&plan.config.id, &plan.config.spec)
 }

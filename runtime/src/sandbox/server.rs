@@ -277,6 +277,8 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
     let gone = std::thread::spawn(move || {
         client_requests(&reader, &watcher, MAIN_PROCESS);
         watcher.output.attach(None);
+        // A foreground run's supervisor logs to its client's stderr: not beyond the client.
+        log_to_file(&watcher.dir);
         // A tied client (the OCI relay) that goes takes the container with it.
         if stdio.tied && watcher.wait_ended_for(Duration::ZERO).is_none() {
             watcher.kill(libc::SIGKILL);
@@ -292,6 +294,17 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
     let _ = control::send(stream, &reply);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = gone.join();
+}
+
+/// Points our stderr (the tracing log) at `dir/supervisor.log`.
+fn log_to_file(dir: &std::path::Path) {
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"));
+    if let Ok(file) = file {
+        let _ = rustix::stdio::dup2_stderr(&file);
+    }
 }
 
 /// Serves `Signal`/`Resize` from an attached client until it goes; for a tied client that goes

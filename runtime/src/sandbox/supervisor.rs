@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moat_protocol::{ErrorKind, HostMessage, MAIN_PROCESS};
 
@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// One container request to the agent at a time; its answer comes through here.
     pub(crate) reply: Mutex<Option<Sender<moat_protocol::AgentMessage>>>,
     pub(crate) request_lock: Mutex<()>,
+    /// How long `Create` took in the guest.
+    setup: Mutex<Duration>,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ pub fn supervise(dir: &Path, mut ready: File) -> Result<i32, SupervisorError> {
         output: Arc::new(output),
         reply: Mutex::new(None),
         request_lock: Mutex::new(()),
+        setup: Mutex::new(Duration::ZERO),
     });
     let socket = dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
@@ -282,11 +285,15 @@ fn create(shared: &Arc<Shared>, vm: &Vm, rx: &Receiver<Ev>) -> Result<i32, (Stri
     let mux = mux_of(shared).ok_or_else(|| ("no agent".to_owned(), run::EXIT_RUNTIME_ERROR))?;
     let size = crate::terminal::DEFAULT_SIZE;
     let request = run::run_request(&shared.plan.config, vm.disks.upper.clone(), size);
+    let sent = Instant::now();
     mux.send(&HostMessage::Create(Box::new(request)))
         .map_err(|e| (crate::error_chain(&e), run::EXIT_RUNTIME_ERROR))?;
     loop {
         match rx.recv() {
-            Ok(Ev::Vm(VmEvent::Created(pid))) => return Ok(pid),
+            Ok(Ev::Vm(VmEvent::Created(pid))) => {
+                *shared.setup.lock().unwrap_or_else(PoisonError::into_inner) = sent.elapsed();
+                return Ok(pid);
+            }
             Ok(Ev::Main(ProcEvent::Failed(kind, message))) => {
                 return Err((message, agent_code(kind)));
             }
@@ -400,12 +407,18 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply
     let Some(mux) = mux_of(shared) else {
         return Ok(not_yet());
     };
+    let sent = Instant::now();
     if let Err(e) = mux.send(&HostMessage::Start) {
         return fail(crate::error_chain(&e), run::EXIT_RUNTIME_ERROR);
     }
     loop {
         match rx.recv() {
             Ok(Ev::Main(ProcEvent::Started(pid))) => {
+                // The guest's share of the container's setup: Create sent -> Created read,
+                // plus Start sent -> Started read (bench/bench.py reads it).
+                let create = *shared.setup.lock().unwrap_or_else(PoisonError::into_inner);
+                let setup_us = (create + sent.elapsed()).as_micros() as u64;
+                tracing::debug!(target: "moat_runtime::session", setup_us, pid, "container started");
                 shared.update(|s| {
                     s.status = Status::Running;
                     s.guest_pid = Some(pid);
