@@ -337,7 +337,8 @@ pub(crate) fn agent_code(kind: ErrorKind) -> i32 {
 }
 
 fn vm_gone(vm: &Vm, reason: Option<String>) -> String {
-    std::thread::sleep(Duration::from_millis(300));
+    // A panicking or rebooting guest ends the VMM by itself: its console log is then complete.
+    let _ = vm.vmm.wait_timeout(Duration::from_secs(1));
     let hint = crate::console::guest_hint(&vm.state.console_log())
         .or(reason.map(|r| crate::console::sanitize(&r)))
         .unwrap_or_else(|| "the guest gave no reason".to_owned());
@@ -365,7 +366,9 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
             Ev::Cmd(Command::Kill(signo)) if !started => return 128 + signo,
             Ev::Cmd(Command::Kill(signo)) => signal_main(shared, signo),
             Ev::Main(ProcEvent::Exited(status)) => return run::exit_code(status),
+            // Only a VM whose agent connection ended fails a started process.
             Ev::Main(ProcEvent::Failed(_, message)) => {
+                let message = vm_gone(vm, Some(message));
                 shared.update(|s| s.error = Some(message));
                 return run::EXIT_RUNTIME_ERROR;
             }
