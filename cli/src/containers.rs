@@ -201,17 +201,22 @@ fn check(reply: Reply) -> anyhow::Result<Reply> {
     }
 }
 
+/// Stops `c` (its stop signal, SIGKILL after `time`) if it runs; a stopped one is fine.
+fn stop_if_live(c: &Container, time: Option<u32>) -> anyhow::Result<()> {
+    if c.is_live() {
+        check(client::request(
+            &c.dir,
+            c.name(),
+            &Request::Stop { timeout: time },
+        )?)?;
+    }
+    Ok(())
+}
+
 /// `moat stop`.
 pub fn stop(root: &Path, args: &StopArgs) -> anyhow::Result<()> {
     for_each(&args.names, |name| {
-        let c = find(root, name)?;
-        if c.is_live() {
-            check(client::request(
-                &c.dir,
-                c.name(),
-                &Request::Stop { timeout: args.time },
-            )?)?;
-        }
+        stop_if_live(&find(root, name)?, args.time)?;
         Ok(Some(name.to_owned()))
     })
 }
@@ -322,14 +327,7 @@ pub fn start(root: &Path, names: &[String]) -> anyhow::Result<()> {
 /// `moat restart`.
 pub fn restart(root: &Path, args: &StopArgs) -> anyhow::Result<()> {
     for_each(&args.names, |name| {
-        let c = find(root, name)?;
-        if c.is_live() {
-            check(client::request(
-                &c.dir,
-                c.name(),
-                &Request::Stop { timeout: args.time },
-            )?)?;
-        }
+        stop_if_live(&find(root, name)?, args.time)?;
         start_one(&find(root, name)?)?;
         Ok(Some(name.to_owned()))
     })

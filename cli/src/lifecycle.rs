@@ -67,7 +67,7 @@ fn plan_of(req: RunRequest) -> Result<Plan, ClientError> {
             message: format!("the image's StopSignal {name:?} is not a signal"),
             code: 125,
         })?,
-        (None, None) => libc_sigterm(),
+        (None, None) => SIGTERM,
     };
     moat_logs::LogOptions::parse(&req.life.log_opt).map_err(|e| ClientError::Failed {
         message: e.to_string(),
@@ -95,9 +95,8 @@ fn plan_of(req: RunRequest) -> Result<Plan, ClientError> {
     })
 }
 
-fn libc_sigterm() -> i32 {
-    15
-}
+/// The stop signal when neither the flag nor the image names one.
+const SIGTERM: i32 = 15;
 
 /// Runs the container of `req`; the exit code `moat run` exits with.
 pub fn run(req: RunRequest) -> anyhow::Result<i32> {

@@ -167,12 +167,8 @@ fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result
 /// `moat __supervise DIR`: stdout is the readiness pipe of the CLI that started it.
 fn supervise(dir: &std::path::Path) -> anyhow::Result<i32> {
     use std::os::fd::AsFd;
-    let ready = std::io::stdout().as_fd().try_clone_to_owned()?;
-    let devnull = std::fs::File::open("/dev/null")?;
-    let ready = std::fs::File::from(ready);
-    let code = moat_runtime::sandbox::supervise(dir, ready)?;
-    drop(devnull);
-    Ok(code)
+    let ready = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    Ok(moat_runtime::sandbox::supervise(dir, ready)?)
 }
 
 /// The data root: --data-root, else MOAT_DATA_ROOT, else /var/lib/moat.

@@ -54,21 +54,28 @@ pub struct StateDir {
     kept: bool,
 }
 
+/// The state directory of `id` and its VM's directory (the jail root, or the state dir itself
+/// without the jail), refused when the agent's socket path would not fit a socket address.
+fn paths(root: &Path, id: &str, jailed: bool) -> Result<(PathBuf, PathBuf), StateError> {
+    let path = root.join(id);
+    let vm_dir = if jailed {
+        path.join("root")
+    } else {
+        path.clone()
+    };
+    let listener = vm_dir.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
+    if listener.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(StateError::PathTooLong(path));
+    }
+    Ok((path, vm_dir))
+}
+
 impl StateDir {
     /// Creates `<root>/<id>` with mode 0700 (and `root` if missing), refusing an existing one;
     /// with `jailed`, also checks `root` (a root-owned real directory, mode 0700) and creates
     /// the jail root `<id>/root` (0711).
     pub fn create(root: &Path, id: &str, jailed: bool) -> Result<Self, StateError> {
-        let path = root.join(id);
-        let vm_dir = if jailed {
-            path.join("root")
-        } else {
-            path.clone()
-        };
-        let listener = vm_dir.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
-        if listener.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(StateError::PathTooLong(path));
-        }
+        let (path, vm_dir) = paths(root, id, jailed)?;
         let create_err = |path: &Path, source| StateError::Create {
             path: path.to_owned(),
             source,
@@ -118,16 +125,7 @@ impl StateDir {
     /// is replaced by a fresh one; dropping it removes the VM's files only (the jail root, the
     /// VMM's pid, packed directories), after copying the console log into the directory.
     pub fn open_existing(root: &Path, id: &str, jailed: bool) -> Result<Self, StateError> {
-        let path = root.join(id);
-        let vm_dir = if jailed {
-            path.join("root")
-        } else {
-            path.clone()
-        };
-        let listener = vm_dir.join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT));
-        if listener.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(StateError::PathTooLong(path));
-        }
+        let (path, vm_dir) = paths(root, id, jailed)?;
         if jailed {
             moat_jail::layout::check_base(root)?;
             match std::fs::remove_dir_all(&vm_dir) {

@@ -269,18 +269,7 @@ fn keep_live_logs(dir: &Path) {
 
 /// Pids of running `moat-vmm` processes whose command line mentions `needle`.
 pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("moat-vmm") && cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_mentioning("moat-vmm", needle)
 }
 
 /// The cgroup directories a jailed VM named `name` gets, on cgroup v2 and v1 (docs/jailer.md).
