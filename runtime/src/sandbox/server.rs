@@ -312,22 +312,48 @@ fn log_to_file(dir: &std::path::Path) {
 fn client_requests(stream: &UnixStream, shared: &Arc<Shared>, process: u32) {
     loop {
         let msg = match control::recv::<Request>(stream) {
+            Ok(Some(Request::Signal { signo, all })) if process == MAIN_PROCESS => {
+                // Before the start this ends the container, as `moat kill` does.
+                let _ = signal(shared, signo, all);
+                continue;
+            }
             Ok(Some(Request::Signal { signo, all })) => HostMessage::Signal {
                 process,
                 signo,
                 all,
             },
-            Ok(Some(Request::Resize { rows, cols })) => HostMessage::Resize {
-                process,
-                rows,
-                cols,
-            },
+            Ok(Some(Request::Resize { rows, cols })) => {
+                if process == MAIN_PROCESS && keep_early_size(shared, rows, cols) {
+                    continue;
+                }
+                HostMessage::Resize {
+                    process,
+                    rows,
+                    cols,
+                }
+            }
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => return,
         };
         if let Some(mux) = mux(shared) {
             let _ = mux.send(&msg);
         }
+    }
+}
+
+/// Keeps a size asked for before the start for the start to send (true), or says it can go
+/// now (false). The start takes the kept size after it set Running, so none is lost.
+fn keep_early_size(shared: &Shared, rows: u16, cols: u16) -> bool {
+    let mut early = shared
+        .early_size
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match shared.state().status {
+        Status::Created | Status::Creating => {
+            *early = Some((rows, cols));
+            true
+        }
+        Status::Running | Status::Paused | Status::Exited => false,
     }
 }
 

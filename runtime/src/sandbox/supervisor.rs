@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub(crate) request_lock: Mutex<()>,
     /// How long `Create` took in the guest.
     setup: Mutex<Duration>,
+    /// The terminal size an attached client asked for before the start (rows, columns): the
+    /// agent knows the process only once it started, so it gets the size then.
+    pub(crate) early_size: Mutex<Option<(u16, u16)>>,
 }
 
 impl Shared {
@@ -161,6 +164,7 @@ pub fn supervise(dir: &Path, mut ready: File) -> Result<i32, SupervisorError> {
         reply: Mutex::new(None),
         request_lock: Mutex::new(()),
         setup: Mutex::new(Duration::ZERO),
+        early_size: Mutex::new(None),
     });
     let socket = dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
@@ -428,6 +432,7 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply
                     s.started = Some(record::now());
                     s.starts += 1;
                 });
+                send_early_size(shared, &mux);
                 return Ok(Reply::Started { pid });
             }
             Ok(Ev::Main(ProcEvent::Failed(kind, message))) => {
@@ -463,6 +468,22 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply
             }
             Ok(_) => {}
         }
+    }
+}
+
+/// Gives the started process the size a client asked for before the start.
+fn send_early_size(shared: &Shared, mux: &Mux) {
+    let early = shared
+        .early_size
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some((rows, cols)) = early {
+        let _ = mux.send(&HostMessage::Resize {
+            process: MAIN_PROCESS,
+            rows,
+            cols,
+        });
     }
 }
 
