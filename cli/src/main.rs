@@ -18,6 +18,7 @@ mod images;
 mod inspect;
 mod lifecycle;
 mod logs;
+mod oci;
 mod run_args;
 mod run_image;
 mod seccomp;
@@ -94,6 +95,9 @@ enum Command {
     Pause(containers::NamesArgs),
     /// Thaw them
     Unpause(containers::NamesArgs),
+    /// The host relay of an OCI container's process (started by moat itself)
+    #[command(name = "__relay", hide = true)]
+    Relay(oci::RelayArgs),
     /// The supervisor of one container (started by moat itself)
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -158,6 +162,7 @@ fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result
         Command::Pause(a) => containers::pause(root, &a.names, true)?,
         Command::Unpause(a) => containers::pause(root, &a.names, false)?,
         Command::Supervise { dir } => return supervise(&dir),
+        Command::Relay(a) => return oci::relay_main(&a),
         Command::System(images::SystemCommand::Prune { .. }) => containers::prune(root)?,
         _ => unreachable!("not a container command"),
     }
@@ -172,7 +177,7 @@ fn supervise(dir: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 /// The data root: --data-root, else MOAT_DATA_ROOT, else /var/lib/moat.
-fn data_root(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
+pub(crate) fn data_root(flag: Option<std::path::PathBuf>) -> std::path::PathBuf {
     flag.or_else(|| {
         std::env::var_os("MOAT_DATA_ROOT")
             .filter(|d| !d.is_empty())
@@ -342,6 +347,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if oci::is_oci(&args[1.min(args.len())..]) {
+        return exit_code(oci::main(args));
+    }
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -363,7 +372,8 @@ fn main() -> ExitCode {
         | Command::Pause(_)
         | Command::Unpause(_)
         | Command::System(images::SystemCommand::Prune { .. })
-        | Command::Supervise { .. }) => container_command(c, &state_root),
+        | Command::Supervise { .. }
+        | Command::Relay(_)) => container_command(c, &state_root),
         other => {
             let result = image_command(other, &data_root);
             let _ = std::io::stdout().flush();
