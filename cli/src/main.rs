@@ -11,6 +11,7 @@ use moat_runtime::run::EXIT_RUNTIME_ERROR;
 use moat_runtime::{RunError, RuntimeOptions};
 
 mod attach;
+mod bundle_host;
 mod containers;
 mod exec;
 mod image_config;
@@ -247,7 +248,15 @@ fn run(
     let image_stop_signal = image_config
         .as_ref()
         .and_then(|c| c.config.stop_signal.clone());
+    let bundle_dir = args.bundle.clone();
     let mut config = args.into_config_with(image_config.as_ref())?;
+    if let (Some(dir), Some(_)) = (&bundle_dir, &config.hooks) {
+        anyhow::bail!(
+            "--bundle {}: hooks: run only by moat's OCI runtime verbs (moat create/start; \
+             docker --runtime moat), on the host",
+            dir.display()
+        );
+    }
     if let Some(stored) = stored {
         config.rootfs = Rootfs::Image(stored.name.clone());
     }

@@ -237,6 +237,7 @@ impl RunArgs {
         image: Option<&image::ImageConfig>,
     ) -> Result<RunConfig, ConfigError> {
         let id = self.name.clone().unwrap_or_else(config::random_id);
+        let mut bundle_host = crate::bundle_host::Host::default();
         let (rootfs, spec, volumes, sizing) = match &self.bundle {
             // Validated against its directory by load_bundle.
             Some(dir) => {
@@ -254,12 +255,10 @@ impl RunArgs {
                         .map_err(|e| ConfigError::Seccomp(e.to_string()))?;
                 }
                 let sizing = Sizing::of_bundle(&bundle.spec);
-                (
-                    Rootfs::Directory(bundle.rootfs),
-                    bundle.spec,
-                    vec![],
-                    sizing,
-                )
+                let (spec, volumes, host) =
+                    crate::bundle_host::apply(dir, bundle.spec, bundle.host)?;
+                bundle_host = host;
+                (Rootfs::Directory(bundle.rootfs), spec, volumes, sizing)
             }
             None => {
                 let (rootfs, spec, volumes) = self.image_spec(&id, image)?;
@@ -286,6 +285,8 @@ impl RunArgs {
                 kernel: self.kernel,
                 initramfs: self.initramfs,
             },
+            cgroup_path: bundle_host.cgroup_path,
+            hooks: bundle_host.hooks,
         })
     }
 

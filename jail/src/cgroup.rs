@@ -3,6 +3,8 @@
 //! - cgroup v2 (`<root>/cgroup.controllers` exists): `<root>/moat/<id>`, with cpu, memory and
 //!   pids enabled in `<root>/moat/cgroup.subtree_control` (and in the root's if needed).
 //! - cgroup v1 or hybrid: `<root>/{cpu,memory,pids}/moat/<id>`, one per controller hierarchy.
+//! - An OCI bundle's `linux.cgroupsPath` (Docker's `/docker/<id>`) replaces `moat/<id>`
+//!   ([`CgroupPath`]): the controllers are enabled on every level above it.
 //!
 //! The VMM creates and joins it (as root, before `pivot_root`); the runtime removes it after
 //! the VMM is reaped ([`remove`]).
@@ -26,6 +28,11 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 pub const VMM_MEMORY_OVERHEAD_MIB: u64 = 192;
 /// Tasks beyond the vCPU threads: the main thread, the event loop, and room for a few more.
 pub const EXTRA_TASKS: u64 = 8;
+/// Tasks of the OCI relays (`moat create` and `exec`'s pid-file processes, a few threads each)
+/// in a `linux.cgroupsPath` cgroup, which they share with the VM.
+pub const RELAY_TASKS: u64 = 512;
+/// Memory for those relays (a few MiB each).
+pub const RELAY_MEMORY_MIB: u64 = 64;
 /// Controllers moat limits.
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 /// How long [`remove`] retries a busy cgroup (its last task is still exiting).
@@ -37,6 +44,9 @@ pub enum CgroupError {
     /// Neither cgroup v2 nor the v1 cpu, memory and pids hierarchies are mounted at the root.
     #[error("no usable cgroup hierarchy at {}: need cgroup v2, or v1 cpu, memory and pids", .0.display())]
     NotFound(PathBuf),
+    /// A `linux.cgroupsPath` with `..`, `.` or nothing in it.
+    #[error("cgroup path {0:?} must be a path of plain names")]
+    BadPath(String),
     /// A cgroup file or directory could not be written.
     #[error("cannot set up cgroup {}", path.display())]
     Io {
@@ -46,6 +56,35 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Where a VM's cgroup is, relative to each hierarchy's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupPath(PathBuf);
+
+impl CgroupPath {
+    /// `moat/<id>`, the default.
+    pub fn of_jail(id: &JailId) -> Self {
+        Self(Path::new(GROUP).join(id.as_str()))
+    }
+
+    /// A path from an OCI bundle's `linux.cgroupsPath` (absolute or not: always under the
+    /// root): plain components only, at least one.
+    pub fn parse(path: &str) -> Result<Self, CgroupError> {
+        let relative = path.trim_start_matches('/');
+        let plain = Path::new(relative)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if relative.is_empty() || !plain {
+            return Err(CgroupError::BadPath(path.to_owned()));
+        }
+        Ok(Self(PathBuf::from(relative)))
+    }
+
+    /// The path relative to a hierarchy's root.
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// Which cgroup version a root holds.
@@ -77,6 +116,15 @@ impl Limits {
             pids: cpus + EXTRA_TASKS,
         }
     }
+
+    /// These limits for a cgroup the OCI relays of the container share with its VM.
+    pub fn with_relays(self) -> Self {
+        Self {
+            pids: self.pids + RELAY_TASKS,
+            memory_bytes: self.memory_bytes + (RELAY_MEMORY_MIB << 20),
+            ..self
+        }
+    }
 }
 
 /// Which version the hierarchy at `root` is.
@@ -90,15 +138,22 @@ pub fn detect(root: &Path) -> Result<Version, CgroupError> {
     Err(CgroupError::NotFound(root.to_owned()))
 }
 
-/// The cgroup directories of jail `id`: one (v2) or one per controller (v1).
-pub fn dirs(root: &Path, id: &JailId) -> Result<Vec<PathBuf>, CgroupError> {
+/// The directories of the cgroup at `path`: one (v2) or one per controller (v1).
+pub fn dirs(root: &Path, path: &CgroupPath) -> Result<Vec<PathBuf>, CgroupError> {
     Ok(match detect(root)? {
-        Version::V2 => vec![root.join(GROUP).join(id.as_str())],
+        Version::V2 => vec![root.join(&path.0)],
         Version::V1 => CONTROLLERS
             .iter()
-            .map(|c| root.join(c).join(GROUP).join(id.as_str()))
+            .map(|c| root.join(c).join(&path.0))
             .collect(),
     })
+}
+
+/// Moves process `pid` into the cgroup at `path` (every hierarchy of it).
+pub fn join(root: &Path, path: &CgroupPath, pid: u32) -> Result<(), CgroupError> {
+    dirs(root, path)?
+        .iter()
+        .try_for_each(|dir| write(&dir.join("cgroup.procs"), &pid.to_string()))
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -126,40 +181,34 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates the cgroup of jail `id` under `root` with `limits`. A cgroup left by an earlier
-    /// VM of the same id is reused (its limits are rewritten). On failure nothing is left.
-    pub fn create(root: &Path, id: &JailId, limits: &Limits) -> Result<Self, CgroupError> {
+    /// Creates the cgroup at `path` under `root` with `limits`. A cgroup left by an earlier
+    /// VM of the same path is reused (its limits are rewritten). On failure nothing is left.
+    pub fn create(root: &Path, path: &CgroupPath, limits: &Limits) -> Result<Self, CgroupError> {
         let version = detect(root)?;
         let cgroup = Self {
             version,
-            dirs: dirs(root, id)?,
+            dirs: dirs(root, path)?,
         };
         let result = match version {
             Version::V2 => cgroup.create_v2(root, limits),
             Version::V1 => cgroup.create_v1(limits),
         };
         if let Err(e) = result {
-            let _ = remove(root, id);
+            let _ = remove(root, path);
             return Err(e);
         }
         Ok(cgroup)
     }
 
     fn create_v2(&self, root: &Path, limits: &Limits) -> Result<(), CgroupError> {
-        let enable = "+cpu +memory +pids";
-        let root_control =
-            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
-        if !CONTROLLERS
-            .iter()
-            .all(|c| root_control.split_whitespace().any(|w| w == *c))
-        {
-            write(&root.join("cgroup.subtree_control"), enable)?;
-        }
-        let group = root.join(GROUP);
-        mkdir(&group)?;
-        write(&group.join("cgroup.subtree_control"), enable)?;
         let dir = &self.dirs[0];
-        mkdir(dir)?;
+        // Each level above the VM's delegates the controllers to the next.
+        let mut level = root.to_path_buf();
+        for name in dir.strip_prefix(root).unwrap_or(dir).components() {
+            enable_controllers(&level)?;
+            level.push(name);
+            mkdir(&level)?;
+        }
         write(
             &dir.join("cpu.max"),
             &format!("{} {CPU_PERIOD_US}", limits.cpu_quota_us),
@@ -170,10 +219,10 @@ impl Cgroup {
 
     fn create_v1(&self, limits: &Limits) -> Result<(), CgroupError> {
         for dir in &self.dirs {
-            if let Some(group) = dir.parent() {
-                mkdir(group)?;
-            }
-            mkdir(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
         let [cpu, memory, pids] = &self.dirs[..] else {
             unreachable!("one cgroup per v1 controller");
@@ -208,10 +257,22 @@ impl Cgroup {
     }
 }
 
-/// Removes the cgroup of jail `id`, retrying briefly while it is busy (its last task is still
-/// exiting). A cgroup that does not exist is not an error.
-pub fn remove(root: &Path, id: &JailId) -> Result<(), CgroupError> {
-    let dirs = match dirs(root, id) {
+/// Enables cpu, memory and pids for the children of the v2 cgroup `dir` unless they are.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let control = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    if CONTROLLERS
+        .iter()
+        .all(|c| control.split_whitespace().any(|w| w == *c))
+    {
+        return Ok(());
+    }
+    write(&dir.join("cgroup.subtree_control"), "+cpu +memory +pids")
+}
+
+/// Removes the cgroup at `path` (not the levels above it), retrying briefly while it is busy
+/// (its last task is still exiting). A cgroup that does not exist is not an error.
+pub fn remove(root: &Path, path: &CgroupPath) -> Result<(), CgroupError> {
+    let dirs = match dirs(root, path) {
         Ok(dirs) => dirs,
         Err(CgroupError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e),
@@ -276,7 +337,7 @@ mod tests {
         let root = tmp.path();
         std::fs::write(root.join("cgroup.controllers"), "cpu memory pids io").unwrap();
         std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
-        let id = JailId::new("vm1").unwrap();
+        let id = CgroupPath::of_jail(&JailId::new("vm1").unwrap());
         let cg = Cgroup::create(root, &id, &Limits::for_vm(2, 256)).unwrap();
         assert_eq!(cg.version(), Version::V2);
         let dir = root.join("moat/vm1");
@@ -307,7 +368,7 @@ mod tests {
         for c in CONTROLLERS {
             std::fs::create_dir(root.join(c)).unwrap();
         }
-        let id = JailId::new("vm1").unwrap();
+        let id = CgroupPath::of_jail(&JailId::new("vm1").unwrap());
         let cg = Cgroup::create(root, &id, &Limits::for_vm(1, 128)).unwrap();
         assert_eq!(cg.version(), Version::V1);
         assert_eq!(cg.dirs().len(), 3);
@@ -322,5 +383,34 @@ mod tests {
         for c in CONTROLLERS {
             assert!(!root.join(c).join("moat/vm1").exists());
         }
+    }
+
+    #[test]
+    fn a_bundle_cgroup_path_is_made_level_by_level() {
+        let tmp = TempDir::new("cg-path");
+        let root = tmp.path();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let path = CgroupPath::parse("/docker/abc").unwrap();
+        let cg = Cgroup::create(root, &path, &Limits::for_vm(1, 128).with_relays()).unwrap();
+        assert_eq!(cg.dirs(), [root.join("docker/abc")]);
+        assert_eq!(
+            read(root.join("docker/cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            read(root.join("docker/abc/pids.max")),
+            (1 + EXTRA_TASKS + RELAY_TASKS).to_string()
+        );
+        remove(root, &path).unwrap();
+        assert!(!root.join("docker/abc").exists() && root.join("docker").exists());
+        for bad in ["", "/", "docker/../x", "./a"] {
+            assert!(CgroupPath::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            CgroupPath::parse("system.slice/docker-1.scope")
+                .unwrap()
+                .as_path(),
+            Path::new("system.slice/docker-1.scope")
+        );
     }
 }

@@ -379,6 +379,27 @@ pub struct RunConfig {
     pub tty: bool,
     /// Kernel / initramfs overrides.
     pub assets: AssetOverrides,
+    /// The VM's host cgroup relative to the hierarchy's root (an OCI bundle's
+    /// `linux.cgroupsPath`, systemd's `slice:prefix:name` expanded); `None`: `moat/<id>`.
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
+    /// An OCI bundle's hooks: the OCI verbs run them on the host (`moat run` refuses them).
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
+}
+
+impl RunConfig {
+    /// Where the VM (jail `id`) has its host cgroup.
+    pub fn cgroup(
+        &self,
+        id: &moat_jail::JailId,
+    ) -> Result<moat_jail::cgroup::CgroupPath, moat_jail::cgroup::CgroupError> {
+        use moat_jail::cgroup::CgroupPath;
+        match &self.cgroup_path {
+            Some(path) => CgroupPath::parse(path),
+            None => Ok(CgroupPath::of_jail(id)),
+        }
+    }
 }
 
 /// Checks that no argument of the command has a NUL byte (it could not be passed to `execve`).

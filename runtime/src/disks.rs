@@ -52,6 +52,15 @@ pub enum DiskError {
     /// A `--storage-opt` value moat does not take (clap names the flag and the value).
     #[error("{1}")]
     StorageOpt(String, &'static str),
+    /// A bundle's bind-mounted files could not be copied.
+    #[error("cannot copy the bind-mounted files into {}", dir.display())]
+    CopyFiles {
+        /// The staging directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The scratch disk could not be made.
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
     Scratch {
@@ -165,6 +174,11 @@ pub fn vm_disks(
                 pack_directory(dir, &image, "volume")?;
                 (image, None)
             }
+            VolumeSource::Files(files) => {
+                let image = state.path().join(format!("volume-{i}.ext4"));
+                pack_files(files, &state.path().join(format!("volume-{i}.d")), &image)?;
+                (image, None)
+            }
         };
         disks.push(Disk {
             path,
@@ -200,6 +214,25 @@ pub fn vm_disks(
         _locks: locks,
         _scratch: scratch,
     })
+}
+
+/// Copies `files` into `stage` as `0`, `1`... and packs it into `image` (the stage goes after).
+fn pack_files(files: &[PathBuf], stage: &Path, image: &Path) -> Result<(), DiskError> {
+    let _ = std::fs::remove_dir_all(stage);
+    let copied = std::fs::create_dir(stage).and_then(|()| {
+        files
+            .iter()
+            .enumerate()
+            .try_for_each(|(k, f)| std::fs::copy(f, stage.join(k.to_string())).map(drop))
+    });
+    let packed = copied
+        .map_err(|source| DiskError::CopyFiles {
+            dir: stage.to_owned(),
+            source,
+        })
+        .and_then(|()| Ok(pack_directory(stage, image, "files")?));
+    let _ = std::fs::remove_dir_all(stage);
+    packed
 }
 
 /// Locks every disk but the packed directories (the run's own files): the root image shared,

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::signals::SignalForwarder;
 use crate::state::{StateDir, StateError, STATE_ROOT};
 use crate::terminal::{self, RawMode};
 use crate::vmm::{self, JailSpec, VmSpec, VmmError, VmmProcess};
+use moat_jail::cgroup::CgroupPath;
 use moat_jail::uids::{UidError, UidSlot};
 use moat_jail::{IdError, JailId};
 
@@ -93,6 +94,9 @@ pub enum RunError {
     /// The container id cannot name a jail.
     #[error(transparent)]
     JailId(#[from] IdError),
+    /// The bundle's cgroup path cannot name a cgroup.
+    #[error(transparent)]
+    CgroupPath(#[from] moat_jail::cgroup::CgroupError),
     /// No unprivileged uid for the VM.
     #[error(transparent)]
     Uid(#[from] UidError),
@@ -151,6 +155,15 @@ pub struct RuntimeOptions {
     pub cgroup_root: PathBuf,
     /// Run the VMM under its seccomp filters; `false` only with `moat run --no-seccomp`.
     pub seccomp: bool,
+    /// The host's one pool of VM uid slots, whatever the state root (`moat --root`, the OCI
+    /// verbs' own root): two pools would hand two VMs the same uid.
+    #[serde(default = "default_uid_slots")]
+    pub uid_slots: PathBuf,
+}
+
+/// `/run/moat/.uids` (`.uids` cannot be a container id).
+fn default_uid_slots() -> PathBuf {
+    Path::new(STATE_ROOT).join(".uids")
 }
 
 impl RuntimeOptions {
@@ -179,6 +192,7 @@ impl RuntimeOptions {
             jail: true,
             cgroup_root: PathBuf::from(moat_jail::cgroup::DEFAULT_ROOT),
             seccomp: true,
+            uid_slots: default_uid_slots(),
         })
     }
 }
@@ -270,9 +284,6 @@ pub fn basic_spec(
     spec
 }
 
-/// Where the uid slots live under the state root (`.uids` cannot be a container id).
-const UID_SLOTS: &str = ".uids";
-
 /// A started VM. Dropping it kills the VMM's process group and reaps it, removes its cgroup,
 /// frees its uid slot, releases its volumes and removes its scratch disk, then removes the
 /// state directory (fields drop in declaration order).
@@ -287,13 +298,13 @@ pub(crate) struct Vm {
 /// the VMM is gone.
 struct JailGuard {
     cgroup_root: PathBuf,
-    id: JailId,
+    cgroup: CgroupPath,
     slot: UidSlot,
 }
 
 impl Drop for JailGuard {
     fn drop(&mut self) {
-        if let Err(e) = moat_jail::cgroup::remove(&self.cgroup_root, &self.id) {
+        if let Err(e) = moat_jail::cgroup::remove(&self.cgroup_root, &self.cgroup) {
             tracing::warn!(error = %crate::error_chain(&e), "cannot remove the VM's cgroup");
         }
         tracing::debug!(slot = self.slot.index(), "uid slot freed");
@@ -307,7 +318,8 @@ fn jail_for(
     state: &StateDir,
 ) -> Result<(JailGuard, JailSpec), RunError> {
     let id = JailId::new(&config.id)?;
-    let slot = UidSlot::acquire(&options.state_root.join(UID_SLOTS))?;
+    let cgroup = config.cgroup(&id)?;
+    let slot = UidSlot::acquire(&options.uid_slots)?;
     let ids = slot.ids();
     let listener = state.agent_listener();
     let chown_err = |e: rustix::io::Errno| RunError::CreateFile {
@@ -327,10 +339,11 @@ fn jail_for(
         gid: ids.gid,
         base: options.state_root.clone(),
         cgroup_root: options.cgroup_root.clone(),
+        cgroup_path: config.cgroup_path.clone(),
     };
     let guard = JailGuard {
         cgroup_root: options.cgroup_root.clone(),
-        id,
+        cgroup,
         slot,
     };
     Ok((guard, spec))

@@ -74,6 +74,8 @@ fn config(id: &str, tty: bool) -> RunConfig {
         interactive: false,
         tty,
         assets: AssetOverrides::default(),
+        cgroup_path: None,
+        hooks: None,
     }
 }
 
@@ -193,6 +195,7 @@ fn setup(name: &str) -> Setup {
         // No cgroup hierarchy here: the fake VMM makes none, and removing none is fine.
         cgroup_root: tmp.path().join("no-cgroup"),
         seccomp: true,
+        uid_slots: tmp.path().join("run/.uids"),
     };
     Setup {
         tmp,
@@ -233,14 +236,14 @@ impl Setup {
         // thread is spawning (mkfs.ext4, the fake VMM) shares between its fork and its exec:
         // the slot may read as held for that moment after the run let it go. Held for a
         // second is a slot the run kept.
-        let slots = self.options.state_root.join(".uids");
+        let slots = &self.options.uid_slots;
         for slot in 0..4 {
             let deadline = Instant::now() + Duration::from_secs(1);
-            while moat_jail::uids::is_held(&slots, slot) && Instant::now() < deadline {
+            while moat_jail::uids::is_held(slots, slot) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             assert!(
-                !moat_jail::uids::is_held(&slots, slot),
+                !moat_jail::uids::is_held(slots, slot),
                 "uid slot {slot} held"
             );
         }

@@ -118,6 +118,8 @@ pub struct JailSpec {
     pub base: PathBuf,
     /// Where the cgroup hierarchies are mounted.
     pub cgroup_root: PathBuf,
+    /// The VM's cgroup under that root (`None`: moat/<id>).
+    pub cgroup_path: Option<String>,
 }
 
 /// A disk of the VM: a host file, attached read-only or read-write.
@@ -184,6 +186,9 @@ impl VmSpec {
                 push("--gid", jail.gid.to_string().into());
                 push("--jail-base", jail.base.clone().into());
                 push("--cgroup-root", jail.cgroup_root.clone().into());
+                if let Some(path) = &jail.cgroup_path {
+                    push("--cgroup-path", path.into());
+                }
             }
             None => args.push("--no-jail".into()),
         }
@@ -361,6 +366,7 @@ mod tests {
                 gid: 1_000_003,
                 base: "/run/moat".into(),
                 cgroup_root: "/sys/fs/cgroup".into(),
+                cgroup_path: None,
             }),
             ..spec.clone()
         };

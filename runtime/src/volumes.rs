@@ -54,6 +54,10 @@ pub enum VolumeSource {
     Directory(PathBuf),
     /// An ext4 image file, attached as is (writes persist unless read-only).
     ImageFile(PathBuf),
+    /// Host files (an OCI bundle's file binds: Docker's /etc/hosts, /etc/resolv.conf,
+    /// /etc/hostname), copied when the VM starts into one ext4 disk as `0`, `1`...; the spec's
+    /// bind mounts name them there.
+    Files(Vec<PathBuf>),
 }
 
 /// A checked `-v`.

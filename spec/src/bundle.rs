@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+use crate::host_parts::{self, HostParts};
 use crate::validate::{validate, SpecError};
 
 /// Errors reading a bundle.
@@ -44,8 +45,10 @@ pub enum BundleError {
 pub struct Bundle {
     /// The validated spec, as in config.json.
     pub spec: Spec,
-    /// The root filesystem directory on the host (inside the bundle).
+    /// The root filesystem directory on the host.
     pub rootfs: PathBuf,
+    /// What of config.json concerns the host (taken out of `spec`).
+    pub host: HostParts,
 }
 
 /// Reads `dir/config.json`, validates it, and checks that `root.path` is a directory inside `dir`.
@@ -64,24 +67,9 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, BundleError> {
         path: path.clone(),
         source,
     };
+    let mut spec = spec;
+    let host = host_parts::take(&mut spec, dir).map_err(invalid)?;
     validate(&spec, Some(dir)).map_err(invalid)?;
-    for (i, mount) in spec.mounts().iter().flatten().enumerate() {
-        let bind = mount.typ().as_deref() == Some("bind")
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if bind {
-            return Err(invalid(SpecError {
-                field: format!("mounts[{i}].source"),
-                problem: "a bundle's bind mounts cannot reach the guest (moat has no shared \
-                          filesystem): use moat run -v with an ext4 image or a read-only \
-                          directory"
-                    .into(),
-            }));
-        }
-    }
     let root = spec
         .root()
         .as_ref()
@@ -94,7 +82,7 @@ pub fn load_bundle(dir: &Path) -> Result<Bundle, BundleError> {
             problem: format!("{} is not a directory", rootfs.display()),
         }));
     }
-    Ok(Bundle { spec, rootfs })
+    Ok(Bundle { spec, rootfs, host })
 }
 
 /// Parses a config.json; the error is (JSON path of the bad value, problem).

@@ -8,6 +8,7 @@
 pub mod build;
 pub mod bundle;
 pub mod caps;
+pub mod host_parts;
 pub mod parse;
 pub mod resources;
 pub mod validate;
@@ -17,6 +18,7 @@ pub use build::{
     GUEST_DEVICES_ANNOTATION, USER_ANNOTATION,
 };
 pub use bundle::{load_bundle, Bundle, BundleError};
+pub use host_parts::{HostBind, HostParts};
 pub use parse::{guest_disk_numbers, ParseError};
 pub use resources::{CpuLimit, Limits, LimitsError};
 pub use validate::{validate, SpecError};

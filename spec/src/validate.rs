@@ -40,10 +40,8 @@ const IPC_SYSCTLS: [&str; 8] = [
 pub fn validate(spec: &Spec, bundle: Option<&Path>) -> Result<(), SpecError> {
     check_version(spec.version())?;
     if spec.hooks().is_some() {
-        return fail(
-            "hooks",
-            "not supported: moat runs no hooks (the container's host is its own VM)",
-        );
+        // A bundle's hooks were taken out for the host (host_parts); none reach the guest.
+        return fail("hooks", "not supported here: hooks run on the host");
     }
     check_root(spec, bundle)?;
     check_process(spec)?;
@@ -105,6 +103,14 @@ fn inside(bundle: &Path, path: &Path) -> bool {
     resolved.starts_with(base)
 }
 
+/// An absolute `root.path` that is the bundle or a directory above it.
+fn holds_bundle(bundle: &Path, path: &Path) -> bool {
+    match (bundle.canonicalize(), path.canonicalize()) {
+        (Ok(b), Ok(p)) => b.starts_with(p),
+        _ => path == Path::new("/"),
+    }
+}
+
 /// `root.path` naming the bundle directory itself (its config.json would be in the rootfs).
 fn is_bundle_itself(bundle: &Path, path: &Path) -> bool {
     match (bundle.canonicalize(), bundle.join(path).canonicalize()) {
@@ -122,6 +128,9 @@ fn check_root(spec: &Spec, bundle: Option<&Path>) -> Result<(), SpecError> {
         return fail("root.path", "empty");
     }
     let escapes = match bundle {
+        // An absolute root may be anywhere (Docker's is its overlay mount), as with runc, but
+        // not hold the bundle (the host's `/` would be packed whole, config.json with it).
+        Some(bundle) if path.is_absolute() => holds_bundle(bundle, path),
         Some(bundle) => !inside(bundle, path) || is_bundle_itself(bundle, path),
         None => path.is_absolute() || !clean(path),
     };

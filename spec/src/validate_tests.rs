@@ -214,10 +214,15 @@ fn bundle_root_must_stay_inside() {
     let mut spec = opts.to_spec();
     let bundle = dir.join("b");
     validate(&spec, Some(&bundle)).unwrap();
-    for bad in ["link", "../outside", ".", "/"] {
+    let holder = dir.display().to_string();
+    for bad in ["link", "../outside", ".", "/", &holder] {
         spec.root_mut().as_mut().unwrap().set_path(bad.into());
         let err = validate(&spec, Some(&bundle)).unwrap_err();
         assert_eq!(err.field, "root.path", "{bad}");
     }
+    // Elsewhere, absolute: as Docker's overlay mount is.
+    let outside = dir.join("outside").display().to_string();
+    spec.root_mut().as_mut().unwrap().set_path(outside.into());
+    validate(&spec, Some(&bundle)).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -420,3 +420,14 @@ impl Default for ProbeVolume {
         Self::new()
     }
 }
+
+/// Fills `root` with the host's static busybox, links for `applets`, and the usual directories.
+pub fn busybox_rootfs(root: &Path, applets: &[&str]) {
+    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).expect("rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet link");
+    }
+}

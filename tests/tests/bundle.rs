@@ -6,21 +6,12 @@
 use std::path::Path;
 
 use moat_jail::testutil::TempDir;
-use moat_tests::{assert_nothing_left, moat, unique_name, vm_available};
+use moat_tests::{assert_nothing_left, busybox_rootfs, moat, unique_name, vm_available};
 use serde_json::json;
 
-/// A root with the host's static busybox and a few applet links.
-fn make_rootfs(root: &Path) {
-    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for applet in [
-        "sh", "cat", "echo", "hostname", "id", "grep", "touch", "wc", "mknod",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-}
+const BUNDLE_APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "hostname", "id", "grep", "touch", "wc", "mknod",
+];
 
 fn write_config(bundle: &Path, script: &str) {
     let config = json!({
@@ -62,7 +53,7 @@ fn a_bundle_runs_as_is() {
         return;
     }
     let bundle = TempDir::new("bundle");
-    make_rootfs(&bundle.path().join("rootfs"));
+    busybox_rootfs(&bundle.path().join("rootfs"), BUNDLE_APPLETS);
     write_config(
         bundle.path(),
         "echo from-bundle; hostname; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
@@ -88,7 +79,7 @@ fn a_bundle_whose_proc_is_a_symlink_is_refused() {
     }
     let bundle = TempDir::new("bundle-bad");
     let rootfs = bundle.path().join("rootfs");
-    make_rootfs(&rootfs);
+    busybox_rootfs(&rootfs, BUNDLE_APPLETS);
     std::fs::remove_dir(rootfs.join("proc")).unwrap();
     std::os::unix::fs::symlink("/tmp", rootfs.join("proc")).unwrap();
     write_config(bundle.path(), "echo should-not-run");

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use moat_jail::cgroup::{self, Cgroup, CgroupError, Limits};
+use moat_jail::cgroup::{self, Cgroup, CgroupError, CgroupPath, Limits};
 use moat_jail::dir::{self, DirError, SourceKind};
 use moat_jail::layout::{self, Layout, LayoutError};
 use moat_jail::mounts::{self, Bind, MountError};
@@ -92,6 +92,8 @@ pub struct JailArgs {
     pub base: PathBuf,
     /// `--cgroup-root`.
     pub cgroup_root: PathBuf,
+    /// `--cgroup-path`.
+    pub cgroup_path: Option<String>,
 }
 
 /// A validated jail: what to bind where, and the VM configuration with jail-relative paths.
@@ -100,6 +102,7 @@ pub struct Plan {
     layout: Layout,
     ids: Ids,
     cgroup_root: PathBuf,
+    cgroup: CgroupPath,
     binds: Vec<Bind>,
     limits: Limits,
     /// The configuration to build the VM from, inside the jail.
@@ -182,11 +185,18 @@ pub fn plan(config: &VmConfig, args: &JailArgs) -> Result<Plan, JailerError> {
     for name in binds.iter().map(|b| &b.name).chain(&names) {
         dir::check_destination(&layout.in_root(name))?;
     }
+    let limits = Limits::for_vm(config.cpus, config.memory_mib);
+    // A bundle's cgroup holds the container's OCI relays too.
+    let (cgroup, limits) = match &args.cgroup_path {
+        Some(path) => (CgroupPath::parse(path)?, limits.with_relays()),
+        None => (CgroupPath::of_jail(layout.id()), limits),
+    };
     Ok(Plan {
-        limits: Limits::for_vm(config.cpus, config.memory_mib),
+        limits,
         layout,
         ids,
         cgroup_root: args.cgroup_root.clone(),
+        cgroup,
         binds,
         config: jailed,
     })
@@ -255,7 +265,7 @@ pub fn ensure_pid1(plan: &Plan) -> Result<Option<ExitCode>, JailerError> {
 }
 
 fn cleanup_after_hand_run(plan: &Plan, state_existed: bool) {
-    if let Err(e) = cgroup::remove(&plan.cgroup_root, plan.layout.id()) {
+    if let Err(e) = cgroup::remove(&plan.cgroup_root, &plan.cgroup) {
         tracing::warn!(error = %e, "cannot remove the cgroup");
     }
     dir::remove_placeholders(&plan.layout.root(), &plan.placeholders());
@@ -283,7 +293,7 @@ pub fn enter(plan: &Plan) -> Result<(), JailerError> {
     for bind in &plan.binds {
         dir::create_placeholder(&plan.layout.root(), &bind.name)?;
     }
-    let cgroup = Cgroup::create(&plan.cgroup_root, plan.layout.id(), &plan.limits)?;
+    let cgroup = Cgroup::create(&plan.cgroup_root, &plan.cgroup, &plan.limits)?;
     cgroup.join_self()?;
     mounts::enter(&plan.layout.root(), &plan.binds)?;
     tracing::debug!(root = %plan.layout.root().display(), "entered the jail");
@@ -365,6 +375,7 @@ mod tests {
             gid: 1_000_001,
             base: dir.join("base"),
             cgroup_root: dir.join("cgroup"),
+            cgroup_path: None,
         }
     }
 

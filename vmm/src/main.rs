@@ -49,6 +49,10 @@ struct RunArgs {
     /// Where the cgroup hierarchies are mounted.
     #[arg(long, value_name = "DIR", default_value = moat_jail::cgroup::DEFAULT_ROOT)]
     cgroup_root: PathBuf,
+    /// The VM's cgroup relative to the root (an OCI bundle's linux.cgroupsPath; default
+    /// moat/<jail id>)
+    #[arg(long, value_name = "PATH", requires = "jail_id")]
+    cgroup_path: Option<String>,
     /// Debugging only: run without the jail (a warning is printed).
     #[arg(long)]
     no_jail: bool,
@@ -104,6 +108,7 @@ impl RunArgs {
             gid: self.gid?,
             base: self.jail_base.clone(),
             cgroup_root: self.cgroup_root.clone(),
+            cgroup_path: self.cgroup_path.clone(),
         })
     }
 

@@ -15,7 +15,7 @@ use moat_runtime::sandbox::record::{Plan, Status};
 use moat_runtime::sandbox::store::Container;
 use moat_runtime::RuntimeOptions;
 
-use super::{console, relay, store, Globals};
+use super::{console, hooks, relay, store, Globals};
 
 /// `create`'s flags (runc's).
 #[derive(Debug, clap::Args)]
@@ -94,8 +94,31 @@ pub fn create(g: &Globals, a: &CreateArgs) -> anyhow::Result<()> {
     let made = make(g, a)?;
     let tty = made.plan.config.tty;
     let attached = attach(&made, a.console_socket.as_deref(), tty, true)
-        .and_then(|(stream, pty)| detach_relay(stream, pty, a.pid_file.as_deref(), &made.dir));
+        .and_then(|(stream, pty)| detach_relay(stream, pty, a.pid_file.as_deref(), &made))
+        .and_then(|()| create_hooks(&a.id, &made));
     attached.inspect_err(|_| discard(g, &a.id, &made))
+}
+
+/// The prestart and createRuntime hooks, with the created container's state.
+fn create_hooks(id: &str, made: &Made) -> anyhow::Result<()> {
+    let Some(hooks) = &made.plan.config.hooks else {
+        return Ok(());
+    };
+    let c = Container::load(&made.dir)?;
+    let mut state = super::verbs::state_json(id, &c);
+    state["status"] = "creating".into();
+    hooks::run(Some(hooks), hooks::Stage::Create, &state)
+}
+
+/// Moves `pid` (a relay, or this process relaying in the foreground) into the VM's host cgroup
+/// when the bundle named one (`linux.cgroupsPath`): where containerd looks for the container.
+fn join_cgroup(plan: &Plan, pid: u32) -> anyhow::Result<()> {
+    let (Some(path), true) = (&plan.config.cgroup_path, plan.options.jail) else {
+        return Ok(());
+    };
+    let cgroup = moat_jail::cgroup::CgroupPath::parse(path)?;
+    moat_jail::cgroup::join(&plan.options.cgroup_root, &cgroup, pid)
+        .with_context(|| format!("cannot move process {pid} into the container's cgroup"))
 }
 
 /// `run`: create, start, and (without `--detach`) relay in the foreground.
@@ -112,15 +135,21 @@ pub fn run(g: &Globals, a: &RunArgs) -> anyhow::Result<i32> {
     let pid_file = a.create.pid_file.as_deref();
     if a.detach {
         // The pid file names the relay, which holds the process before it starts.
-        detach_relay(stream, pty, pid_file, &made.dir)
+        detach_relay(stream, pty, pid_file, &made)
+            .and_then(|()| create_hooks(&a.create.id, &made))
             .and_then(|()| super::verbs::start(g, &a.create.id))
             .inspect_err(|_| discard(g, &a.create.id, &made))?;
         return Ok(0);
     }
-    if let Some(path) = pid_file {
-        relay::write_pid_file(path, std::process::id())?;
-    }
-    super::verbs::start(g, &a.create.id).inspect_err(|_| discard(g, &a.create.id, &made))?;
+    let own = std::process::id();
+    let prepared = join_cgroup(&made.plan, own)
+        .and_then(|()| {
+            std::fs::write(made.dir.join(super::RELAY_PID), own.to_string()).map_err(Into::into)
+        })
+        .and_then(|()| pid_file.map_or(Ok(()), |path| relay::write_pid_file(path, own)))
+        .and_then(|()| create_hooks(&a.create.id, &made))
+        .and_then(|()| super::verbs::start(g, &a.create.id));
+    prepared.inspect_err(|_| discard(g, &a.create.id, &made))?;
     let _raw = if own_terminal {
         moat_runtime::terminal::RawMode::enter().ok().flatten()
     } else {
@@ -263,15 +292,20 @@ fn own_attach(made: &Made, tty: bool) -> anyhow::Result<UnixStream> {
     )?)
 }
 
-/// Hands `stream` to a relay process and writes its pid where asked.
+/// Hands `stream` to a relay process (in the container's cgroup) and writes its pid where asked.
 fn detach_relay(
     stream: UnixStream,
     pty: Option<console::Pty>,
     pid_file: Option<&Path>,
-    dir: &Path,
+    made: &Made,
 ) -> anyhow::Result<()> {
-    let child = relay::spawn(stream, pty.as_ref().map(|p| p.path.as_path()))?;
-    std::fs::write(dir.join(super::RELAY_PID), child.id().to_string())?;
+    let mut child = relay::spawn(stream, pty.as_ref().map(|p| p.path.as_path()))?;
+    if let Err(e) = join_cgroup(&made.plan, child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    std::fs::write(made.dir.join(super::RELAY_PID), child.id().to_string())?;
     if let Some(path) = pid_file {
         relay::write_pid_file(path, child.id())?;
     }
@@ -339,11 +373,13 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> anyhow::Result<i32> {
     }
     if a.detach {
         let child = relay::spawn(stream, pty.as_ref().map(|p| p.path.as_path()))?;
+        join_cgroup(&c.plan, child.id())?;
         if let Some(path) = &a.pid_file {
             relay::write_pid_file(path, child.id())?;
         }
         return Ok(0);
     }
+    join_cgroup(&c.plan, std::process::id())?;
     if let Some(path) = &a.pid_file {
         relay::write_pid_file(path, std::process::id())?;
     }
@@ -372,7 +408,16 @@ fn exec_process(c: &Container, a: &ExecArgs) -> anyhow::Result<oci_spec::runtime
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("{}", path.display()));
+        let mut process: oci_spec::runtime::Process =
+            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if let Some(profile) = process.apparmor_profile().clone().filter(|p| !p.is_empty()) {
+            eprintln!(
+                "moat: warning: apparmorProfile {profile:?} not applied: it names a host \
+                 AppArmor profile and the process runs in its own VM's kernel"
+            );
+            process.set_apparmor_profile(None);
+        }
+        return Ok(process);
     }
     if a.command.is_empty() {
         bail!("exec needs a command or --process");

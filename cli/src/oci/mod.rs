@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod console;
 mod create;
+mod hooks;
 mod relay;
 pub mod store;
 mod verbs;

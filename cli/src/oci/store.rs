@@ -63,6 +63,8 @@ pub fn list(root: &Path) -> Vec<(String, Container)> {
 pub fn reserve(root: &Path, id: &str, plan: &Plan) -> anyhow::Result<PathBuf> {
     check_id(id)?;
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    // /run/moat itself first: created here it must be what `moat run` checks (0700, root's).
+    moat_jail::layout::check_base(Path::new(moat_runtime::state::STATE_ROOT))?;
     let base = state_base();
     let dir = base.join(&plan.config.id);
     let link = root.join(id);

@@ -120,11 +120,17 @@ pub fn start(g: &Globals, id: &str) -> anyhow::Result<()> {
         }
         _ => bail!("cannot start a container that has stopped"),
     }
-    reply_ok(client::request(&c.dir, c.name(), &Request::Start)?)
+    reply_ok(client::request(&c.dir, c.name(), &Request::Start)?)?;
+    if let Some(hooks) = &c.plan.config.hooks {
+        let mut state = state_json(id, &c);
+        state["status"] = "running".into();
+        super::hooks::run(Some(hooks), super::hooks::Stage::Poststart, &state)?;
+    }
+    Ok(())
 }
 
 /// The OCI state of `c` (with runc's extra fields).
-fn state_json(id: &str, c: &Container) -> serde_json::Value {
+pub(super) fn state_json(id: &str, c: &Container) -> serde_json::Value {
     let rootfs = c
         .plan
         .config
@@ -185,6 +191,8 @@ pub fn delete(g: &Globals, a: &DeleteArgs) -> anyhow::Result<()> {
             status_name(&c)
         );
     }
+    let mut last_state = state_json(&a.id, &c);
+    last_state["status"] = "stopped".into();
     if c.is_live() {
         match client::request(&c.dir, c.name(), &Request::Remove) {
             Ok(reply) => reply_ok(reply)?,
@@ -197,8 +205,14 @@ pub fn delete(g: &Globals, a: &DeleteArgs) -> anyhow::Result<()> {
             sandbox_store::remove_unsupervised(&c);
         }
     }
+    // The relays share a bundle's cgroup with the VM: the supervisor may have found it busy.
+    moat_runtime::sandbox::remove::remove_cgroup(&c.plan);
     store::unlink(&g.root, &a.id);
-    Ok(())
+    super::hooks::run(
+        c.plan.config.hooks.as_ref(),
+        super::hooks::Stage::Poststop,
+        &last_state,
+    )
 }
 
 /// `list`.

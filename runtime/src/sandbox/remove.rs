@@ -65,7 +65,11 @@ pub fn remove_cgroup(plan: &Plan) {
     let Ok(id) = moat_jail::JailId::new(&plan.config.id) else {
         return;
     };
-    if let Err(e) = moat_jail::cgroup::remove(&plan.options.cgroup_root, &id) {
+    let removed = plan
+        .config
+        .cgroup(&id)
+        .and_then(|cgroup| moat_jail::cgroup::remove(&plan.options.cgroup_root, &cgroup));
+    if let Err(e) = removed {
         tracing::debug!(error = %crate::error_chain(&e), "VM cgroup not removed");
     }
 }
