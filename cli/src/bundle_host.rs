@@ -48,6 +48,11 @@ pub fn apply(
         .transpose()
         .map_err(invalid)?;
     let volumes = bind_volumes(&mut spec, &host).map_err(invalid)?;
+    // The root is a disk in the guest; its host path (Docker's overlay mount) means nothing
+    // there, and the agent takes only a relative one.
+    if let Some(root) = spec.root_mut() {
+        root.set_path("rootfs".into());
+    }
     Ok((
         spec,
         volumes,

@@ -74,7 +74,14 @@ fn is_empty(r: &LinuxResources) -> bool {
 fn with_device_defaults(r: Option<&LinuxResources>, nodes: &[LinuxDevice]) -> LinuxResources {
     let mut r = r.cloned().unwrap_or_default();
     let mut rules = match r.devices() {
-        Some(d) if !d.is_empty() => d.clone(),
+        // As runc does, the nodes every container's /dev gets stay usable whatever the spec's
+        // rules (Docker's list lacks /dev/full, /dev/ptmx and the ptys): after its rules, the
+        // standard allows (all but the leading deny).
+        Some(d) if !d.is_empty() => d
+            .iter()
+            .cloned()
+            .chain(moat_spec::standard_device_rules().into_iter().skip(1))
+            .collect(),
         _ => moat_spec::standard_device_rules(),
     };
     for node in nodes {
@@ -243,8 +250,12 @@ mod tests {
         given.set_devices(Some(vec![moat_spec::device_rule(
             true, None, None, None, "rwm",
         )]));
+        // The spec's rules first, then the standard nodes' allows (runc's default devices).
         let kept = with_device_defaults(Some(&given), &[]);
-        assert_eq!(kept.devices().as_ref().unwrap().len(), 1);
+        let kept = kept.devices().clone().unwrap();
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept[0], given.devices().as_ref().unwrap()[0]);
+        assert!(kept[1..].iter().all(|r| r.allow()));
         let mut tun = LinuxDevice::default();
         tun.set_typ(LinuxDeviceType::C);
         tun.set_major(10);

@@ -310,9 +310,7 @@ fn check_resources(r: &LinuxResources) -> Result<(), SpecError> {
         }
     }
     if let Some(cpu) = r.cpu() {
-        if cpu.shares() == Some(0) {
-            return fail(format!("{F}.cpu.shares"), "must be greater than zero");
-        }
+        // shares 0 is "not set", as runc reads it (Docker always writes it).
         if cpu.quota().is_some_and(|q| q == 0 || q < -1) {
             return fail(
                 format!("{F}.cpu.quota"),
@@ -324,7 +322,11 @@ fn check_resources(r: &LinuxResources) -> Result<(), SpecError> {
         }
     }
     if let Some(io) = r.block_io() {
-        if io.weight().is_some_and(|w| !(10..=1000).contains(&w)) {
+        // weight 0 is "not set", as runc reads it (Docker always writes it).
+        if io
+            .weight()
+            .is_some_and(|w| w != 0 && !(10..=1000).contains(&w))
+        {
             return fail(format!("{F}.blockIO.weight"), "must be from 10 to 1000");
         }
         let lists = [

@@ -135,7 +135,6 @@ fn zero_limits() {
         (json!({"pids": {"limit": 0}}), "linux.resources.pids.limit"),
         (json!({"cpu": {"quota": 0}}), "linux.resources.cpu.quota"),
         (json!({"cpu": {"period": 0}}), "linux.resources.cpu.period"),
-        (json!({"cpu": {"shares": 0}}), "linux.resources.cpu.shares"),
         (
             json!({"blockIO": {"weight": 5}}),
             "linux.resources.blockIO.weight",

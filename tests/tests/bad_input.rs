@@ -447,9 +447,6 @@ bundle_case!(bundle_cpu_quota_zero, "linux.resources.cpu.quota", |v| v
 bundle_case!(bundle_cpu_period_zero, "linux.resources.cpu.period", |v| {
     v["linux"]["resources"] = json!({"cpu": {"period": 0}})
 });
-bundle_case!(bundle_cpu_shares_zero, "linux.resources.cpu.shares", |v| {
-    v["linux"]["resources"] = json!({"cpu": {"shares": 0}})
-});
 bundle_case!(bundle_blkio_weight, "linux.resources.blockIO.weight", |v| {
     v["linux"]["resources"] = json!({"blockIO": {"weight": 1}})
 });

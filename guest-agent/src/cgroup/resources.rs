@@ -342,7 +342,7 @@ fn plan_block_io(plan: &mut Plan<'_>, b: &LinuxBlockIo) -> Result<(), CgroupErro
             "exists on cgroup v1 (CFQ) only",
         ));
     }
-    if let Some(weight) = b.weight() {
+    if let Some(weight) = b.weight().filter(|&w| w != 0) {
         let field = format!("{f}.weight");
         check_weight(&field, weight)?;
         let (file, value) = weight_setting(plan, weight);
