@@ -169,6 +169,18 @@ fn verify(ids: Ids) -> Result<(), PrivsError> {
     Ok(())
 }
 
+/// Moves the calling thread (call it before any other thread starts) into a new, empty network
+/// namespace: an OCI relay's, so that what a hook configures in "the container's" namespace
+/// (`/proc/<relay pid>/ns/net`, as Docker's libnetwork-setkey does) never lands in the host's.
+pub fn own_network_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare(CLONE_NEWNET) changes only which network namespace the thread's new
+    // sockets belong to; no memory, descriptor or file-system state is touched.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

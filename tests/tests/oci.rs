@@ -229,6 +229,13 @@ fn runc_verbs_and_transitions() {
     assert_eq!(code, 0, "create{}", oci.diagnostics());
     let dir = oci.state_dir("c1");
     let relay = read_pid(&pid_file);
+    // A hook's "container network namespace" (/proc/<pid>/ns/net) is the relay's own, empty.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(
+        ns(&relay.to_string()),
+        ns("self"),
+        "the relay is in the host's netns"
+    );
 
     let state = oci.state("c1");
     assert_eq!(state["ociVersion"], "1.2.0");

@@ -142,7 +142,10 @@ pub fn run(g: &Globals, a: &RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let own = std::process::id();
-    let prepared = join_cgroup(&made.plan, own)
+    // This process is the relay: a network namespace of its own, as a detached relay has.
+    let prepared = moat_jail::privs::own_network_namespace()
+        .context("cannot make the relay's network namespace")
+        .and_then(|()| join_cgroup(&made.plan, own))
         .and_then(|()| {
             std::fs::write(made.dir.join(super::RELAY_PID), own.to_string()).map_err(Into::into)
         })

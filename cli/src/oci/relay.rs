@@ -60,6 +60,8 @@ fn forwarded() -> Vec<i32> {
 
 /// `moat __relay`.
 pub fn relay_main(args: &RelayArgs) -> anyhow::Result<i32> {
+    moat_jail::privs::own_network_namespace()
+        .context("cannot make the relay's network namespace")?;
     let stream = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let tty = match &args.tty {
         Some(path) => {
