@@ -89,6 +89,7 @@ impl Oci {
         full.extend_from_slice(args);
         let mut child = Command::new(moat_bin())
             .args(&full)
+            .env("MOAT_LOG_DIR", self.vm_logs())
             .stdin(Stdio::null())
             .stdout(File::create(io.with_extension("out")).unwrap())
             .stderr(File::create(io.with_extension("err")).unwrap())
@@ -133,9 +134,24 @@ impl Oci {
         std::fs::read_link(self.root().join(id)).expect("the id's link")
     }
 
+    /// Where moat keeps each VM's console and VMM logs when it ends (`MOAT_LOG_DIR`).
+    fn vm_logs(&self) -> PathBuf {
+        let dir = self.dir.path().join("vm-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        dir
+    }
+
+    /// The `--log` and every kept console and VMM log, their tails.
     fn diagnostics(&self) -> String {
-        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        format!("\n--- {} (tail)\n{}", self.log().display(), tail(&log))
+        let mut files = vec![self.log()];
+        files.extend(list(&self.vm_logs()).into_iter().map(|(_, p)| p));
+        files
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                format!("\n--- {} (tail)\n{}", f.display(), tail(&text))
+            })
+            .collect()
     }
 }
 

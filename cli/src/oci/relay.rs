@@ -6,6 +6,7 @@
 //! the very descriptors the relay's parent was given.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,10 @@ fn forwarded() -> Vec<i32> {
 pub fn relay_main(args: &RelayArgs) -> anyhow::Result<i32> {
     moat_jail::privs::own_network_namespace()
         .context("cannot make the relay's network namespace")?;
+    // Ready: `spawn` returns (and hooks may look at our namespaces) only after this byte.
+    let mut out = std::io::stdout();
+    std::io::Write::write_all(&mut out, b"r")?;
+    std::io::Write::flush(&mut out)?;
     let stream = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let tty = match &args.tty {
         Some(path) => {
@@ -123,12 +128,20 @@ pub fn spawn(stream: UnixStream, tty: Option<&Path>) -> anyhow::Result<Child> {
     if let Some(tty) = tty {
         cmd.arg("--tty").arg(tty);
     }
-    let child = cmd
+    let mut child = cmd
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(stream)))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start the relay process")?;
+    // Its one byte says it is in its own network namespace.
+    let mut ready = [0u8; 1];
+    let said = child.stdout.take().map(|mut out| out.read(&mut ready));
+    if !matches!(said, Some(Ok(1))) {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("the relay process did not start");
+    }
     Ok(child)
 }
 
