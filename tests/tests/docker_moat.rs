@@ -18,6 +18,14 @@ fn start() -> Dockerd {
     dockerd
 }
 
+/// `docker run -d --runtime moat --name NAME IMAGE COMMAND...`, which must succeed.
+#[track_caller]
+fn run_detached(dockerd: &Dockerd, name: &str, command: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", "moat", "--name", name, IMAGE];
+    args.extend_from_slice(command);
+    dockerd.ok(&args);
+}
+
 /// The state of container `name` as docker inspect shows it.
 fn inspect(dockerd: &Dockerd, name: &str, format: &str) -> String {
     dockerd
@@ -112,18 +120,7 @@ fn docker_runs_containers_in_moat_microvms() {
 
     // A service: logs, exec, stop (its TERM trap gets the signal), start again.
     let script = "echo up; trap 'echo got-term; exit 7' TERM; while :; do sleep 0.2; done";
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "moat",
-        "--name",
-        "svc",
-        IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
+    run_detached(&dockerd, "svc", &["sh", "-c", script]);
     wait_logs(&dockerd, "svc", "up");
     let exec = dockerd.docker(&["exec", "svc", "sh", "-c", "echo in-exec; exit 4"]);
     assert_eq!(
@@ -145,17 +142,7 @@ fn docker_runs_containers_in_moat_microvms() {
     assert!(!cgroup.exists(), "{} left after stop", cgroup.display());
 
     // kill, then rm -f of a running one.
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "moat",
-        "--name",
-        "killed",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    run_detached(&dockerd, "killed", &["sleep", "600"]);
     dockerd.ok(&["kill", "killed"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while inspect(&dockerd, "killed", "{{.State.Running}}") != "false" {
@@ -163,17 +150,7 @@ fn docker_runs_containers_in_moat_microvms() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(inspect(&dockerd, "killed", "{{.State.ExitCode}}"), "137");
-    dockerd.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "moat",
-        "--name",
-        "forced",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    run_detached(&dockerd, "forced", &["sleep", "600"]);
     dockerd.ok(&["rm", "-f", "svc", "killed", "forced"]);
     assert_eq!(dockerd.ok(&["ps", "-aq"]), "");
     assert_no_moat_left();

@@ -183,6 +183,18 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// `create --bundle BUNDLE --pid-file PID_FILE ID`.
+fn create_args<'a>(bundle: &'a Path, pid_file: &'a Path, id: &'a str) -> [&'a str; 6] {
+    [
+        "create",
+        "--bundle",
+        path(bundle),
+        "--pid-file",
+        path(pid_file),
+        id,
+    ]
+}
+
 /// Nothing of the container whose state directory was `dir` is left.
 #[track_caller]
 fn assert_gone(oci: &Oci, id: &str, dir: &Path) {
@@ -231,16 +243,8 @@ fn runc_verbs_and_transitions() {
     }
     let oci = Oci::new();
     let bundle = oci.bundle(SERVICE, false);
-    let pid_file = oci.dir.path().join("pid");
-    let io = oci.dir.path().join("c1");
-    let args = [
-        "create",
-        "--bundle",
-        path(&bundle),
-        "--pid-file",
-        path(&pid_file),
-        "c1",
-    ];
+    let (pid_file, io) = (oci.dir.path().join("pid"), oci.dir.path().join("c1"));
+    let args = create_args(&bundle, &pid_file, "c1");
     let code = oci.run_into(&args, &io);
     assert_eq!(code, 0, "create{}", oci.diagnostics());
     let dir = oci.state_dir("c1");
@@ -543,16 +547,8 @@ fn hooks_cgroups_path_and_host_binds() {
                     "source": host.join("data"), "options": ["rbind", "ro"] }),
         ]);
     });
-    let pid_file = oci.dir.path().join("pid");
-    let io = oci.dir.path().join("hooked");
-    let args = [
-        "create",
-        "--bundle",
-        path(&bundle),
-        "--pid-file",
-        path(&pid_file),
-        "hooked",
-    ];
+    let (pid_file, io) = (oci.dir.path().join("pid"), oci.dir.path().join("hooked"));
+    let args = create_args(&bundle, &pid_file, "hooked");
     assert_eq!(oci.run_into(&args, &io), 0, "create{}", oci.diagnostics());
     let dir = oci.state_dir("hooked");
     let relay = read_pid(&pid_file);
