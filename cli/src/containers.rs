@@ -307,6 +307,10 @@ pub fn start_one(c: &Container) -> anyhow::Result<()> {
     let _op = moat_runtime::sandbox::lock::op_lock(&c.dir).context("locking the container")?;
     let c = Container::load(&c.dir)?;
     if c.is_live() {
+        // Created but never started (its `run -d` died before asking): its supervisor starts it.
+        if matches!(c.state.status, Status::Creating | Status::Created) {
+            check(client::request(&c.dir, c.name(), &Request::Start)?)?;
+        }
         return Ok(());
     }
     let exe = std::env::current_exe()?;

@@ -13,7 +13,7 @@ use moat_runtime::config::{
 };
 use moat_runtime::disks::{parse_storage_opt, DEFAULT_STORAGE_BYTES};
 use moat_runtime::host;
-use moat_runtime::run::{volume_mountpoint, MAX_VOLUMES};
+use moat_runtime::run::MAX_VOLUMES;
 use moat_runtime::volumes::{check_volume, resolve_device, Volume};
 use moat_spec::parse::{
     parse_blkio_weight, parse_capability, parse_cpu_period, parse_cpu_quota, parse_cpu_shares,
@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// Mount a tmpfs (options: size=64m, mode=1777, ...)
     #[arg(long, value_name = "DST[:OPTIONS]", value_parser = parse_tmpfs)]
     pub tmpfs: Vec<TmpfsArg>,
-    /// Attach a volume: an ext4 image file, or a directory with :ro (a snapshot)
+    /// Attach a volume: an ext4 image file, a directory with :ro (a snapshot), or another file
+    /// (copied in at start)
     #[arg(short = 'v', long, value_name = "SRC:DST[:ro|rw]", value_parser = parse_volume)]
     pub volume: Vec<VolumeArg>,
     /// Add a capability (NAME, CAP_NAME or ALL)
@@ -323,7 +324,7 @@ impl RunArgs {
             .iter()
             .enumerate()
             .map(|(i, v)| BindMount {
-                source: volume_mountpoint(i),
+                source: v.bind_source(i),
                 destination: v.destination.clone(),
                 readonly: v.readonly,
             })

@@ -44,11 +44,13 @@ pub enum BootError {
         detail: String,
     },
     /// The agent did not connect and say `Ready` in time.
-    #[error("the guest agent did not become ready within {secs} s{detail}")]
+    #[error("the guest agent did not become ready within {secs} s ({stage}){detail}")]
     Timeout {
         /// The timeout.
         secs: u64,
-        /// The console hint, or empty.
+        /// How far it got: never connected, or connected without `Ready`.
+        stage: &'static str,
+        /// The console hint and what the VMM's threads were doing, or empty.
         detail: String,
     },
     /// The agent closed the connection or sent garbage before `Ready`.
@@ -129,9 +131,10 @@ pub fn wait_for_agent(
     events: &Receiver<Event>,
 ) -> Result<UnixStream, BootError> {
     let deadline = Instant::now() + timeout;
-    let timed_out = || BootError::Timeout {
+    let timed_out = |stage| BootError::Timeout {
         secs: timeout.as_secs(),
-        detail: logs.detail(true),
+        stage,
+        detail: timeout_detail(vmm, logs),
     };
     let stream = loop {
         match listener.accept() {
@@ -143,7 +146,7 @@ pub fn wait_for_agent(
         check_vmm_and_signals(vmm, logs, events)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timed_out());
+            return Err(timed_out("it never connected"));
         }
         let ts = Timespec::try_from(left.min(TICK)).unwrap_or(Timespec {
             tv_sec: 0,
@@ -173,7 +176,7 @@ pub fn wait_for_agent(
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            return Err(timed_out());
+            return Err(timed_out("it connected but did not say ready"));
         }
         Err(e) => return Err(agent_failed(crate::error_chain(&e), logs)),
     };
@@ -209,6 +212,17 @@ fn close_listener(listener: UnixListener) {
             tracing::debug!(path = %path.display(), error = %e, "cannot unlink the agent's listener");
         }
     }
+}
+
+/// `: <hints>; vmm threads: <what each VMM thread is doing>`: enough to tell a guest that
+/// spins from one that waits.
+fn timeout_detail(vmm: &VmmProcess, logs: &Logs<'_>) -> String {
+    let mut parts = logs.hints(true);
+    let threads = crate::threads::summary(vmm.pid().as_raw_nonzero().get());
+    if !threads.is_empty() {
+        parts.push(format!("vmm threads: {threads}"));
+    }
+    format!(": {}", parts.join("; "))
 }
 
 fn agent_failed(what: String, logs: &Logs<'_>) -> BootError {
@@ -318,7 +332,7 @@ mod tests {
         let err = wait(&f, Duration::from_millis(100), &rx).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the guest agent did not become ready within 0 s: the guest kernel panicked: Kernel panic - not syncing: x"
+            "the guest agent did not become ready within 0 s (it never connected): the guest kernel panicked: Kernel panic - not syncing: x; vmm threads: sleep S 0.00s"
         );
         tx.send(Event::Signal(libc::SIGWINCH)).unwrap();
         tx.send(Event::Signal(libc::SIGINT)).unwrap();

@@ -22,6 +22,7 @@ pub mod session;
 pub mod signals;
 pub mod state;
 pub mod terminal;
+pub mod threads;
 pub mod vmm;
 pub mod volumes;
 

@@ -22,8 +22,8 @@ pub enum VolumeError {
     /// A directory without `:ro`.
     #[error("-v/--volume {}: a directory can only be mounted read-only (moat has no shared filesystem): use :ro or an ext4 image file", .0.display())]
     WritableDirectory(PathBuf),
-    /// Neither a directory nor an ext4 image.
-    #[error("-v/--volume {}: not a directory or an ext4 image file", .0.display())]
+    /// Not a directory or a regular file.
+    #[error("-v/--volume {}: not a directory, a regular file or an ext4 image file", .0.display())]
     NotExt4(PathBuf),
     /// A comma, which `moat-vmm --disk` cannot take.
     #[error("-v/--volume {}: the path contains a comma, which moat cannot pass to the VM", .0.display())]
@@ -54,9 +54,9 @@ pub enum VolumeSource {
     Directory(PathBuf),
     /// An ext4 image file, attached as is (writes persist unless read-only).
     ImageFile(PathBuf),
-    /// Host files (an OCI bundle's file binds: Docker's /etc/hosts, /etc/resolv.conf,
-    /// /etc/hostname), copied when the VM starts into one ext4 disk as `0`, `1`...; the spec's
-    /// bind mounts name them there.
+    /// Host files (`-v FILE:DST`, an OCI bundle's file binds: Docker's /etc/hosts,
+    /// /etc/resolv.conf, /etc/hostname), copied when the VM starts into one ext4 disk as `0`,
+    /// `1`...; the spec's bind mounts name them there ([`Volume::bind_source`]).
     Files(Vec<PathBuf>),
 }
 
@@ -71,7 +71,20 @@ pub struct Volume {
     pub readonly: bool,
 }
 
-/// Checks a `-v` value's source on the host: an ext4 image file, or a directory with `:ro`.
+impl Volume {
+    /// What the container's bind mount of this volume, the `index`th disk after the image,
+    /// mounts from in the guest: the volume's mount point, or its first file for copied files.
+    pub fn bind_source(&self, index: usize) -> String {
+        let at = crate::run::volume_mountpoint(index);
+        match self.source {
+            VolumeSource::Files(_) => format!("{at}/0"),
+            _ => at,
+        }
+    }
+}
+
+/// Checks a `-v` value's source on the host: an ext4 image file (attached), another regular
+/// file (copied in when the VM starts), or a directory with `:ro` (a snapshot).
 pub fn check_volume(arg: &VolumeArg) -> Result<Volume, VolumeError> {
     let path = &arg.source;
     if path.as_os_str().as_encoded_bytes().contains(&b',') {
@@ -87,6 +100,10 @@ pub fn check_volume(arg: &VolumeArg) -> Result<Volume, VolumeError> {
         && is_ext4(path).map_err(|e| VolumeError::Unreadable(path.clone(), e))?
     {
         VolumeSource::ImageFile(path.clone())
+    } else if meta.is_file() {
+        // Opened now, so that an unreadable file fails here rather than when the VM starts.
+        std::fs::File::open(path).map_err(|e| VolumeError::Unreadable(path.clone(), e))?;
+        VolumeSource::Files(vec![path.clone()])
     } else {
         return Err(VolumeError::NotExt4(path.clone()));
     };
@@ -296,8 +313,14 @@ mod tests {
         );
         let text = tmp.path().join("t");
         std::fs::write(&text, vec![0u8; 4096]).unwrap();
+        let v = check_volume(&arg(&text, false)).unwrap();
+        assert_eq!(v.source, VolumeSource::Files(vec![text.clone()]));
+        assert_eq!(
+            v.bind_source(2),
+            format!("{}/2/0", moat_protocol::VOLUMES_DIR)
+        );
         assert!(matches!(
-            check_volume(&arg(&text, false)),
+            check_volume(&arg(Path::new("/dev/null"), false)),
             Err(VolumeError::NotExt4(_))
         ));
         let missing = tmp.path().join("missing");
@@ -314,6 +337,10 @@ mod tests {
         pack_directory(&dir, &image, "volume").unwrap();
         let v = check_volume(&arg(&image, false)).unwrap();
         assert_eq!(v.source, VolumeSource::ImageFile(image));
+        assert_eq!(
+            v.bind_source(2),
+            format!("{}/2", moat_protocol::VOLUMES_DIR)
+        );
         assert!(!v.readonly);
     }
 

@@ -295,3 +295,46 @@ fn the_writable_layer_is_a_disk_sized_by_storage_opt() {
     assert_eq!(o.out(), "1\n", "{}", o.diagnostics());
     assert_nothing_left(&name);
 }
+
+#[test]
+fn a_plain_file_volume_is_a_copy() {
+    if !vm_available("a_plain_file_volume_is_a_copy") {
+        return;
+    }
+    let dir = TempDir::new("volume-file");
+    let file = dir.path().join("greeting.txt");
+    std::fs::write(&file, "hello from the host\n").expect("write");
+    let rw = format!("{}:/etc/greeting", file.display());
+    let ro = format!("{rw}:ro");
+    let name = unique_name("file-rw");
+    let script = "cat /etc/greeting; echo changed > /etc/greeting && cat /etc/greeting";
+    let o = run(&name, &["-v", &rw], script);
+    o.expect_code(0);
+    assert_eq!(
+        o.out(),
+        "hello from the host\nchanged\n",
+        "{}",
+        o.diagnostics()
+    );
+    let host = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(host, "hello from the host\n", "the host file changed");
+    assert_nothing_left(&name);
+    let name = unique_name("file-ro");
+    let o = run(
+        &name,
+        &["-v", &ro],
+        "cat /etc/greeting; echo x > /etc/greeting",
+    );
+    assert_ne!(o.code, 0, "{}", o.diagnostics());
+    assert!(
+        o.out().starts_with("hello from the host\n"),
+        "{}",
+        o.diagnostics()
+    );
+    assert!(
+        o.err().contains("Read-only file system"),
+        "{}",
+        o.diagnostics()
+    );
+    assert_nothing_left(&name);
+}

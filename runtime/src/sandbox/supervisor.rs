@@ -292,10 +292,15 @@ fn create(shared: &Arc<Shared>, vm: &Vm, rx: &Receiver<Ev>) -> Result<i32, (Stri
     let sent = Instant::now();
     mux.send(&HostMessage::Create(Box::new(request)))
         .map_err(|e| (crate::error_chain(&e), run::EXIT_RUNTIME_ERROR))?;
+    // `moat start` while the container is being created: answered once it is.
+    let mut deferred = Vec::new();
     loop {
         match rx.recv() {
             Ok(Ev::Vm(VmEvent::Created(pid))) => {
                 *shared.setup.lock().unwrap_or_else(PoisonError::into_inner) = sent.elapsed();
+                for reply in deferred {
+                    let _ = shared.events.send(Ev::Cmd(Command::Start(reply)));
+                }
                 return Ok(pid);
             }
             Ok(Ev::Main(ProcEvent::Failed(kind, message))) => {
@@ -310,9 +315,7 @@ fn create(shared: &Arc<Shared>, vm: &Vm, rx: &Receiver<Ev>) -> Result<i32, (Stri
                     128 + signo,
                 ));
             }
-            Ok(Ev::Cmd(Command::Start(reply))) => {
-                let _ = reply.send(not_yet());
-            }
+            Ok(Ev::Cmd(Command::Start(reply))) => deferred.push(reply),
             Ok(_) => {}
             Err(_) => {
                 return Err((

@@ -180,8 +180,10 @@ impl Block {
                 break;
             }
             match queue.enable_notification(&*mem) {
-                // More requests arrived while notifications were off.
-                Ok(true) if served > 0 => continue,
+                // Requests arrived while notifications were off: the driver saw them off and
+                // did not kick, so serve them now, even after a pass that found nothing (a
+                // stale kick). An index more than a queue ahead stalls until a reset instead.
+                Ok(true) if avail_ahead(queue, mem) == Some(false) => {}
                 Ok(_) => break,
                 Err(err) => {
                     warn!(error = %err, "virtio-blk: cannot enable queue notifications");
@@ -220,6 +222,13 @@ impl Block {
     }
 }
 
+/// Whether the driver's available index is more than a queue ahead of the device; `None` if
+/// it cannot be read.
+fn avail_ahead(queue: &Queue, mem: &GuestMemory) -> Option<bool> {
+    let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?;
+    Some(avail.0.wrapping_sub(queue.next_avail()) > queue.size())
+}
+
 impl Backend {
     /// Serves up to `budget` available requests; returns how many were taken from the queue.
     fn serve(&mut self, queue: &mut Queue, mem: &GuestMemory, budget: usize) -> usize {
@@ -251,8 +260,7 @@ impl Backend {
         queue: &mut Queue,
         mem: &'m GuestMemory,
     ) -> Option<DescriptorChain<&'m GuestMemory>> {
-        let avail = queue.avail_idx(mem, Ordering::Acquire).ok()?;
-        if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
+        if avail_ahead(queue, mem)? {
             self.drop_chain("available index ahead of the queue");
             return None;
         }
