@@ -363,8 +363,9 @@ pub fn kill_signal(text: Option<&str>) -> anyhow::Result<i32> {
 }
 
 /// `moat system prune`: removes every container that is not running (exited, or dead because
-/// its supervisor was killed) with everything it had on the host.
-pub fn prune(root: &Path) -> anyhow::Result<()> {
+/// its supervisor was killed) with everything it had on the host, and the cached image layers
+/// of Docker bundles whose layers are gone.
+pub fn prune(root: &Path, data_root: &Path) -> anyhow::Result<()> {
     let mut removed = 0;
     for c in store::list(root) {
         if !c.is_live() && store::remove_unsupervised(&c) {
@@ -373,5 +374,9 @@ pub fn prune(root: &Path) -> anyhow::Result<()> {
         }
     }
     println!("Deleted Containers: {removed}");
+    let layers = moat_runtime::layers::prune(data_root);
+    if layers > 0 {
+        println!("Deleted cached layer images: {layers}");
+    }
     Ok(())
 }

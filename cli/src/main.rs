@@ -145,7 +145,11 @@ pub fn exit_code_of(e: &anyhow::Error) -> i32 {
 }
 
 /// The container verbs; their exit code.
-fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result<i32> {
+fn container_command(
+    command: Command,
+    root: &std::path::Path,
+    data_root: &std::path::Path,
+) -> anyhow::Result<i32> {
     match command {
         Command::Ps(a) => containers::ps(root, &a)?,
         Command::Exec(a) => return exec::exec(root, &a),
@@ -164,7 +168,7 @@ fn container_command(command: Command, root: &std::path::Path) -> anyhow::Result
         Command::Unpause(a) => containers::pause(root, &a.names, false)?,
         Command::Supervise { dir } => return supervise(&dir),
         Command::Relay(a) => return oci::relay_main(&a),
-        Command::System(images::SystemCommand::Prune { .. }) => containers::prune(root)?,
+        Command::System(images::SystemCommand::Prune { .. }) => containers::prune(root, data_root)?,
         _ => unreachable!("not a container command"),
     }
     Ok(0)
@@ -382,7 +386,7 @@ fn main() -> ExitCode {
         | Command::Unpause(_)
         | Command::System(images::SystemCommand::Prune { .. })
         | Command::Supervise { .. }
-        | Command::Relay(_)) => container_command(c, &state_root),
+        | Command::Relay(_)) => container_command(c, &state_root, &data_root),
         other => {
             let result = image_command(other, &data_root);
             let _ = std::io::stdout().flush();

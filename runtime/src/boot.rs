@@ -218,9 +218,14 @@ fn close_listener(listener: UnixListener) {
 /// spins from one that waits.
 fn timeout_detail(vmm: &VmmProcess, logs: &Logs<'_>) -> String {
     let mut parts = logs.hints(true);
-    let threads = crate::threads::summary(vmm.pid().as_raw_nonzero().get());
+    let pid = vmm.pid().as_raw_nonzero().get();
+    let threads = crate::threads::summary(pid);
     if !threads.is_empty() {
         parts.push(format!("vmm threads: {threads}"));
+    }
+    let rates = crate::threads::kvm_rates(pid, Duration::from_secs(1));
+    if !rates.is_empty() {
+        parts.push(format!("kvm: {rates}"));
     }
     format!(": {}", parts.join("; "))
 }

@@ -11,6 +11,7 @@ use moat_protocol::UpperLayer;
 
 use crate::assets::Assets;
 use crate::config::{ConfigError, Rootfs, RunConfig};
+use crate::layers::{copy_container_layers, image_disk, layered_root, LayerError, LayeredRoot};
 use crate::locks::{lock_all, Attach, LockError, VolumeLocks};
 use crate::state::StateDir;
 use crate::vmm::Disk;
@@ -62,6 +63,9 @@ pub enum DiskError {
         source: std::io::Error,
     },
     /// The scratch disk could not be made.
+    /// An overlay root's layers could not be turned into disks.
+    #[error(transparent)]
+    Layers(#[from] LayerError),
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
     Scratch {
         /// The file.
@@ -147,20 +151,12 @@ pub fn vm_disks(
     if config.volumes.len() > MAX_VOLUMES {
         return Err(ConfigError::TooManyVolumes(MAX_VOLUMES).into());
     }
-    let (root, root_dest) = match &config.rootfs {
-        Rootfs::Image(name) => {
-            let image = assets.image.clone();
-            (
-                image.ok_or_else(|| DiskError::NoImage(name.clone()))?,
-                Some("/"),
-            )
-        }
-        Rootfs::Directory(dir) => {
-            let image = state.path().join("rootfs.ext4");
-            pack_directory(dir, &image, "rootfs")?;
-            (image, None)
-        }
-    };
+    let readonly_root = config
+        .spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly() == Some(true));
+    let (root, root_dest, layered) = root_disk(config, assets, state, data_root, readonly_root)?;
     let mut disks = vec![Disk {
         path: root,
         readonly: true,
@@ -186,18 +182,17 @@ pub fn vm_disks(
         });
         destinations.push(destination);
     }
-    let readonly_root = config
-        .spec
-        .root()
-        .as_ref()
-        .is_some_and(|r| r.readonly() == Some(true));
     let (upper, scratch) = if readonly_root {
         (UpperLayer::Memory { mib: 1 }, None)
     } else {
+        let content = layered
+            .map(|l| ScratchContent::stage(&l, state, &config.id))
+            .transpose()?;
+        let content = content.as_ref().map(|c| c.dir.as_path());
         let scratch = if state.is_persistent() {
-            reuse_scratch(data_root, &config.id, config.storage_bytes)?
+            reuse_scratch(data_root, &config.id, config.storage_bytes, content)?
         } else {
-            create_scratch(data_root, &config.id, config.storage_bytes)?
+            create_scratch(data_root, &config.id, config.storage_bytes, content)?
         };
         disks.push(Disk {
             path: scratch.path.clone(),
@@ -214,6 +209,58 @@ pub fn vm_disks(
         _locks: locks,
         _scratch: scratch,
     })
+}
+
+/// The image disk, its name in messages (`None` for one the run made), and the layers of a
+/// bundle root that is an overlay (docs/docker.md): its image layers as a cached image, its
+/// container layers for the writable layer. A read-only root or a plain directory is packed
+/// whole, as it is.
+fn root_disk(
+    config: &RunConfig,
+    assets: &Assets,
+    state: &StateDir,
+    data_root: &Path,
+    readonly_root: bool,
+) -> Result<(PathBuf, Option<&'static str>, Option<LayeredRoot>), DiskError> {
+    let dir = match &config.rootfs {
+        Rootfs::Image(name) => {
+            let image = assets.image.clone();
+            let image = image.ok_or_else(|| DiskError::NoImage(name.clone()))?;
+            return Ok((image, Some("/"), None));
+        }
+        Rootfs::Directory(dir) => dir,
+    };
+    if let Some(layered) = layered_root(dir).filter(|_| !readonly_root) {
+        let work = state.path().join("layers.mnt");
+        let image = image_disk(data_root, &layered, &work)?;
+        return Ok((image, None, Some(layered)));
+    }
+    let image = state.path().join("rootfs.ext4");
+    pack_directory(dir, &image, "rootfs")?;
+    Ok((image, None, None))
+}
+
+/// What a new scratch disk starts with: the container's own layers as its upper directory,
+/// staged in the state directory and removed once the disk is made.
+struct ScratchContent {
+    dir: PathBuf,
+}
+
+impl ScratchContent {
+    fn stage(layered: &LayeredRoot, state: &StateDir, id: &str) -> Result<Self, DiskError> {
+        let dir = state.path().join("scratch.d");
+        let _ = std::fs::remove_dir_all(&dir);
+        let content = Self { dir };
+        let upper = content.dir.join("containers").join(id).join("upper");
+        copy_container_layers(layered, &upper)?;
+        Ok(content)
+    }
+}
+
+impl Drop for ScratchContent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Copies `files` into `stage` as `0`, `1`... and packs it into `image` (the stage goes after).
@@ -260,7 +307,12 @@ fn lock_disks(
 /// Creates `<data_root>/scratch/<id>.ext4`: a sparse file of `bytes` with an empty ext4 (4 MiB
 /// allocated for 10 GiB; about 20 ms). A file left by a run that was killed is replaced: the
 /// caller holds the id's state directory.
-fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, DiskError> {
+fn create_scratch(
+    data_root: &Path,
+    id: &str,
+    bytes: u64,
+    content: Option<&Path>,
+) -> Result<Scratch, DiskError> {
     let dir = data_root.join("scratch");
     let path = dir.join(format!("{id}.ext4"));
     let failed = |detail: String| DiskError::Scratch {
@@ -287,7 +339,7 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
         std::process::id(),
         file.as_raw_fd()
     ));
-    mkfs_scratch(&by_fd).map_err(failed)?;
+    mkfs_scratch(&by_fd, content).map_err(failed)?;
     drop(file);
     tracing::debug!(path = %path.display(), bytes, "scratch disk created");
     Ok(scratch)
@@ -295,13 +347,18 @@ fn create_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Dis
 
 /// The scratch disk of a container that outlives its VM: the one its last VM left (its
 /// writable layer as it was), or a new one; kept when the VM ends.
-fn reuse_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, DiskError> {
+fn reuse_scratch(
+    data_root: &Path,
+    id: &str,
+    bytes: u64,
+    content: Option<&Path>,
+) -> Result<Scratch, DiskError> {
     let path = scratch_path(data_root, id);
     let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
     let mut scratch = if is_file {
         Scratch { path, keep: false }
     } else {
-        create_scratch(data_root, id, bytes)?
+        create_scratch(data_root, id, bytes, content)?
     };
     scratch.keep = true;
     Ok(scratch)
@@ -309,7 +366,7 @@ fn reuse_scratch(data_root: &Path, id: &str, bytes: u64) -> Result<Scratch, Disk
 
 /// Makes `dir` (0700) unless it exists; either way it must be a real directory of ours that
 /// nobody else can write to, or a file in it could be swapped for a link.
-fn make_private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn make_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -328,9 +385,13 @@ fn make_private_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// `mkfs.ext4` on the sparse file, keeping its size.
-fn mkfs_scratch(path: &Path) -> Result<(), String> {
+fn mkfs_scratch(path: &Path, content: Option<&Path>) -> Result<(), String> {
     let mut mkfs = e2fsprogs("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-L", "moat-scratch", "-m", "0"])
+    mkfs.args(["-q", "-F", "-L", "moat-scratch", "-m", "0"]);
+    if let Some(dir) = content {
+        mkfs.arg("-d").arg(dir);
+    }
+    mkfs
         // mke2fs discards (punches) a file first, which reads back as zeros: its inode tables
         // are then marked zeroed, so the guest's ext4 does not zero them in the background.
         .args(["-E", "lazy_journal_init=1"])
@@ -374,11 +435,11 @@ mod tests {
         let dir = tmp.path().join("scratch");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = create_scratch(tmp.path(), "c1", 64 << 20).unwrap_err();
+        let err = create_scratch(tmp.path(), "c1", 64 << 20, None).unwrap_err();
         assert!(err.to_string().contains("writable by nobody else"), "{err}");
         std::fs::remove_dir(&dir).unwrap();
         std::os::unix::fs::symlink(tmp.path(), &dir).unwrap();
-        assert!(create_scratch(tmp.path(), "c1", 64 << 20).is_err());
+        assert!(create_scratch(tmp.path(), "c1", 64 << 20, None).is_err());
     }
 
     #[test]
@@ -392,7 +453,7 @@ mod tests {
     #[test]
     fn scratch_is_sparse_ext4_and_goes_when_dropped() {
         let tmp = TempDir::new("scratch");
-        let scratch = create_scratch(tmp.path(), "c1", 1 << 30).unwrap();
+        let scratch = create_scratch(tmp.path(), "c1", 1 << 30, None).unwrap();
         let path = tmp.path().join("scratch/c1.ext4");
         assert_eq!(scratch.path, path);
         let meta = std::fs::metadata(&path).unwrap();
@@ -424,7 +485,7 @@ mod tests {
         assert!(text.contains("moat-scratch"), "{text}");
         // A leftover of the same id is replaced.
         std::mem::forget(scratch);
-        let again = create_scratch(tmp.path(), "c1", 64 << 20).unwrap();
+        let again = create_scratch(tmp.path(), "c1", 64 << 20, None).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 20);
         drop(again);
         assert!(!path.exists());

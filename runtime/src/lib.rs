@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod disks;
 pub mod host;
+pub mod layers;
 pub mod locks;
 pub mod run;
 pub mod sandbox;

@@ -2,11 +2,11 @@
 //! whose daemon.json names moat; `docker run --runtime moat` boots a microVM per container, and
 //! docker's run, exec, logs, stop, kill and rm -f work on it. Each container boots a real VM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moat_tests::docker::{busybox_archive, docker_available, Dockerd};
-use moat_tests::{moat_bin, vm_available, vmm_processes_mentioning};
+use moat_tests::{moat, moat_bin, scratch_disk, vm_available, vmm_processes_mentioning};
 
 const IMAGE: &str = "moat-test/busybox:1";
 
@@ -95,6 +95,9 @@ fn docker_runs_containers_in_moat_microvms() {
         dockerd.diagnostics()
     );
     assert_eq!(run.out(), "dockered\n1\n", "{}", run.diagnostics());
+    // The image's layers became one cached disk, which the next container of the image reuses.
+    let cached = layer_images(&dockerd);
+    assert_eq!(cached.len(), 1, "{cached:?}");
     let failed = dockerd.docker(&[
         "run",
         "--rm",
@@ -106,6 +109,23 @@ fn docker_runs_containers_in_moat_microvms() {
         "exit 3",
     ]);
     assert_eq!(failed.code, 3, "{}", failed.diagnostics());
+    assert_eq!(
+        layer_images(&dockerd),
+        cached,
+        "the cached image was made again"
+    );
+    // The container's own layer travels: a file docker cp put in a created container.
+    let file = dockerd.work_dir().join("from-host");
+    std::fs::write(&file, "copied in\n").expect("write");
+    let create = ["create", "--runtime", "moat", "--name", "copied", IMAGE];
+    dockerd.ok(&[&create[..], &["cat", "/from-host", "/etc/hostname"]].concat());
+    dockerd.ok(&["cp", &file.display().to_string(), "copied:/from-host"]);
+    let copied = dockerd.docker(&["start", "-a", "copied"]);
+    assert!(
+        copied.code == 0 && copied.out().starts_with("copied in\n"),
+        "{}",
+        copied.diagnostics()
+    );
     let echoed = dockerd.docker_with(
         &["run", "--rm", "-i", "--runtime", "moat", IMAGE, "cat"],
         Some(b"through stdin\n"),
@@ -151,9 +171,37 @@ fn docker_runs_containers_in_moat_microvms() {
     }
     assert_eq!(inspect(&dockerd, "killed", "{{.State.ExitCode}}"), "137");
     run_detached(&dockerd, "forced", &["sleep", "600"]);
-    dockerd.ok(&["rm", "-f", "svc", "killed", "forced"]);
+    dockerd.ok(&["rm", "-f", "svc", "killed", "forced", "copied"]);
     assert_eq!(dockerd.ok(&["ps", "-aq"]), "");
     assert_no_moat_left();
     drop(dockerd);
     assert_no_moat_left();
+    // Its layers went with the daemon's data root: prune removes the cached image.
+    moat(&["system", "prune"], None).expect_code(0);
+    for (path, _) in &cached {
+        assert!(!path.exists(), "{} left after prune", path.display());
+    }
+}
+
+/// The cached layer images (and their inode) made from this daemon's layers.
+fn layer_images(dockerd: &Dockerd) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let data_root = scratch_disk("x")
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_owned);
+    let dir = data_root.expect("data root").join("layers");
+    let ours = dockerd.data_root().display().to_string();
+    let mut found: Vec<(PathBuf, u64)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "layers"))
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&ours)))
+        .map(|p| p.with_extension("ext4"))
+        .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m.ino())))
+        .collect();
+    found.sort();
+    found
 }
