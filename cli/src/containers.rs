@@ -9,7 +9,7 @@ use clap::Args;
 use moat_runtime::sandbox::client::{self, ClientError};
 use moat_runtime::sandbox::control::{Reply, Request};
 use moat_runtime::sandbox::record::Status;
-use moat_runtime::sandbox::store::{self, Container};
+use moat_runtime::sandbox::store::{self, Container, StoreError};
 
 use crate::signals;
 use crate::when;
@@ -266,7 +266,11 @@ pub fn wait(root: &Path, names: &[String]) -> anyhow::Result<()> {
 /// `moat rm`.
 pub fn rm(root: &Path, args: &RmArgs) -> anyhow::Result<()> {
     for_each(&args.names, |name| {
-        let c = find(root, name)?;
+        let c = match store::find(root, name) {
+            Ok(c) => c,
+            Err(StoreError::NotFound(_)) => return remove_unreadable(root, name),
+            Err(e) => return Err(e.into()),
+        };
         if c.is_live() {
             if !args.force {
                 bail!(
@@ -289,6 +293,20 @@ pub fn rm(root: &Path, args: &RmArgs) -> anyhow::Result<()> {
         }
         Ok(Some(name.to_owned()))
     })
+}
+
+/// `rm` of a name whose state directory cannot be read: removed with a warning line, else
+/// docker's "No such container".
+fn remove_unreadable(root: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    match store::remove_unreadable(root, name) {
+        Some(why) => {
+            eprintln!(
+                "moat: {name}: its state could not be read ({why}); removed its state directory"
+            );
+            Ok(Some(name.to_owned()))
+        }
+        None => bail!("No such container: {name}"),
+    }
 }
 
 fn remove_left(root: &Path, name: &str) -> anyhow::Result<()> {
@@ -370,6 +388,13 @@ pub fn prune(root: &Path, data_root: &Path) -> anyhow::Result<()> {
     for c in store::list(root) {
         if !c.is_live() && store::remove_unsupervised(&c) {
             println!("{}", c.plan.long_id);
+            removed += 1;
+        }
+    }
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if store::remove_unreadable(root, &name).is_some() {
+            println!("{name}");
             removed += 1;
         }
     }

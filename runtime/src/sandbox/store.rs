@@ -3,6 +3,7 @@
 //! whose supervisor died.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::lock;
 use super::record::{self, Plan, State, Status, PLAN_FILE, STATE_FILE};
@@ -131,6 +132,32 @@ pub fn find(root: &Path, query: &str) -> Result<Container, StoreError> {
     Ok(first)
 }
 
+/// How long an unreadable state directory must have gone unwritten before it counts as broken
+/// rather than one that a `moat run` is still filling.
+const UNREADABLE_GRACE: Duration = Duration::from_secs(10);
+
+/// Removes `root/<name>` if it is a state directory whose records cannot be read (damaged, or
+/// left half-written by a crash), that no supervisor holds and nothing wrote for
+/// [`UNREADABLE_GRACE`]: why it could not be read, or `None` if there is no such directory.
+pub fn remove_unreadable(root: &Path, name: &str) -> Option<String> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let dir = root.join(name);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let idle = meta.modified().ok()?.elapsed().unwrap_or_default() >= UNREADABLE_GRACE;
+    if !meta.is_dir() || !idle || lock::supervisor_alive(&dir) {
+        return None;
+    }
+    let why = match Container::load(&dir) {
+        Ok(_) => return None,
+        Err(e) => crate::error_chain(&e),
+    };
+    let _op = lock::op_lock(&dir).ok()?;
+    std::fs::remove_dir_all(&dir).ok()?;
+    Some(why)
+}
+
 /// Removes a container that has no supervisor (exited, or dead: its supervisor was killed),
 /// under its operation lock; false if another remover got there first.
 pub fn remove_unsupervised(c: &Container) -> bool {
@@ -145,4 +172,35 @@ pub fn remove_unsupervised(c: &Container) -> bool {
     }
     super::remove::remove_files(&c.dir, &c.plan);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn an_unreadable_state_dir_is_removed_once_idle() {
+        let tmp = TempDir::new("store-unreadable");
+        let dir = tmp.path().join("broken");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), "{bad").unwrap();
+        // Just written: maybe a run still filling it.
+        assert_eq!(remove_unreadable(tmp.path(), "broken"), None);
+        let aged = std::process::Command::new("touch")
+            .args(["-d", "1 minute ago"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(aged.success());
+        let why = remove_unreadable(tmp.path(), "broken").expect("removed");
+        assert!(why.contains(PLAN_FILE) || why.contains(STATE_FILE), "{why}");
+        assert!(!dir.exists());
+        assert_eq!(remove_unreadable(tmp.path(), "broken"), None);
+        assert_eq!(remove_unreadable(tmp.path(), "../x"), None);
+        assert!(matches!(
+            find(tmp.path(), "broken"),
+            Err(StoreError::NotFound(_))
+        ));
+    }
 }
