@@ -214,16 +214,22 @@ fn close_listener(listener: UnixListener) {
     }
 }
 
-/// `: <hints>; vmm threads: <what each VMM thread is doing>`: enough to tell a guest that
-/// spins from one that waits.
+/// `: <hints>; vmm threads: <what each VMM thread is doing>; kvm: <exit rates>`: enough to
+/// tell a guest that spins from one that waits. SIGUSR1 first asks `moat-vmm` to log a vCPU's
+/// registers (docs/architecture.md), so the VMM line of the hints says where the guest is.
 fn timeout_detail(vmm: &VmmProcess, logs: &Logs<'_>) -> String {
-    let mut parts = logs.hints(true);
+    let _ = rustix::process::kill_process(vmm.pid(), rustix::process::Signal::USR1);
     let pid = vmm.pid().as_raw_nonzero().get();
     let threads = crate::threads::summary(pid);
+    let rates = crate::threads::kvm_rates(pid, Duration::from_secs(1));
+    if rates.is_empty() {
+        // The time the kvm rates take otherwise: the vCPU answers SIGUSR1 within it.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut parts = logs.hints(true);
     if !threads.is_empty() {
         parts.push(format!("vmm threads: {threads}"));
     }
-    let rates = crate::threads::kvm_rates(pid, Duration::from_secs(1));
     if !rates.is_empty() {
         parts.push(format!("kvm: {rates}"));
     }
@@ -327,7 +333,7 @@ mod tests {
 
     #[test]
     fn timeout_and_signal() {
-        let f = fixture("boot-timeout", "exec sleep 60");
+        let f = fixture("boot-timeout", "trap '' USR1; exec sleep 60");
         let (tx, rx) = sync_channel(4);
         std::fs::write(
             f.tmp.path().join("console.log"),

@@ -236,9 +236,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // The VMM log is a file: no colour codes in it.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // After the subscriber (its warning must be seen), before any other thread exists.
     moat_vmm::seccomp::prepare_process();
+    // Before any thread too: they inherit SIGUSR1 blocked, and an early one waits for a vCPU.
+    if let Err(e) = moat_vmm::vstate::vcpu::prepare_dump_signal() {
+        return fail(1, &format!("cannot install the SIGUSR1 handler: {e}"));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

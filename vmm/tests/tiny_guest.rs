@@ -42,6 +42,9 @@ const SERIAL_IRQ: &[u8] = &[
 /// Size of the IDT the [`SERIAL_IRQ`] guest builds after its code.
 const IDT_SIZE: usize = 0x300;
 
+/// `1: jmp 1b`: a guest that spins where it starts.
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
 /// `ud2` with an empty IDT: #UD, then #DF, then a triple fault.
 const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
 
@@ -283,4 +286,49 @@ fn binary_setup_errors_are_one_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = without_warning(&out.stderr);
     assert!(stderr.contains("exceeds the host"), "{stderr}");
+}
+
+#[test]
+fn sigusr1_logs_where_a_spinning_guest_is() {
+    if !have_kvm() {
+        return;
+    }
+    let fx = Fixture::new("bin-spin", SPIN);
+    let log = fx.path("vmm.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .args(["run", "--no-jail"])
+        .args(["--kernel", fx.path("vmlinux").to_str().unwrap()])
+        .args(["--initramfs", fx.path("initramfs").to_str().unwrap()])
+        .args(["--memory-mib", "64", "--console-log"])
+        .arg(fx.path("console.log"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The console log exists once the VM is being built, after the handler is installed (before
+    // it, SIGUSR1 would end the process as it would any program).
+    while !fx.path("console.log").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut text = String::new();
+    // Signalled until it answers: the first signal may come before the vCPU thread exists.
+    while !text.contains("vcpu state on SIGUSR1") && Instant::now() < deadline {
+        let _ = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "moat-vmm ended: {text}"
+        );
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("vcpu state on SIGUSR1"))
+        .unwrap_or_else(|| panic!("no register dump in: {text}"));
+    assert!(line.contains(&format!("rip={LOAD_ADDR:#x}")), "{line}");
+    assert!(line.contains("exits={"), "{line}");
 }

@@ -6,14 +6,19 @@
 //! request kvm-ioctls issues (the unit tests check `KVM_RUN` against a real vCPU).
 
 use kvm_bindings::KVMIO;
-use vmm_sys_util::ioctl_io_nr;
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 
 /// The number of the ioctl request `name`, or `None` if the name is unknown.
 pub fn ioctl(name: &str) -> Option<u64> {
     let number = match name {
         "KVM_RUN" => KVM_RUN(),
+        "KVM_GET_REGS" => KVM_GET_REGS(),
+        "KVM_GET_SREGS" => KVM_GET_SREGS(),
         "FIONBIO" => libc::FIONBIO,
         _ => return None,
     };
@@ -49,6 +54,9 @@ mod tests {
         // _IO(0xAE, 0x80) from <linux/kvm.h>, FIONBIO from <asm-generic/ioctls.h>.
         assert_eq!(ioctl("KVM_RUN"), Some(0xae80));
         assert_eq!(ioctl("FIONBIO"), Some(0x5421));
+        // _IOR(0xAE, 0x81, struct kvm_regs) and _IOR(0xAE, 0x83, struct kvm_sregs).
+        assert_eq!(ioctl("KVM_GET_REGS"), Some(0x8090_ae81));
+        assert_eq!(ioctl("KVM_GET_SREGS"), Some(0x8138_ae83));
         assert_eq!(ioctl("KVM_NOPE"), None);
         assert_eq!(constant("AF_UNIX"), Some(1));
         assert_eq!(constant("nope"), None);

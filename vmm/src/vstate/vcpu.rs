@@ -1,6 +1,7 @@
 //! One thread per vCPU: `KVM_RUN` in a loop, each exit mapped in one flat `match` to a bus
 //! access or to the end of the VM, reported to the main thread over a channel.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,6 +12,24 @@ use crate::devices::Bus;
 use crate::seccomp::startup::Startup;
 use crate::seccomp::ThreadKind;
 use crate::stats::VmStats;
+
+/// Set by the SIGUSR1 handler; the vCPU thread the signal interrupts logs its registers.
+static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_dump_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    DUMP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the SIGUSR1 handler and blocks SIGUSR1 in the calling thread, so in every thread it
+/// starts; vCPU threads unblock it, so the signal lands on one and interrupts its `KVM_RUN`.
+/// `kill -USR1 <moat-vmm>` then logs that vCPU's registers and the exit counters (what the
+/// runtime does when a boot times out).
+pub fn prepare_dump_signal() -> std::io::Result<()> {
+    let to_io = |e: vmm_sys_util::errno::Error| std::io::Error::from_raw_os_error(e.errno());
+    vmm_sys_util::signal::register_signal_handler(libc::SIGUSR1, on_dump_signal).map_err(to_io)?;
+    vmm_sys_util::signal::block_signal(libc::SIGUSR1)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
 
 /// Why the VM ended; the process exit status follows from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +93,10 @@ impl Vcpu {
             .name(format!("vcpu{}", self.index))
             .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || {
+                // Before the filter: only this thread kind takes SIGUSR1 (prepare_dump_signal).
+                if let Err(e) = vmm_sys_util::signal::unblock_signal(libc::SIGUSR1) {
+                    tracing::warn!(vcpu = self.index, "cannot unblock SIGUSR1: {e}");
+                }
                 let exit = match startup.enter(ThreadKind::Vcpu) {
                     Ok(true) => self.run(),
                     // Another thread failed to load its filter and reports it.
@@ -89,10 +112,37 @@ impl Vcpu {
     /// Runs until the VM ends.
     pub fn run(&mut self) -> VmExit {
         loop {
+            if DUMP_REQUESTED.load(Ordering::Relaxed)
+                && DUMP_REQUESTED.swap(false, Ordering::SeqCst)
+            {
+                self.log_state();
+            }
             if let Some(exit) = self.run_once() {
                 return exit;
             }
         }
+    }
+
+    /// Logs the registers that say where the guest is, and the exit counters so far.
+    fn log_state(&mut self) {
+        let (regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(vcpu = self.index, "cannot read the vcpu's registers: {e}");
+                return;
+            }
+        };
+        tracing::error!(
+            vcpu = self.index,
+            rip = %format!("{:#x}", regs.rip),
+            rsp = %format!("{:#x}", regs.rsp),
+            rflags = %format!("{:#x}", regs.rflags),
+            cr0 = %format!("{:#x}", sregs.cr0),
+            cr3 = %format!("{:#x}", sregs.cr3),
+            efer = %format!("{:#x}", sregs.efer),
+            exits = %self.stats.to_json(&[]),
+            "vcpu state on SIGUSR1"
+        );
     }
 
     /// One `KVM_RUN`; `Some` when the VM ends.
