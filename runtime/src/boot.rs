@@ -216,7 +216,7 @@ fn close_listener(listener: UnixListener) {
 
 /// `: <hints>; vmm threads: <what each VMM thread is doing>; kvm: <exit rates>`: enough to
 /// tell a guest that spins from one that waits. SIGUSR1 first asks `moat-vmm` to log a vCPU's
-/// registers (docs/architecture.md), so the VMM line of the hints says where the guest is.
+/// registers (docs/seccomp.md), so the VMM line of the hints says where the guest is.
 fn timeout_detail(vmm: &VmmProcess, logs: &Logs<'_>) -> String {
     let _ = rustix::process::kill_process(vmm.pid(), rustix::process::Signal::USR1);
     let pid = vmm.pid().as_raw_nonzero().get();
