@@ -62,10 +62,10 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
-    /// The scratch disk could not be made.
     /// An overlay root's layers could not be turned into disks.
     #[error(transparent)]
     Layers(#[from] LayerError),
+    /// The scratch disk could not be made.
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
     Scratch {
         /// The file.
@@ -185,14 +185,11 @@ pub fn vm_disks(
     let (upper, scratch) = if readonly_root {
         (UpperLayer::Memory { mib: 1 }, None)
     } else {
-        let content = layered
-            .map(|l| ScratchContent::stage(&l, state, &config.id))
-            .transpose()?;
-        let content = content.as_ref().map(|c| c.dir.as_path());
+        let seed = layered.as_ref().map(|l| (l, state));
         let scratch = if state.is_persistent() {
-            reuse_scratch(data_root, &config.id, config.storage_bytes, content)?
+            reuse_scratch(data_root, &config.id, config.storage_bytes, seed)?
         } else {
-            create_scratch(data_root, &config.id, config.storage_bytes, content)?
+            create_scratch(data_root, &config.id, config.storage_bytes, seed)?
         };
         disks.push(Disk {
             path: scratch.path.clone(),
@@ -304,14 +301,18 @@ fn lock_disks(
     lock_all(&attaches, state_root)
 }
 
+/// The container layers a new scratch disk starts with, and the state dir to stage them in.
+type Seed<'a> = Option<(&'a LayeredRoot, &'a StateDir)>;
+
 /// Creates `<data_root>/scratch/<id>.ext4`: a sparse file of `bytes` with an empty ext4 (4 MiB
-/// allocated for 10 GiB; about 20 ms). A file left by a run that was killed is replaced: the
-/// caller holds the id's state directory.
+/// allocated for 10 GiB; about 20 ms), or one that holds `seed`'s layers as the container's
+/// upper directory. A file left by a run that was killed is replaced: the caller holds the id's
+/// state directory.
 fn create_scratch(
     data_root: &Path,
     id: &str,
     bytes: u64,
-    content: Option<&Path>,
+    seed: Seed<'_>,
 ) -> Result<Scratch, DiskError> {
     let dir = data_root.join("scratch");
     let path = dir.join(format!("{id}.ext4"));
@@ -339,7 +340,10 @@ fn create_scratch(
         std::process::id(),
         file.as_raw_fd()
     ));
-    mkfs_scratch(&by_fd, content).map_err(failed)?;
+    let content = seed
+        .map(|(layered, state)| ScratchContent::stage(layered, state, id))
+        .transpose()?;
+    mkfs_scratch(&by_fd, content.as_ref().map(|c| c.dir.as_path())).map_err(failed)?;
     drop(file);
     tracing::debug!(path = %path.display(), bytes, "scratch disk created");
     Ok(scratch)
@@ -351,14 +355,14 @@ fn reuse_scratch(
     data_root: &Path,
     id: &str,
     bytes: u64,
-    content: Option<&Path>,
+    seed: Seed<'_>,
 ) -> Result<Scratch, DiskError> {
     let path = scratch_path(data_root, id);
     let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
     let mut scratch = if is_file {
         Scratch { path, keep: false }
     } else {
-        create_scratch(data_root, id, bytes, content)?
+        create_scratch(data_root, id, bytes, seed)?
     };
     scratch.keep = true;
     Ok(scratch)

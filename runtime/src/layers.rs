@@ -159,10 +159,7 @@ pub fn image_disk(
     let tmp = dir.join(format!(".{key}.{}", std::process::id()));
     let packed = match root.image.as_slice() {
         [one] => pack_directory(one, &tmp, "rootfs").map_err(LayerError::from),
-        layers => pack_merged(layers, work, &tmp).map_err(|e| match e {
-            Merge::Pack(e) => e.into(),
-            Merge::Mount(what) => failed(what),
-        }),
+        layers => pack_merged(layers, work, &tmp, &failed),
     };
     let result = packed.and_then(|()| {
         record_layers(&dir.join(format!("{key}.layers")), &root.image).map_err(failed)?;
@@ -176,27 +173,26 @@ pub fn image_disk(
     Ok(disk)
 }
 
-enum Merge {
-    Mount(String),
-    Pack(VolumeError),
-}
-
 /// Mounts `layers` as a read-only overlay at `work`, packs it into `image`, unmounts.
-fn pack_merged(layers: &[PathBuf], work: &Path, image: &Path) -> Result<(), Merge> {
+fn pack_merged(
+    layers: &[PathBuf],
+    work: &Path,
+    image: &Path,
+    failed: &dyn Fn(String) -> LayerError,
+) -> Result<(), LayerError> {
     use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
     let mut lowerdir = String::new();
     for layer in layers {
         let text = layer.to_str().filter(|t| !t.contains([':', ',']));
-        let text =
-            text.ok_or_else(|| Merge::Mount(format!("{}: unusable path", layer.display())))?;
+        let text = text.ok_or_else(|| failed(format!("{}: unusable path", layer.display())))?;
         if !lowerdir.is_empty() {
             lowerdir.push(':');
         }
         lowerdir.push_str(text);
     }
-    std::fs::create_dir_all(work).map_err(|e| Merge::Mount(format!("{}: {e}", work.display())))?;
+    std::fs::create_dir_all(work).map_err(|e| failed(format!("{}: {e}", work.display())))?;
     let options = std::ffi::CString::new(format!("lowerdir={lowerdir}"))
-        .map_err(|_| Merge::Mount("a layer path holds a NUL".into()))?;
+        .map_err(|_| failed("a layer path holds a NUL".into()))?;
     mount(
         "overlay",
         work,
@@ -204,8 +200,8 @@ fn pack_merged(layers: &[PathBuf], work: &Path, image: &Path) -> Result<(), Merg
         MountFlags::RDONLY,
         Some(options.as_c_str()),
     )
-    .map_err(|e| Merge::Mount(format!("mounting the layers: {e}")))?;
-    let packed = pack_directory(work, image, "rootfs").map_err(Merge::Pack);
+    .map_err(|e| failed(format!("mounting the layers: {e}")))?;
+    let packed = pack_directory(work, image, "rootfs").map_err(LayerError::from);
     if let Err(e) = unmount(work, UnmountFlags::DETACH) {
         tracing::warn!(dir = %work.display(), error = %e, "cannot unmount the merged layers");
     }

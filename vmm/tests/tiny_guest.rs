@@ -115,16 +115,19 @@ impl Fixture {
         }
     }
 
-    fn run_binary(&self, extra: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-            .args(["run", "--no-jail"])
+    /// `moat-vmm run --no-jail` of this guest with 64 MiB and its console log.
+    fn binary(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat-vmm"));
+        cmd.args(["run", "--no-jail"])
             .args(["--kernel", self.path("vmlinux").to_str().unwrap()])
             .args(["--initramfs", self.path("initramfs").to_str().unwrap()])
             .args(["--memory-mib", "64", "--console-log"])
-            .arg(self.path("console.log"))
-            .args(extra)
-            .output()
-            .unwrap();
+            .arg(self.path("console.log"));
+        cmd
+    }
+
+    fn run_binary(&self, extra: &[&str]) -> (i32, String) {
+        let out = self.binary().args(extra).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             without_warning(&out.stderr),
@@ -295,12 +298,8 @@ fn sigusr1_logs_where_a_spinning_guest_is() {
     }
     let fx = Fixture::new("bin-spin", SPIN);
     let log = fx.path("vmm.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
-        .args(["run", "--no-jail"])
-        .args(["--kernel", fx.path("vmlinux").to_str().unwrap()])
-        .args(["--initramfs", fx.path("initramfs").to_str().unwrap()])
-        .args(["--memory-mib", "64", "--console-log"])
-        .arg(fx.path("console.log"))
+    let mut child = fx
+        .binary()
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
