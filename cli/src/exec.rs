@@ -93,6 +93,7 @@ pub fn exec(root: &Path, args: &ExecArgs) -> anyhow::Result<i32> {
             stdin,
             tty: args.tty,
             tied: false,
+            events: false,
         },
         spec: Box::new(process),
         user,

@@ -138,6 +138,7 @@ pub fn run(req: RunRequest) -> anyhow::Result<i32> {
         stdin: interactive,
         tty,
         tied: false,
+        events: false,
     };
     let stream = attach::open_with_stdio(&dir, &name, &Request::Attach(stdio), interactive)?;
     attach::target_conn(&target, &stream);

@@ -166,6 +166,11 @@ impl ContainerCgroup {
             .map_err(LimitsError::from)
     }
 
+    /// The container cgroup's counters (`Stats`).
+    pub fn stats(&self) -> Result<moat_protocol::CgroupStats, LimitsError> {
+        self.with(Cgroup::stats).ok_or(LimitsError::Ended)
+    }
+
     /// Applies new limits (`Update`): checked before anything is written, as at `Create`; a
     /// missing `devices` leaves the device rules as they are.
     pub fn update(&self, r: &LinuxResources) -> Result<(), LimitsError> {

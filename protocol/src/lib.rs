@@ -20,12 +20,12 @@ pub mod message;
 pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
 pub use message::{decode, encode};
 pub use message::{
-    AgentMessage, ErrorKind, ExecRequest, ExitStatus, HostMessage, MessageError, OutputStream,
-    RootfsSpec, RunRequest, UpperLayer, VolumeSpec, VOLUMES_DIR,
+    AgentMessage, CgroupStats, ErrorKind, ExecRequest, ExitStatus, HostMessage, MessageError,
+    OutputStream, RootfsSpec, RunRequest, UpperLayer, VolumeSpec, VOLUMES_DIR,
 };
 
 /// Version of the protocol spoken by this build; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The process id of the container's own process (its `process` in the spec).
 pub const MAIN_PROCESS: u32 = 1;

@@ -12,9 +12,9 @@
 //!    under flow control ([`crate::WINDOW`]: [`HostMessage::Credit`],
 //!    [`AgentMessage::StdinCredit`]), [`HostMessage::StdinEof`], [`HostMessage::Signal`],
 //!    [`HostMessage::Resize`], and the container requests [`HostMessage::Pause`],
-//!    [`HostMessage::Resume`], [`HostMessage::ListProcesses`], [`HostMessage::Update`], answered
-//!    in order by [`AgentMessage::Done`], [`AgentMessage::Processes`] or an `Error` with no
-//!    process.
+//!    [`HostMessage::Resume`], [`HostMessage::ListProcesses`], [`HostMessage::Stats`],
+//!    [`HostMessage::Update`], answered in order by [`AgentMessage::Done`],
+//!    [`AgentMessage::Processes`], [`AgentMessage::Stats`] or an `Error` with no process.
 //! 5. agent -> host: [`AgentMessage::Exited`] for each process, after its last stdout/stderr
 //!    frame; the main process's comes last (its end kills every other process of the
 //!    container).
@@ -165,6 +165,8 @@ pub enum HostMessage {
     Resume,
     /// List the container's processes (guest pids).
     ListProcesses,
+    /// The container cgroup's counters.
+    Stats,
     /// Apply these resource limits to the container's cgroup (OCI `update`).
     Update(Box<oci_spec::runtime::LinuxResources>),
     /// Kill whatever still runs, sync and power the VM off.
@@ -257,6 +259,8 @@ pub enum AgentMessage {
     },
     /// `Pause`, `Resume` or `Update` succeeded.
     Done,
+    /// The answer to `Stats`.
+    Stats(Box<CgroupStats>),
     /// The answer to `ListProcesses`.
     Processes {
         /// Guest pids, ascending.
@@ -354,4 +358,30 @@ mod tests {
         assert_eq!(ExitStatus::Code { code: 7 }.shell_code(), 7);
         assert_eq!(ExitStatus::Signaled { signo: 9 }.shell_code(), 137);
     }
+}
+
+/// A container cgroup's counters (`Stats`), as cgroup v2's files give them: each `key value`
+/// file as a map of its keys, so that the host picks what it reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// `cpu.stat` (`usage_usec`, `user_usec`, `system_usec`, `nr_periods`...).
+    pub cpu: std::collections::BTreeMap<String, u64>,
+    /// `memory.current`.
+    pub memory_current: u64,
+    /// `memory.max` (`None`: no limit).
+    pub memory_max: Option<u64>,
+    /// `memory.swap.current`.
+    pub swap_current: u64,
+    /// `memory.swap.max` (`None`: no limit, or no swap accounting).
+    pub swap_max: Option<u64>,
+    /// `memory.stat` (`anon`, `file`, `inactive_file`, `pgfault`...).
+    pub memory: std::collections::BTreeMap<String, u64>,
+    /// `memory.events` (`low`, `high`, `max`, `oom`, `oom_kill`).
+    pub memory_events: std::collections::BTreeMap<String, u64>,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `pids.max` (`None`: no limit).
+    pub pids_max: Option<u64>,
+    /// `io.stat`, by device (`MAJ:MIN`): `rbytes`, `wbytes`, `rios`, `wios`...
+    pub io: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }

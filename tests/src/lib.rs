@@ -1,9 +1,10 @@
 //! Helpers for moat's integration tests: find the built binaries, decide whether VM tests can
 //! run here, run `moat` with a timeout and show the guest's console and the VMM log on failure; and
-//! registries and images for the image tests ([`registry`]); a private Docker daemon for the docker
-//! tests ([`docker`]).
+//! registries and images for the image tests ([`registry`]); a private containerd ([`containerd`])
+//! and Docker daemon ([`docker`]) for the containerd and docker tests.
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 pub mod docker;
 pub mod registry;
 

@@ -205,7 +205,8 @@ fn make(g: &Globals, a: &CreateArgs) -> anyhow::Result<Made> {
     Ok(Made { plan, dir })
 }
 
-fn plan_of(g: &Globals, id: &str, bundle: &Path) -> anyhow::Result<Plan> {
+/// The plan of container `id` from `bundle` (the shim's too).
+pub(crate) fn plan_of(g: &Globals, id: &str, bundle: &Path) -> anyhow::Result<Plan> {
     #[derive(Parser)]
     struct Wrap {
         #[command(flatten)]
@@ -262,6 +263,7 @@ fn attach(
         stdin: true,
         tty,
         tied: true,
+        events: false,
     });
     match (tty, console_socket) {
         (true, Some(socket)) => {
@@ -284,6 +286,7 @@ fn own_attach(made: &Made, tty: bool) -> anyhow::Result<UnixStream> {
         stdin: true,
         tty,
         tied: true,
+        events: false,
     });
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let fds: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];
@@ -322,7 +325,7 @@ fn discard(g: &Globals, id: &str, made: &Made) {
 }
 
 /// Removes what is left of a container without a supervisor, and its link.
-fn forget(root: &Path, id: &str, dir: &Path) {
+pub(crate) fn forget(root: &Path, id: &str, dir: &Path) {
     if let Ok(c) = Container::load(dir) {
         if !c.supervised {
             moat_runtime::sandbox::store::remove_unsupervised(&c);
@@ -352,6 +355,7 @@ pub fn exec(g: &Globals, a: &ExecArgs) -> anyhow::Result<i32> {
             stdin: true,
             tty,
             tied: true,
+            events: false,
         },
         spec: Box::new(process),
         user: None,

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod console;
-mod create;
+pub(crate) mod create;
 mod hooks;
 mod relay;
 pub mod store;
-mod verbs;
+pub(crate) mod verbs;
 
 pub use relay::{relay_main, RelayArgs};
 

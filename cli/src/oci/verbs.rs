@@ -215,6 +215,15 @@ pub fn delete(g: &Globals, a: &DeleteArgs) -> anyhow::Result<()> {
     )
 }
 
+/// `delete --force ID`: the container goes whatever its state (the shim's delete).
+pub(crate) fn remove(g: &Globals, id: &str) -> anyhow::Result<()> {
+    let args = DeleteArgs {
+        force: true,
+        id: id.to_owned(),
+    };
+    delete(g, &args)
+}
+
 /// `list`.
 pub fn list(g: &Globals, a: &ListArgs) -> anyhow::Result<()> {
     let all = store::list(&g.root);

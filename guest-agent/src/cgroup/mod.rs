@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod devices;
 pub mod oom;
 pub mod resources;
+pub mod stats;
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -264,6 +265,11 @@ impl Cgroup {
         pids.sort_unstable();
         pids.dedup();
         Ok(pids)
+    }
+
+    /// The cgroup's counters (`Stats`).
+    pub fn stats(&self) -> moat_protocol::CgroupStats {
+        stats::read(&self.path)
     }
 
     /// The cgroup's directory.

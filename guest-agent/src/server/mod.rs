@@ -203,6 +203,7 @@ impl Server {
             HostMessage::Pause => self.freeze(true)?,
             HostMessage::Resume => self.freeze(false)?,
             HostMessage::ListProcesses => self.list_processes()?,
+            HostMessage::Stats => self.stats()?,
             HostMessage::Update(r) => self.update(&r)?,
             HostMessage::Shutdown => return Ok(true),
         }

@@ -272,6 +272,13 @@ impl Server {
         })
     }
 
+    /// `Stats`.
+    pub(super) fn stats(&self) -> Result<(), ServerError> {
+        self.on_cgroup("stats", |c| {
+            c.stats().map(|s| AgentMessage::Stats(Box::new(s)))
+        })
+    }
+
     /// `Update`.
     pub(super) fn update(&self, r: &LinuxResources) -> Result<(), ServerError> {
         self.on_cgroup("update", |c| c.update(r).map(|()| AgentMessage::Done))

@@ -42,6 +42,10 @@ pub struct StdioSpec {
     pub tty: bool,
     /// The process ends (SIGKILL) if this client goes away (the OCI relay's rule).
     pub tied: bool,
+    /// The client takes events ([`Reply::Oom`]) on the connection before the end, instead of
+    /// notices on the process's stderr (the shim).
+    #[serde(default)]
+    pub events: bool,
 }
 
 /// A client's request.
@@ -93,6 +97,8 @@ pub enum Request {
     Resume,
     /// The container's processes (guest pids).
     Processes,
+    /// The container cgroup's counters in the guest.
+    Stats,
     /// New resource limits.
     Update(Box<oci_spec::runtime::LinuxResources>),
 }
@@ -113,10 +119,18 @@ pub enum Reply {
         /// 0..=255.
         code: i32,
     },
+    /// The answer to `Stats`.
+    Stats(Box<moat_protocol::CgroupStats>),
     /// The answer to `Processes`.
     Processes {
         /// Guest pids.
         pids: Vec<i32>,
+    },
+    /// On an attach connection with `events`: the OOM killer killed a process of the
+    /// container (its count so far).
+    Oom {
+        /// The cgroup's `oom_kill` count.
+        count: u64,
     },
     /// The request failed.
     Error {
@@ -204,6 +218,7 @@ mod tests {
             stdin: false,
             tty: false,
             tied: true,
+            events: false,
         };
         send(&a, &Request::Attach(spec)).unwrap();
         let (mut r, w) = UnixStream::pair().unwrap();

@@ -306,6 +306,7 @@ impl Mux {
             }
             msg @ (AgentMessage::Done
             | AgentMessage::Processes { .. }
+            | AgentMessage::Stats(_)
             | AgentMessage::Error { process: None, .. }) => {
                 let _ = tx.send(VmEvent::Reply(msg));
             }

@@ -16,6 +16,8 @@ use super::record::Plan;
 pub(crate) struct Attached {
     pub(crate) stdout: Option<File>,
     pub(crate) stderr: Option<File>,
+    /// The runtime's notices (an OOM kill) go to its stderr.
+    pub(crate) notices: bool,
 }
 
 /// The main process's destinations.
@@ -58,7 +60,8 @@ impl MainOutput {
     pub(crate) fn oom_notice(&self, plan: &Plan) {
         let line = oom_line(plan);
         let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(err) = attached.as_mut().and_then(|a| a.stderr.as_mut()) {
+        let noticed = attached.as_mut().filter(|a| a.notices);
+        if let Some(err) = noticed.and_then(|a| a.stderr.as_mut()) {
             let _ = writeln!(err, "{line}");
         }
     }

@@ -106,6 +106,9 @@ pub struct State {
     pub error: Option<String>,
     /// How many times it was started.
     pub starts: u32,
+    /// How many processes the OOM killer killed in its cgroup (the guest's count).
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 impl State {
@@ -122,6 +125,7 @@ impl State {
             exit_code: None,
             error: None,
             starts: 0,
+            oom_kills: 0,
         }
     }
 }

@@ -96,6 +96,7 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
         Request::Pause => container_request(shared, HostMessage::Pause),
         Request::Resume => container_request(shared, HostMessage::Resume),
         Request::Processes => container_request(shared, HostMessage::ListProcesses),
+        Request::Stats => container_request(shared, HostMessage::Stats),
         Request::Update(r) => container_request(shared, HostMessage::Update(r)),
     };
     let _ = control::send(stream, &reply);
@@ -221,6 +222,7 @@ fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
             Reply::Ok
         }
         Ok(AgentMessage::Processes { pids }) => Reply::Processes { pids },
+        Ok(AgentMessage::Stats(stats)) => Reply::Stats(stats),
         Ok(AgentMessage::Error { message, .. }) => error(crate::console::sanitize(&message)),
         Ok(_) => error("unexpected answer from the guest agent"),
         Err(_) => error("the guest agent did not answer"),
@@ -264,6 +266,7 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
     shared.output.attach(Some(Attached {
         stdout: Some(out),
         stderr: Some(err),
+        notices: !stdio.events,
     }));
     if let Some(stdin) = stdin {
         pump_stdin_when_running(Arc::clone(shared), stdin);
@@ -284,7 +287,15 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
             watcher.kill(libc::SIGKILL);
         }
     });
+    let events = stdio
+        .events
+        .then(|| stream.try_clone().ok())
+        .flatten()
+        .map(|s| oom_events(s, Arc::clone(shared)));
     let code = shared.wait_ended();
+    if let Some(events) = events {
+        let _ = events.join();
+    }
     // A container that ended in an error (its VM died, the VMM was killed by its filter...)
     // tells the attached client why; a normal end just gives the code.
     let reply = match shared.state().error {
@@ -297,6 +308,24 @@ fn attach(stream: &UnixStream, shared: &Arc<Shared>, stdio: StdioSpec) {
 }
 
 /// Points our stderr (the tracing log) at `dir/supervisor.log`.
+/// Sends [`Reply::Oom`] on `stream` for every OOM kill the guest reports, until the container
+/// has ended (the attach then sends its last reply: this thread is joined first, so the two
+/// never write at once).
+fn oom_events(stream: UnixStream, shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut seen = shared.state().oom_kills;
+        while shared.wait_ended_for(Duration::ZERO).is_none() {
+            let state = shared.wait_state_for(Duration::from_millis(500));
+            if state.oom_kills > seen {
+                seen = state.oom_kills;
+                if control::send(&stream, &Reply::Oom { count: seen }).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
 fn log_to_file(dir: &std::path::Path) {
     let file = std::fs::File::options()
         .create(true)

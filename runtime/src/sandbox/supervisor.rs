@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) plan: Plan,
     state: Mutex<State>,
+    /// Signalled on every change of `state`.
+    state_cv: Condvar,
     pub(crate) mux: Mutex<Option<Arc<Mux>>>,
     pub(crate) events: Sender<Ev>,
     /// Interrupts the boot (its events channel).
@@ -95,6 +97,17 @@ impl Shared {
         if let Err(e) = record::write_json(&self.dir, STATE_FILE, &*state) {
             tracing::warn!(error = %crate::error_chain(&e), "cannot write the state");
         }
+        self.state_cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for a change of the state; the state then.
+    pub(crate) fn wait_state_for(&self, timeout: Duration) -> State {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (state, _) = self
+            .state_cv
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.clone()
     }
 
     /// Waits until the container has ended and everything is cleaned up; its exit code.
@@ -153,6 +166,7 @@ pub fn supervise(dir: &Path, mut ready: File) -> Result<i32, SupervisorError> {
         dir: dir.to_owned(),
         plan,
         state: Mutex::new(state),
+        state_cv: Condvar::new(),
         mux: Mutex::new(None),
         events,
         boot: boot_tx.clone(),
@@ -380,7 +394,10 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
                 return run::EXIT_RUNTIME_ERROR;
             }
             Ev::Main(ProcEvent::Started(_)) => {}
-            Ev::Vm(VmEvent::Oom(_)) => shared.output.oom_notice(&shared.plan),
+            Ev::Vm(VmEvent::Oom(count)) => {
+                shared.update(|s| s.oom_kills = s.oom_kills.max(count));
+                shared.output.oom_notice(&shared.plan);
+            }
             Ev::Vm(VmEvent::Gone(reason)) => {
                 let message = vm_gone(vm, reason);
                 shared.update(|s| s.error = Some(message));

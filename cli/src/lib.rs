@@ -1,4 +1,6 @@
-//! The `moat` command: docker-style `run`, each container in its own KVM microVM.
+//! The `moat` command (docker-style `run`, each container in its own KVM microVM, and runc's
+//! command line) and `containerd-shim-moat-v2` ([`shim`]): one library, two thin binaries
+//! (`src/bin/`), so the shim builds its containers from bundles with the same code as `moat`.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
@@ -23,6 +25,7 @@ mod oci;
 mod run_args;
 mod run_image;
 mod seccomp;
+pub mod shim;
 mod signals;
 mod when;
 
@@ -175,7 +178,7 @@ fn container_command(
 }
 
 /// `moat __supervise DIR`: stdout is the readiness pipe of the CLI that started it.
-fn supervise(dir: &std::path::Path) -> anyhow::Result<i32> {
+pub fn supervise(dir: &std::path::Path) -> anyhow::Result<i32> {
     use std::os::fd::AsFd;
     let ready = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     Ok(moat_runtime::sandbox::supervise(dir, ready)?)
@@ -343,7 +346,7 @@ pub fn one_line(text: &str) -> String {
 }
 
 /// What `-V`/`--version` prints, for `moat` and its subcommands alike.
-fn version() -> String {
+pub(crate) fn version() -> String {
     format!("moat {}", env!("CARGO_PKG_VERSION"))
 }
 
@@ -351,7 +354,8 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME_ERROR as u8))
 }
 
-fn main() -> ExitCode {
+/// The `moat` binary's main.
+pub fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
     });

@@ -1,0 +1,410 @@
+//! containerd with moat's shim (docs/containerd.md): a private containerd
+//! (tests/src/containerd.rs) finds `containerd-shim-moat-v2` on its PATH, and `ctr run --runtime
+//! io.containerd.moat.v2` boots a microVM per task. Each test imports a busybox image it builds
+//! itself and boots real VMs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use moat_tests::containerd::{containerd_available, Containerd, Options, CTR_TIMEOUT};
+use moat_tests::docker::busybox_archive;
+use moat_tests::{moat_bin, unique_name, vm_available, vmm_processes_mentioning, Outcome};
+
+const IMAGE: &str = "moat.test/busybox:1";
+const NS: &str = "moat-test";
+const RUNTIME: &str = "io.containerd.moat.v2";
+
+fn shim_bin() -> PathBuf {
+    moat_bin().with_file_name("containerd-shim-moat-v2")
+}
+
+/// containerd with the shim on its PATH and the test image imported; `None` (the test skips)
+/// where VMs or containerd cannot run.
+fn start(test: &str) -> Option<Containerd> {
+    if !vm_available(test) || !containerd_available(test) {
+        return None;
+    }
+    assert!(shim_bin().exists(), "{} is not built", shim_bin().display());
+    let c = Containerd::start(&Options {
+        name: "containerd-moat",
+        path: vec![shim_bin().parent().expect("bin dir").to_path_buf()],
+        ..Options::default()
+    });
+    let tar = c.work_dir().join("busybox.tar");
+    busybox_archive(&tar, IMAGE);
+    c.ctr_ok(NS, &["images", "import", tar.to_str().expect("utf-8")]);
+    Some(c)
+}
+
+/// `ctr run --rm --runtime moat IMAGE ID ARGS...` with `extra` flags before the image.
+fn ctr_run(
+    c: &Containerd,
+    extra: &[&str],
+    id: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
+    let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
+    all.extend_from_slice(extra);
+    all.extend_from_slice(&[IMAGE, id]);
+    all.extend_from_slice(args);
+    c.ctr(NS, &all, stdin, CTR_TIMEOUT)
+}
+
+/// What a failed check shows: the command's output, containerd's log, and the shim's view.
+fn why(c: &Containerd, o: &Outcome) -> String {
+    format!("{}{}", o.diagnostics(), c.diagnostics())
+}
+
+/// The task's status as `ctr task ls` shows it.
+fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr_ok(NS, &["task", "ls"]);
+    out.lines().find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
+    })
+}
+
+#[track_caller]
+fn wait_status(c: &Containerd, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = task_status(c, id);
+        if status.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} is {status:?}, not {want}\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Nothing of the task `id` is left: no VM, no shim link or state dir, no mount in its bundle.
+#[track_caller]
+fn assert_task_gone(c: &Containerd, id: &str) {
+    let link = Path::new("/run/moat-shim").join(NS).join(id);
+    assert!(!link.exists(), "{} left behind", link.display());
+    let bundle = c
+        .state()
+        .join("io.containerd.runtime.v2.task")
+        .join(NS)
+        .join(id);
+    let mounts = moat_tests::containerd::mounts_under(&bundle);
+    assert!(mounts.is_empty(), "mounts left in the bundle: {mounts:?}");
+    let vms = vmm_processes_mentioning("/run/moat/.oci/");
+    assert!(vms.is_empty(), "moat VMs left: {vms:?}");
+}
+
+#[test]
+fn ctr_run_gives_output_exit_codes_and_stdin() {
+    let Some(c) = start("ctr_run_gives_output_exit_codes_and_stdin") else {
+        return;
+    };
+    let id = unique_name("ctr");
+    let o = ctr_run(
+        &c,
+        &[],
+        &id,
+        &["sh", "-c", "echo hi; uname -r; exit 3"],
+        None,
+    );
+    assert_eq!(o.code, 3, "exit code\n{}", why(&c, &o));
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let out = o.out();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"hi"), "{}", why(&c, &o));
+    assert_ne!(
+        lines.get(1).copied(),
+        Some(host_kernel.trim()),
+        "the task runs on the host's kernel"
+    );
+    assert_task_gone(&c, &id);
+
+    // ctr always connects its stdin to the task's.
+    let o = ctr_run(
+        &c,
+        &[],
+        &id,
+        &["sh", "-c", "tr a-z A-Z; echo done >&2"],
+        Some(b"from stdin\n"),
+    );
+    assert_eq!(o.code, 0, "{}", why(&c, &o));
+    assert_eq!(o.out(), "FROM STDIN\n", "{}", why(&c, &o));
+    assert!(o.err().contains("done"), "stderr: {}", why(&c, &o));
+    assert_task_gone(&c, &id);
+}
+
+/// `ctr events` running in the background, its output in a file.
+struct EventLog {
+    child: Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    fn start(c: &Containerd) -> Self {
+        let path = c
+            .work_dir()
+            .join(format!("events-{}.log", unique_name("e")));
+        let file = std::fs::File::create(&path).expect("events log");
+        let child = Command::new(moat_tests::containerd::ctr_bin())
+            .arg("--address")
+            .arg(c.socket())
+            .args(["--namespace", NS, "events"])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ctr events");
+        // `ctr events` subscribes once it has connected; give it that moment.
+        std::thread::sleep(Duration::from_secs(2));
+        Self { child, path }
+    }
+
+    /// The task topics seen for container `id`, in order, each with its event's JSON.
+    fn task_events(&self, id: &str) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(id))
+            .filter_map(|l| {
+                let start = l.find(" /tasks/")? + 1;
+                let (topic, rest) = l[start..].split_once(' ')?;
+                Some((topic.to_owned(), rest.to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ctr_task_exec_pause_resume_kill_delete_and_their_events() {
+    let Some(c) = start("ctr_task_exec_pause_resume_kill_delete_and_their_events") else {
+        return;
+    };
+    let events = EventLog::start(&c);
+    let id = unique_name("ctr");
+    c.ctr_ok(
+        NS,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    );
+    wait_status(&c, &id, "RUNNING");
+
+    let o = c.ctr(
+        NS,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo from-exec; exit 4",
+        ],
+        None,
+        CTR_TIMEOUT,
+    );
+    assert_eq!(o.code, 4, "exec's exit code\n{}", why(&c, &o));
+    assert_eq!(o.out(), "from-exec\n", "{}", why(&c, &o));
+
+    // The counters of the container's cgroup in the guest (cgroup v2 metrics).
+    let metrics = c.ctr_ok(NS, &["task", "metrics", &id]);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in ctr task metrics:\n{metrics}"))
+    };
+    assert!(value("pids.current") >= 1, "{metrics}");
+    assert!(value("memory.usage ") > 0, "{metrics}");
+    assert!(value("cpu.usage_usec") > 0, "{metrics}");
+
+    let ps = c.ctr_ok(NS, &["task", "ps", &id]);
+    let pids: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        !pids.is_empty(),
+        "ctr task ps lists the container's processes:\n{ps}"
+    );
+
+    c.ctr_ok(NS, &["task", "pause", &id]);
+    wait_status(&c, &id, "PAUSED");
+    c.ctr_ok(NS, &["task", "resume", &id]);
+    wait_status(&c, &id, "RUNNING");
+
+    c.ctr_ok(NS, &["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(NS, &["task", "delete", &id]);
+    c.ctr_ok(NS, &["container", "delete", &id]);
+    assert_task_gone(&c, &id);
+
+    // Give containerd a moment to forward the last event to `ctr events`.
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = events.task_events(&id);
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete",
+        ],
+        "events in order: {seen:#?}"
+    );
+    assert!(
+        seen[4].1.contains("\"exit_status\":4"),
+        "the exec's exit: {}",
+        seen[4].1
+    );
+    assert!(
+        seen[7].1.contains("\"exit_status\":137"),
+        "the task's exit: {}",
+        seen[7].1
+    );
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let Some(c) = start("a_killed_shim_is_cleaned_up_by_containerd") else {
+        return;
+    };
+    let id = unique_name("ctr");
+    c.ctr_ok(
+        NS,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    );
+    wait_status(&c, &id, "RUNNING");
+    let shims = moat_tests::containerd::processes_mentioning(&id)
+        .into_iter()
+        .filter(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe.ends_with("containerd-shim-moat-v2")
+                && !std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .windows(11)
+                    .any(|w| w == b"__supervise")
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(shims.len(), 1, "one shim serves the task: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    // containerd sees the shim's connection close and runs `containerd-shim-moat-v2 delete`.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while task_status(&c, &id).is_some_and(|s| s != "STOPPED") {
+        assert!(
+            Instant::now() < deadline,
+            "the task outlived its shim\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = c.ctr(NS, &["task", "delete", &id], None, CTR_TIMEOUT);
+    c.ctr_ok(NS, &["container", "delete", &id]);
+    // The supervisor removes the VM, then exits.
+    let supervisors = || moat_tests::processes_mentioning("__supervise", "/run/moat/.oci/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(vmm_processes_mentioning("/run/moat/.oci/").is_empty() && supervisors().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_task_gone(&c, &id);
+    let left = supervisors();
+    let status: Vec<String> = left
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "supervisors left: {left:?} {status:?}\n{}",
+        c.diagnostics()
+    );
+}
+
+#[test]
+fn ctr_run_with_a_terminal_and_an_oom_event() {
+    let Some(c) = start("ctr_run_with_a_terminal_and_an_oom_event") else {
+        return;
+    };
+    // `ctr run -t` wants a terminal of its own: script(1) gives it one.
+    let id = unique_name("ctr");
+    let command = format!(
+        "{} --address {} --namespace {NS} run --rm -t --runtime {RUNTIME} {IMAGE} {id} \
+         sh -c 'tty; stty size'",
+        moat_tests::containerd::ctr_bin().display(),
+        c.socket().display()
+    );
+    let mut script = Command::new("script");
+    script.args(["-qec", &command, "/dev/null"]);
+    let o = c.run(script, CTR_TIMEOUT);
+    assert_eq!(o.code, 0, "{}", why(&c, &o));
+    assert!(
+        o.out().contains("/dev/pts/"),
+        "the task has a terminal: {}",
+        why(&c, &o)
+    );
+    assert_task_gone(&c, &id);
+
+    let events = EventLog::start(&c);
+    let id = unique_name("ctr");
+    let o = ctr_run(
+        &c,
+        &["--memory-limit", "33554432"],
+        &id,
+        &["sh", "-c", "tail /dev/zero"],
+        None,
+    );
+    assert_eq!(o.code, 137, "killed by the OOM killer\n{}", why(&c, &o));
+    std::thread::sleep(Duration::from_secs(1));
+    let topics: Vec<String> = events
+        .task_events(&id)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit");
+    assert!(
+        matches!((oom, exit), (Some(o), Some(e)) if o < e),
+        "TaskOOM before TaskExit: {topics:?}"
+    );
+    assert_task_gone(&c, &id);
+}
