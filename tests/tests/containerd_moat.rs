@@ -408,3 +408,96 @@ fn ctr_run_with_a_terminal_and_an_oom_event() {
     );
     assert_task_gone(&c, &id);
 }
+
+/// No container record of `id` is left in containerd (a failed `ctr run --rm` removes its own).
+#[track_caller]
+fn assert_no_container(c: &Containerd, id: &str) {
+    let list = c.ctr_ok(NS, &["container", "ls", "-q"]);
+    if list.lines().any(|l| l.trim() == id) {
+        c.ctr_ok(NS, &["container", "rm", id]);
+    }
+    assert_task_gone(c, id);
+}
+
+#[test]
+fn bad_runtime_options_and_bundles_fail_with_a_clear_error() {
+    let Some(c) = start("bad_runtime_options_and_bundles_fail_with_a_clear_error") else {
+        return;
+    };
+    let config = c.work_dir().join("bad-shim.toml");
+    std::fs::write(&config, "vm_memroy = \"512m\"\n").expect("write config");
+    let id = unique_name("ctr");
+    let path = config.to_str().expect("utf-8");
+    let o = ctr_run(&c, &["--runtime-config-path", path], &id, &["true"], None);
+    assert_ne!(o.code, 0, "{}", why(&c, &o));
+    assert!(
+        o.err().contains("vm_memroy") && o.err().contains("invalid shim config"),
+        "the error names the key: {}",
+        why(&c, &o)
+    );
+    assert!(c.log().contains("vm_memroy"), "containerd's log has it");
+    assert_no_container(&c, &id);
+
+    // A spec no image-made bundle has: a process without arguments.
+    let root = c.work_dir().join("rootfs");
+    moat_tests::busybox_rootfs(&root, &["sh"]);
+    let spec = c.work_dir().join("spec.json");
+    let json = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": root},
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]},
+    });
+    std::fs::write(&spec, json.to_string()).expect("write spec");
+    let id = unique_name("ctr");
+    let spec = spec.to_str().expect("utf-8");
+    let args = ["run", "--rm", "--runtime", RUNTIME, "--config", spec, &id];
+    let o = c.ctr(NS, &args, None, CTR_TIMEOUT);
+    assert_ne!(o.code, 0, "{}", why(&c, &o));
+    let err = o.err();
+    assert!(
+        err.contains("failed to create shim task"),
+        "{}",
+        why(&c, &o)
+    );
+    assert!(err.lines().count() <= 2, "one clear line: {}", why(&c, &o));
+    assert_no_container(&c, &id);
+}
+
+#[test]
+fn the_shim_config_sizes_the_vm_and_a_file_log_uri_gets_the_output() {
+    let Some(c) = start("the_shim_config_sizes_the_vm_and_a_file_log_uri_gets_the_output") else {
+        return;
+    };
+    let config = c.work_dir().join("shim.toml");
+    std::fs::write(&config, "vm_memory = \"300m\"\nvm_cpus = 1\n").expect("write config");
+    let id = unique_name("ctr");
+    let log = c.work_dir().join("logs/task.log");
+    let uri = format!("file://{}", log.display());
+    let path = config.to_str().expect("utf-8");
+    let script = "grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo; echo err >&2";
+    let o = ctr_run(
+        &c,
+        &["--runtime-config-path", path, "--log-uri", &uri],
+        &id,
+        &["sh", "-c", script],
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", why(&c, &o));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mem_kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in the log file: {text:?}\n{}", why(&c, &o)));
+    assert!(
+        (200 * 1024..=300 * 1024).contains(&mem_kib),
+        "a 300 MiB VM: MemTotal {mem_kib} kB"
+    );
+    assert!(text.lines().any(|l| l == "1"), "one vCPU: {text:?}");
+    assert!(
+        text.lines().any(|l| l == "err"),
+        "stderr goes to the file too: {text:?}"
+    );
+    assert_task_gone(&c, &id);
+}

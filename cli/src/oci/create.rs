@@ -205,21 +205,27 @@ fn make(g: &Globals, a: &CreateArgs) -> anyhow::Result<Made> {
     Ok(Made { plan, dir })
 }
 
-/// The plan of container `id` from `bundle` (the shim's too).
-pub(crate) fn plan_of(g: &Globals, id: &str, bundle: &Path) -> anyhow::Result<Plan> {
+fn plan_of(g: &Globals, id: &str, bundle: &Path) -> anyhow::Result<Plan> {
+    plan_with(g, id, bundle, &[])
+}
+
+/// The plan of container `id` from `bundle`, with `extra` flags of `moat run` (the shim's VM
+/// size).
+pub(crate) fn plan_with(
+    g: &Globals,
+    id: &str,
+    bundle: &Path,
+    extra: &[String],
+) -> anyhow::Result<Plan> {
     #[derive(Parser)]
     struct Wrap {
         #[command(flatten)]
         run: crate::run_args::RunArgs,
     }
     let name = store::dir_name();
-    let args = [
-        "run",
-        "--bundle",
-        &bundle.to_string_lossy(),
-        "--name",
-        &name,
-    ];
+    let bundle_arg = bundle.to_string_lossy();
+    let mut args = vec!["run", "--bundle", &bundle_arg, "--name", &name];
+    args.extend(extra.iter().map(String::as_str));
     let wrap = Wrap::try_parse_from(args).context("reading the bundle")?;
     let mut config = wrap.run.into_config_with(None)?;
     let process = config.spec.process().clone().unwrap_or_default();

@@ -18,6 +18,7 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags, StartOpts};
 
+mod config;
 mod events;
 mod metrics;
 mod process;

@@ -148,6 +148,10 @@ impl Task for Service {
             mounts: &mounts(&req),
             paths,
             namespace: &self.namespace(),
+            options: req
+                .options
+                .as_ref()
+                .map(|a| (a.type_url.as_str(), a.value.as_slice())),
         };
         let c = task::create(&self.globals, &spec, &self.events).map_err(failed)?;
         let pid = c.pid;

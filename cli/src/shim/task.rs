@@ -13,6 +13,7 @@ use moat_runtime::sandbox::client;
 use moat_runtime::sandbox::control::{Reply, Request, StdioSpec};
 use moat_runtime::sandbox::store::Container as Stored;
 
+use super::config;
 use super::events::{self, Event, Events};
 use super::process::{self, Phase, Process};
 use super::rootfs::{self, Mount};
@@ -46,6 +47,8 @@ pub struct Spec<'a> {
     pub mounts: &'a [Mount],
     pub paths: Paths,
     pub namespace: &'a str,
+    /// The runtime options' type URL and value, if containerd passed any.
+    pub options: Option<(&'a str, &'a [u8])>,
 }
 
 /// Makes the container of `spec` and attaches its stdio; nothing is left on failure.
@@ -64,7 +67,8 @@ fn create_mounted(
     events: &Arc<Events>,
     mounted: bool,
 ) -> anyhow::Result<Container> {
-    let plan = oci::create::plan_of(g, spec.id, spec.bundle)?;
+    let settings = config::for_task(spec.options)?;
+    let plan = oci::create::plan_with(g, spec.id, spec.bundle, &settings.run_flags())?;
     if plan.config.tty != spec.paths.terminal {
         bail!(
             "the task's terminal ({}) does not match the bundle's process.terminal ({})",
