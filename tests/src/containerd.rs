@@ -56,20 +56,26 @@ pub(crate) fn bin_from_env(var: &str, default: &str) -> PathBuf {
 /// Call first in every containerd test: false (after printing why) when containerd cannot run
 /// here (not root, or not installed). In CI (`CI=true`) that is a failure, not a skip.
 pub fn containerd_available(test: &str) -> bool {
-    let missing: Vec<String> = [containerd_bin(), ctr_bin()]
+    daemon_available(test, "containerd", &[containerd_bin(), ctr_bin()])
+}
+
+/// Whether the `kind` tests (`containerd`, `docker`) can run: root, and every one of `bins`
+/// installed; else false after printing why, or in CI (`CI=true`) a panic.
+pub(crate) fn daemon_available(test: &str, kind: &str, bins: &[PathBuf]) -> bool {
+    let missing: Vec<String> = bins
         .iter()
         .filter(|b| !b.exists())
         .map(|b| b.display().to_string())
         .collect();
     let reason = if !nix::unistd::geteuid().is_root() {
-        "needs root (it mounts a tmpfs and runs containerd)".to_string()
+        format!("needs root (it mounts a tmpfs and runs {kind})")
     } else if !missing.is_empty() {
         format!("{} missing (run scripts/deps.sh)", missing.join(", "))
     } else {
         return true;
     };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: containerd tests must run in CI but cannot: {reason}");
+        panic!("{test}: {kind} tests must run in CI but cannot: {reason}");
     }
     eprintln!("SKIPPED {test}: {reason}");
     false

@@ -34,23 +34,8 @@ pub fn docker_cli() -> PathBuf {
 /// Call first in every docker test: false (after printing why) when Docker cannot run here (not
 /// root, or docker.io not installed). In CI (`CI=true`) that is a failure, not a skip.
 pub fn docker_available(test: &str) -> bool {
-    let missing: Vec<String> = [dockerd_bin(), containerd_bin(), docker_cli()]
-        .iter()
-        .filter(|b| !b.exists())
-        .map(|b| b.display().to_string())
-        .collect();
-    let reason = if !nix::unistd::geteuid().is_root() {
-        "needs root (it mounts a tmpfs and runs dockerd)".to_string()
-    } else if !missing.is_empty() {
-        format!("{} missing (run scripts/deps.sh)", missing.join(", "))
-    } else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: docker tests must run in CI but cannot: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
-    false
+    let bins = [dockerd_bin(), containerd_bin(), docker_cli()];
+    containerd::daemon_available(test, "dockerd", &bins)
 }
 
 /// A running dockerd and its containerd; on drop every container is removed and dockerd is

@@ -66,6 +66,23 @@ fn task_status(c: &Containerd, id: &str) -> Option<String> {
     })
 }
 
+/// `ctr run -d --runtime moat IMAGE ID sleep 1000`, waited for until the task runs.
+#[track_caller]
+fn run_detached(c: &Containerd, id: &str) {
+    let args = [
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ];
+    c.ctr_ok(NS, &args);
+    wait_status(c, id, "RUNNING");
+}
+
 #[track_caller]
 fn wait_status(c: &Containerd, id: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -192,20 +209,7 @@ fn ctr_task_exec_pause_resume_kill_delete_and_their_events() {
     };
     let events = EventLog::start(&c);
     let id = unique_name("ctr");
-    c.ctr_ok(
-        NS,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &id,
-            "sleep",
-            "1000",
-        ],
-    );
-    wait_status(&c, &id, "RUNNING");
+    run_detached(&c, &id);
 
     let o = c.ctr(
         NS,
@@ -296,20 +300,7 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
         return;
     };
     let id = unique_name("ctr");
-    c.ctr_ok(
-        NS,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &id,
-            "sleep",
-            "1000",
-        ],
-    );
-    wait_status(&c, &id, "RUNNING");
+    run_detached(&c, &id);
     let shims = moat_tests::containerd::processes_mentioning(&id)
         .into_iter()
         .filter(|pid| {

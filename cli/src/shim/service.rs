@@ -88,6 +88,34 @@ impl Service {
         Ok((c, p))
     }
 
+    /// `Pause` (`frozen`) or `Resume` of container `id`, and its event.
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<Empty> {
+        let c = self.container(id)?;
+        let mut life = c.init.life();
+        let (from, to, request, state) = if frozen {
+            (Phase::Running, Phase::Paused, Request::Pause, "running")
+        } else {
+            (Phase::Paused, Phase::Running, Request::Resume, "paused")
+        };
+        if life.phase != from {
+            let message = format!("the container is not {state}");
+            return Err(status(Code::FAILED_PRECONDITION, message));
+        }
+        c.request(&request).map_err(failed)?;
+        life.phase = to;
+        let event = if frozen {
+            let mut paused = TaskPaused::new();
+            paused.container_id = id.to_owned();
+            Event::Paused(paused)
+        } else {
+            let mut resumed = TaskResumed::new();
+            resumed.container_id = id.to_owned();
+            Event::Resumed(resumed)
+        };
+        self.events.send(event);
+        Ok(Empty::new())
+    }
+
     fn namespace(&self) -> String {
         self.globals
             .root
@@ -241,37 +269,11 @@ impl Task for Service {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let c = self.container(&req.id)?;
-        let mut life = c.init.life();
-        if life.phase != Phase::Running {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                "the container is not running",
-            ));
-        }
-        c.request(&Request::Pause).map_err(failed)?;
-        life.phase = Phase::Paused;
-        let mut paused = TaskPaused::new();
-        paused.container_id = req.id;
-        self.events.send(Event::Paused(paused));
-        Ok(Empty::new())
+        self.freeze(&req.id, true)
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let c = self.container(&req.id)?;
-        let mut life = c.init.life();
-        if life.phase != Phase::Paused {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                "the container is not paused",
-            ));
-        }
-        c.request(&Request::Resume).map_err(failed)?;
-        life.phase = Phase::Running;
-        let mut resumed = TaskResumed::new();
-        resumed.container_id = req.id;
-        self.events.send(Event::Resumed(resumed));
-        Ok(Empty::new())
+        self.freeze(&req.id, false)
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
