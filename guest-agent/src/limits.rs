@@ -54,6 +54,8 @@ impl LimitsError {
 
 /// The container's cgroup (until it is removed) and the OOM kills already reported.
 pub struct ContainerCgroup {
+    /// The container's id, for its OOM reports.
+    name: String,
     cgroup: Mutex<Option<Cgroup>>,
     reported: AtomicU64,
 }
@@ -136,6 +138,7 @@ pub fn prepare(
         return Err(e.into());
     }
     Ok(Some(Arc::new(ContainerCgroup {
+        name: req.id.clone(),
         cgroup: Mutex::new(Some(cgroup)),
         reported: AtomicU64::new(0),
     })))
@@ -186,7 +189,10 @@ impl ContainerCgroup {
         };
         if self.reported.fetch_max(count, Ordering::AcqRel) < count {
             // A broken connection is seen by the reader too.
-            let _ = writer.control(&AgentMessage::Oom { count });
+            let _ = writer.control(&AgentMessage::Oom {
+                container: self.name.clone(),
+                count,
+            });
         }
     }
 
@@ -218,6 +224,13 @@ impl ContainerCgroup {
                 }
             })
             .map(drop)
+    }
+
+    /// Kills every process in the cgroup (`cgroup.kill`), without waiting.
+    pub fn kill(&self) {
+        if let Some(Err(e)) = self.with(Cgroup::kill) {
+            warn("killing the container's processes", &e);
+        }
     }
 
     /// Kills what is left in the cgroup and removes it (once; later calls do nothing).

@@ -19,6 +19,8 @@ const SIGTERM: i32 = 15;
 struct Host {
     conn: UnixStream,
     agent: Child,
+    /// The container the last `Create` named.
+    container: String,
 }
 
 #[derive(Default, Debug)]
@@ -122,7 +124,11 @@ impl Host {
         std::fs::remove_file(&path).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        let mut host = Self { conn, agent };
+        let mut host = Self {
+            conn,
+            agent,
+            container: String::new(),
+        };
         match host.recv_control() {
             AgentMessage::Ready {
                 protocol_version, ..
@@ -182,10 +188,12 @@ impl Host {
     fn run(&mut self, process: ProcessSpec) -> Result<i32, (ErrorKind, String)> {
         let req = RunRequest {
             id: "test".into(),
+            process: MAIN_PROCESS,
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
                 upper: moat_protocol::UpperLayer::Memory { mib: 64 },
+                sectors: None,
             },
             volumes: vec![],
             spec: process.to_oci(None, false),
@@ -195,6 +203,7 @@ impl Host {
 
     /// `Create`, then `Start`: the pid of the started process.
     fn run_request(&mut self, req: RunRequest) -> Result<i32, (ErrorKind, String)> {
+        self.container = req.id.clone();
         self.send(&HostMessage::Create(Box::new(req)));
         match self.recv_control() {
             AgentMessage::Created { .. } => {}
@@ -205,7 +214,9 @@ impl Host {
             } => return Err((kind, message)),
             other => panic!("expected Created, got {other:?}"),
         }
-        self.send(&HostMessage::Start);
+        self.send(&HostMessage::Start {
+            container: self.container.clone(),
+        });
         match self.recv_control() {
             AgentMessage::Started {
                 process: MAIN_PROCESS,
@@ -370,7 +381,9 @@ fn terminal_mode() {
 fn dropped_connection_ends_the_agent_and_its_process() {
     let mut host = Host::start();
     let pid = host.run(spec(&["sleep", "30"])).unwrap();
-    let Host { conn, mut agent } = host;
+    let Host {
+        conn, mut agent, ..
+    } = host;
     drop(conn);
     let status = agent.wait().unwrap();
     assert!(status.success());
@@ -453,10 +466,12 @@ fn isolated_spec_request(
     let mut host = Host::start_with(&["--isolated"]);
     let req = RunRequest {
         id: "iso".into(),
+        process: MAIN_PROCESS,
         rootfs: RootfsSpec {
             device: dev.0.clone(),
             fstype: "ext4".into(),
             upper: moat_protocol::UpperLayer::Memory { mib: 64 },
+            sectors: None,
         },
         volumes,
         spec,

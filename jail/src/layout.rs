@@ -20,6 +20,8 @@ pub const KVM: &str = "dev/kvm";
 pub const DEV_DIR: &str = "dev";
 /// The VMM's vsock socket in the jail root.
 pub const VSOCK: &str = "vsock.sock";
+/// The VMM's control socket, in the jail root (docs/vmm-control.md).
+pub const CONTROL: &str = "control.sock";
 /// The serial console log in the jail root.
 pub const CONSOLE_LOG: &str = "console.log";
 /// Mode of the jail root: the VM's uid may traverse it (to reach the runtime's listener) but

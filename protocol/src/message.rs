@@ -40,6 +40,11 @@ pub struct RootfsSpec {
     pub fstype: String,
     /// Where the overlay's upper layer lives (not used for a read-only root).
     pub upper: UpperLayer,
+    /// The device's size in 512-byte sectors, for a disk the host swapped into a disk slot
+    /// after boot (docs/vmm-control.md): the agent waits until the guest sees it, and drops the
+    /// device's cached blocks, before it mounts it. `None`: a disk attached at boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sectors: Option<u64>,
 }
 
 /// The backing of a container's writable layer.
@@ -71,16 +76,22 @@ pub struct VolumeSpec {
     pub readonly: bool,
     /// Absolute guest path under [`VOLUMES_DIR`] where the agent mounts it.
     pub mountpoint: String,
+    /// As [`RootfsSpec::sectors`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sectors: Option<u64>,
 }
 
 /// Where the agent mounts volumes in the guest (outside any container's root).
 pub const VOLUMES_DIR: &str = "/run/moat-volumes";
 
-/// Everything the agent needs to create the container.
+/// Everything the agent needs to create a container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
-    /// Container id, for logs and names.
+    /// Container id: unique in the VM, the name every later request about it uses.
     pub id: String,
+    /// The host's id for the container's process: [`crate::MAIN_PROCESS`] for the VM's first
+    /// container, an unused id of at least [`crate::FIRST_EXEC`] for a later one (a pod's).
+    pub process: u32,
     /// The root filesystem's device (the spec's `root.path` is not used in the guest).
     pub rootfs: RootfsSpec,
     /// Volumes to mount in the guest first.
@@ -90,9 +101,11 @@ pub struct RunRequest {
     pub spec: oci_spec::runtime::Spec,
 }
 
-/// A process to run in the running container (`moat exec`, OCI `exec`).
+/// A process to run in a running container (`moat exec`, OCI `exec`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// The container.
+    pub container: String,
     /// The host's id for the process: at least [`crate::FIRST_EXEC`], unique in this VM.
     pub process: u32,
     /// What to run: args, env, cwd, user, capabilities, no_new_privs, rlimits, terminal and
@@ -119,11 +132,14 @@ pub enum OutputStream {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
-    /// Create the container; its process waits for [`HostMessage::Start`].
+    /// Create a container; its process waits for [`HostMessage::Start`].
     Create(Box<RunRequest>),
-    /// Start the container's process ([`crate::MAIN_PROCESS`]).
-    Start,
-    /// Start another process in the running container.
+    /// Start a created container's process.
+    Start {
+        /// The container.
+        container: String,
+    },
+    /// Start another process in a running container.
     Exec(Box<ExecRequest>),
     /// The host's stdin for this process reached end of file: close the process's stdin.
     StdinEof {
@@ -136,7 +152,7 @@ pub enum HostMessage {
         process: u32,
         /// Signal number.
         signo: i32,
-        /// To every process of the container instead (runc's `kill --all`).
+        /// To every process of the process's container instead (runc's `kill --all`).
         #[serde(default)]
         all: bool,
     },
@@ -159,16 +175,40 @@ pub enum HostMessage {
         /// Bytes delivered.
         bytes: u32,
     },
-    /// Freeze every process of the container (cgroup freezer).
-    Pause,
+    /// Freeze every process of a container (cgroup freezer).
+    Pause {
+        /// The container.
+        container: String,
+    },
     /// Thaw them.
-    Resume,
-    /// List the container's processes (guest pids).
-    ListProcesses,
-    /// The container cgroup's counters.
-    Stats,
-    /// Apply these resource limits to the container's cgroup (OCI `update`).
-    Update(Box<oci_spec::runtime::LinuxResources>),
+    Resume {
+        /// The container.
+        container: String,
+    },
+    /// List a container's processes (guest pids).
+    ListProcesses {
+        /// The container.
+        container: String,
+    },
+    /// A container cgroup's counters.
+    Stats {
+        /// The container.
+        container: String,
+    },
+    /// Apply these resource limits to a container's cgroup (OCI `update`).
+    Update {
+        /// The container.
+        container: String,
+        /// The limits.
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
+    /// Remove a container whose process has exited (a later container of the VM: the first
+    /// one ends with the VM): unmount its root and volumes and forget it, so that its disks
+    /// may be swapped. Answered by [`AgentMessage::Done`].
+    Remove {
+        /// The container.
+        container: String,
+    },
     /// Kill whatever still runs, sync and power the VM off.
     Shutdown,
 }
@@ -244,9 +284,11 @@ pub enum AgentMessage {
         /// Bytes written (or dropped because the process's stdin closed).
         bytes: u32,
     },
-    /// The memory limit's OOM killer killed a process of the container (sent once per kill the
+    /// The memory limit's OOM killer killed a process of a container (sent once per kill the
     /// agent sees in the container cgroup's `memory.events`).
     Oom {
+        /// The container.
+        container: String,
         /// The cgroup's `oom_kill` count so far.
         count: u64,
     },
@@ -257,7 +299,7 @@ pub enum AgentMessage {
         /// How it ended.
         status: ExitStatus,
     },
-    /// `Pause`, `Resume` or `Update` succeeded.
+    /// `Pause`, `Resume`, `Update` or `Remove` succeeded.
     Done,
     /// The answer to `Stats`.
     Stats(Box<CgroupStats>),
@@ -298,18 +340,21 @@ mod tests {
     fn host_message_round_trip() {
         let msg = HostMessage::Create(Box::new(RunRequest {
             id: "c1".into(),
+            process: 1,
             rootfs: RootfsSpec {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
                 upper: UpperLayer::Disk {
                     device: "/dev/vdc".into(),
                 },
+                sectors: Some(2048),
             },
             volumes: vec![VolumeSpec {
                 device: "/dev/vdb".into(),
                 fstype: "ext4".into(),
                 readonly: true,
                 mountpoint: format!("{VOLUMES_DIR}/0"),
+                sectors: None,
             }],
             spec: oci_spec::runtime::Spec::default(),
         }));
@@ -321,6 +366,7 @@ mod tests {
     fn exec_and_flow_control_round_trip() {
         let msgs = [
             HostMessage::Exec(Box::new(ExecRequest {
+                container: "c1".into(),
                 process: 2,
                 spec: oci_spec::runtime::Process::default(),
                 user: Some("nobody".into()),
@@ -334,6 +380,16 @@ mod tests {
                 process: 1,
                 signo: 15,
                 all: true,
+            },
+            HostMessage::Start {
+                container: "c2".into(),
+            },
+            HostMessage::Update {
+                container: "c2".into(),
+                resources: Box::default(),
+            },
+            HostMessage::Remove {
+                container: "c2".into(),
             },
         ];
         for msg in msgs {

@@ -25,6 +25,7 @@ pub mod state;
 pub mod terminal;
 pub mod threads;
 pub mod vmm;
+pub mod vmm_control;
 pub mod volumes;
 
 #[cfg(test)]

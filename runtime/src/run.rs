@@ -222,14 +222,17 @@ pub(crate) fn run_request(config: &RunConfig, upper: UpperLayer, size: (u16, u16
             fstype: "ext4".into(),
             readonly: v.readonly,
             mountpoint: volume_mountpoint(i),
+            sectors: None,
         })
         .collect();
     RunRequest {
         id: config.id.clone(),
+        process: moat_protocol::MAIN_PROCESS,
         rootfs: RootfsSpec {
             device: ROOT_DEVICE.into(),
             fstype: "ext4".into(),
             upper,
+            sectors: None,
         },
         volumes,
         spec,
@@ -407,6 +410,8 @@ pub(crate) fn boot_vm_in(
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         disks: disks.disks.clone(),
+        disk_slots: 0,
+        control_uds: None,
         vsock_uds,
         console_log,
         jail,

@@ -298,7 +298,7 @@ fn created_and_started(stream: &mut UnixStream) -> Box<moat_protocol::RunRequest
         panic!("expected create")
     };
     send(stream, &AgentMessage::Created { pid: 7 });
-    assert_eq!(recv(stream), HostMessage::Start);
+    assert!(matches!(recv(stream), HostMessage::Start { .. }));
     send(
         stream,
         &AgentMessage::Started {
@@ -400,7 +400,7 @@ fn agent_errors_map_to_exit_codes() {
     let agent = s.agent("nf", |stream, state| {
         recv(stream);
         send(stream, &AgentMessage::Created { pid: 7 });
-        assert_eq!(recv(stream), HostMessage::Start);
+        assert!(matches!(recv(stream), HostMessage::Start { .. }));
         let msg = "exec: nope: not found".to_owned();
         send(
             stream,

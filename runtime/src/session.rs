@@ -373,6 +373,9 @@ impl Session {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         let oom = oom_notice(&request);
+        let start = HostMessage::Start {
+            container: request.id.clone(),
+        };
         let sent = Instant::now();
         self.send(&HostMessage::Create(Box::new(request)))?;
         let reader = self.writer.try_clone().map_err(SessionError::Thread)?;
@@ -400,7 +403,7 @@ impl Session {
                 Event::Agent(AgentMessage::Created { pid }) if stage == Stage::Creating => {
                     tracing::debug!(pid, "container created");
                     stage = Stage::Starting;
-                    self.send(&HostMessage::Start)?;
+                    self.send(&start)?;
                 }
                 Event::Agent(AgentMessage::Started {
                     process: MAIN_PROCESS,
@@ -429,7 +432,7 @@ impl Session {
                     process: MAIN_PROCESS,
                     bytes,
                 }) => self.gate.credit(bytes),
-                Event::Agent(AgentMessage::Oom { count }) => {
+                Event::Agent(AgentMessage::Oom { count, .. }) => {
                     tracing::debug!(count, "container out of memory");
                     eprintln!("{oom}");
                 }

@@ -32,10 +32,12 @@ impl Shared {
 fn request(terminal: bool) -> RunRequest {
     RunRequest {
         id: "t".into(),
+        process: moat_protocol::MAIN_PROCESS,
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
             upper: moat_protocol::UpperLayer::Memory { mib: 64 },
+            sectors: None,
         },
         volumes: vec![],
         spec: crate::run::basic_spec(
@@ -83,7 +85,12 @@ impl Agent {
             panic!("expected create")
         };
         self.send(&AgentMessage::Created { pid: 2 });
-        assert_eq!(self.recv_msg(), HostMessage::Start);
+        assert_eq!(
+            self.recv_msg(),
+            HostMessage::Start {
+                container: "t".into()
+            }
+        );
         self.send(&AgentMessage::Started {
             process: MAIN_PROCESS,
             pid: 2,
@@ -260,8 +267,14 @@ fn a_dropped_connection_or_garbage_ends_the_session() {
 fn oom_events_do_not_end_the_session() {
     let (host, agent) = spawn_agent(|mut a| {
         a.start();
-        a.send(&AgentMessage::Oom { count: 1 });
-        a.send(&AgentMessage::Oom { count: 2 });
+        a.send(&AgentMessage::Oom {
+            container: "t".into(),
+            count: 1,
+        });
+        a.send(&AgentMessage::Oom {
+            container: "t".into(),
+            count: 2,
+        });
         a.exited(ExitStatus::Signaled { signo: 9 });
     });
     let (tx, rx) = sync_channel(EVENT_QUEUE);

@@ -145,6 +145,11 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Disks, `/dev/vda` first.
     pub disks: Vec<Disk>,
+    /// Read-only disk slots after `disks`, empty until swapped through `control_uds`
+    /// ([`crate::vmm_control`]).
+    pub disk_slots: usize,
+    /// The VMM's control socket (in the jail: relative to its root); `None`: none.
+    pub control_uds: Option<PathBuf>,
     /// The vsock Unix socket (in the jail: relative to its root).
     pub vsock_uds: PathBuf,
     /// Serial console log (in the jail: relative to its root).
@@ -176,6 +181,12 @@ impl VmSpec {
                 value.push(",ro");
             }
             push("--disk", value);
+        }
+        if let Some(control) = &self.control_uds {
+            push("--control-uds", control.clone().into());
+        }
+        if self.disk_slots > 0 {
+            push("--disk-slots", self.disk_slots.to_string().into());
         }
         push("--vsock-uds", self.vsock_uds.clone().into());
         push("--console-log", self.console_log.clone().into());
@@ -340,6 +351,8 @@ mod tests {
                     readonly: false,
                 },
             ],
+            disk_slots: 0,
+            control_uds: None,
             vsock_uds: "/run/moat/x/vsock.sock".into(),
             console_log: "/run/moat/x/console.log".into(),
             jail: None,
@@ -380,6 +393,16 @@ mod tests {
             "--vsock-uds /vsock.sock --console-log /console.log --jail-id x --uid 1000003 \
              --gid 1000003 --jail-base /run/moat --cgroup-root /sys/fs/cgroup"
         ));
+        let slots = VmSpec {
+            disk_slots: 4,
+            control_uds: Some("/control.sock".into()),
+            ..jailed.clone()
+        };
+        let args = slots.args().unwrap();
+        let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+        assert!(args
+            .join(" ")
+            .contains("--control-uds /control.sock --disk-slots 4 --vsock-uds /vsock.sock"));
         let unfiltered = VmSpec {
             seccomp: false,
             ..spec.clone()

@@ -55,10 +55,12 @@ fn request_on(args: &[&str], terminal: Option<(u16, u16)>) -> RunRequest {
     let env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
     RunRequest {
         id: "host-test".into(),
+        process: moat_protocol::MAIN_PROCESS,
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fstype: "ext4".into(),
             upper: moat_protocol::UpperLayer::Memory { mib: 64 },
+            sectors: None,
         },
         volumes: vec![],
         spec: basic_spec(&args, &env, "/", (0, 0), terminal),

@@ -18,6 +18,7 @@ use crate::arch::x86_64::layout::{
 use crate::arch::x86_64::regs::{self, RegsError};
 use crate::boot::{self, BootError, LinuxBoot};
 use crate::config::{ConfigError, VmConfig};
+use crate::control::{Control, ControlError};
 use crate::devices::legacy::i8042::I8042_PORTS;
 use crate::devices::legacy::serial::SerialError;
 use crate::devices::legacy::{ConsoleLog, SerialDevice, I8042};
@@ -105,6 +106,12 @@ pub enum BuildError {
     /// The seccomp filters.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// A disk slot's empty file.
+    #[error("cannot create a disk slot")]
+    Slot(#[source] std::io::Error),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// A VM whose devices and memory are set up, before its kernel is loaded.
@@ -147,30 +154,63 @@ impl Machine {
     }
 
     fn attach_disks(&mut self, config: &VmConfig) -> Result<(), BuildError> {
-        for (i, disk) in config.disks.iter().enumerate() {
+        for disk in &config.disks {
             let block = Block::new(&disk.path, disk.read_only)?;
             if !disk.read_only {
                 self.writable_disks.push(block.sync_handle(&disk.path)?);
             }
-            let counters = block.counters();
-            let name = format!("vd{}", char::from(b'a' + i as u8));
-            self.attach_virtio(block)?;
-            self.counters.push(Box::new(move || {
-                let s = counters.snapshot();
-                DeviceCounters {
-                    name: name.clone(),
-                    counters: vec![
-                        ("requests", s.requests),
-                        ("read_bytes", s.read_bytes),
-                        ("write_bytes", s.write_bytes),
-                        ("flushes", s.flushes),
-                        ("errors", s.errors),
-                        ("dropped", s.dropped),
-                        ("interrupts", s.interrupts),
-                    ],
-                }
-            }));
+            self.attach_block(block)?;
         }
+        Ok(())
+    }
+
+    /// The `--disk-slots` disks: read-only, empty (a memfd of size 0) until a swap.
+    fn attach_slots(&mut self, config: &VmConfig) -> Result<Vec<Arc<Mutex<Block>>>, BuildError> {
+        (0..config.disk_slots)
+            .map(|i| {
+                let empty = rustix::fs::memfd_create(c"moat-slot", rustix::fs::MemfdFlags::CLOEXEC)
+                    .map_err(|e| BuildError::Slot(e.into()))?;
+                self.attach_block(Block::slot(i, File::from(empty))?)
+            })
+            .collect()
+    }
+
+    /// Attaches a disk as the next `vdX`, with its counters.
+    fn attach_block(&mut self, block: Block) -> Result<Arc<Mutex<Block>>, BuildError> {
+        let counters = block.counters();
+        let name = format!("vd{}", char::from(b'a' + self.virtio.len() as u8));
+        let device = self.attach_virtio(block)?;
+        self.counters.push(Box::new(move || {
+            let s = counters.snapshot();
+            DeviceCounters {
+                name: name.clone(),
+                counters: vec![
+                    ("requests", s.requests),
+                    ("read_bytes", s.read_bytes),
+                    ("write_bytes", s.write_bytes),
+                    ("flushes", s.flushes),
+                    ("errors", s.errors),
+                    ("dropped", s.dropped),
+                    ("interrupts", s.interrupts),
+                ],
+            }
+        }));
+        Ok(device)
+    }
+
+    /// The control socket, serving the disk slots on the event loop.
+    fn attach_control(
+        &mut self,
+        config: &VmConfig,
+        slots: Vec<Arc<Mutex<Block>>>,
+    ) -> Result<(), BuildError> {
+        let Some(path) = &config.control_uds else {
+            return Ok(());
+        };
+        let control = Control::new(path, slots)?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(control)));
+        self.subscribers += 1;
         Ok(())
     }
 
@@ -323,7 +363,9 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     };
     let serial = machine.attach_legacy(config, &stats, &exits_tx)?;
     machine.attach_disks(config)?;
+    let slots = machine.attach_slots(config)?;
     machine.attach_vsock(config)?;
+    machine.attach_control(config, slots)?;
     let cmdline = boot::kernel_cmdline(&machine.virtio, config.cmdline_extra.as_deref())?;
     let boot = LinuxBoot {
         kernel: &config.kernel,

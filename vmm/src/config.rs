@@ -23,7 +23,7 @@ pub enum ConfigError {
     #[error("--memory-mib must be at least 1")]
     MemoryZero,
     /// Too many virtio devices.
-    #[error("at most {MAX_VIRTIO_DEVICES} virtio devices (disks + vsock), got {0}")]
+    #[error("at most {MAX_VIRTIO_DEVICES} virtio devices (disks + disk slots + vsock), got {0}")]
     TooManyDevices(usize),
     /// A reserved or invalid guest CID.
     #[error("--vsock-cid must be at least 3 and below 2^32 - 1, got {0}")]
@@ -31,6 +31,9 @@ pub enum ConfigError {
     /// A malformed `--disk` value.
     #[error("--disk {0}: expected PATH or PATH,ro")]
     Disk(String),
+    /// Disk slots without the control socket that fills them.
+    #[error("--disk-slots needs --control-uds (the slots are filled through it)")]
+    SlotsWithoutControl,
 }
 
 /// One `--disk PATH[,ro]`.
@@ -85,6 +88,11 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// virtio-blk devices, in order (/dev/vda, /dev/vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Read-only virtio-blk devices after `disks`, empty until the control socket swaps a
+    /// backing file in (docs/vmm-control.md).
+    pub disk_slots: usize,
+    /// The control socket (a Unix socket the VMM listens on).
+    pub control_uds: Option<PathBuf>,
     /// The virtio-vsock device.
     pub vsock: Option<VsockConfig>,
     /// Where the serial console goes.
@@ -111,7 +119,12 @@ impl VmConfig {
         if self.memory_mib == 0 {
             return Err(ConfigError::MemoryZero);
         }
-        let devices = self.disks.len() + usize::from(self.vsock.is_some());
+        if self.disk_slots > 0 && self.control_uds.is_none() {
+            return Err(ConfigError::SlotsWithoutControl);
+        }
+        let devices = self.disks.len()
+            + self.disk_slots.min(MAX_VIRTIO_DEVICES + 1)
+            + usize::from(self.vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -135,6 +148,8 @@ mod tests {
             cpus: 1,
             memory_mib: 128,
             disks: vec![],
+            disk_slots: 0,
+            control_uds: None,
             vsock: Some(VsockConfig {
                 cid: 3,
                 uds_path: "v".into(),
@@ -186,6 +201,16 @@ mod tests {
         assert_eq!(
             c.validate(),
             Err(ConfigError::TooManyDevices(MAX_VIRTIO_DEVICES + 1))
+        );
+        let mut c = config();
+        c.disk_slots = MAX_VIRTIO_DEVICES - 1;
+        assert_eq!(c.validate(), Err(ConfigError::SlotsWithoutControl));
+        c.control_uds = Some("control.sock".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.disk_slots = usize::MAX;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices(MAX_VIRTIO_DEVICES + 2))
         );
         let mut c = config();
         c.vsock = Some(VsockConfig {

@@ -23,7 +23,8 @@ const HOST_KVM: &str = "/dev/kvm";
 /// Where `--stats` goes in the jail root.
 const STATS: &str = "stats.json";
 /// Fds beyond those open when privileges are dropped: vsock connections and pending clients.
-const FD_HEADROOM: u64 = 2 * MAX_CONNECTIONS as u64 + 16;
+const FD_HEADROOM: u64 =
+    2 * MAX_CONNECTIONS as u64 + crate::control::MAX_CONNECTIONS as u64 + 1 + 16;
 /// File size room beyond the console log's bound (the stats file, a last buffered line).
 const MIN_FSIZE: u64 = 1 << 20;
 
@@ -164,6 +165,10 @@ pub fn plan(config: &VmConfig, args: &JailArgs) -> Result<Plan, JailerError> {
     if let (Some(v), Some(jv)) = (&config.vsock, &mut jailed.vsock) {
         names.push(jail_name("--vsock-uds", layout::VSOCK, &v.uds_path)?);
         jv.uds_path = PathBuf::from("/").join(names.last().expect("pushed"));
+    }
+    if let Some(control) = &config.control_uds {
+        names.push(jail_name("--control-uds", layout::CONTROL, control)?);
+        jailed.control_uds = Some(PathBuf::from("/").join(names.last().expect("pushed")));
     }
     if let Some(stats) = &config.stats {
         names.push(jail_name("--stats", STATS, stats)?);
@@ -355,6 +360,8 @@ mod tests {
                     read_only: false,
                 },
             ],
+            disk_slots: 0,
+            control_uds: None,
             vsock: Some(VsockConfig {
                 cid: 3,
                 uds_path: "/vsock.sock".into(),

@@ -16,6 +16,7 @@ pub mod arch;
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod jailer;
 pub mod probe;

@@ -71,6 +71,13 @@ struct RunArgs {
     /// A virtio-blk disk, PATH or PATH,ro; repeat for /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
+    /// Read-only virtio-blk disk slots after the --disk ones, empty until a backing file is
+    /// swapped in through --control-uds (docs/vmm-control.md).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "control_uds")]
+    disk_slots: usize,
+    /// The control socket: a Unix socket path the VMM listens on (disk swaps).
+    #[arg(long, value_name = "PATH")]
+    control_uds: Option<PathBuf>,
     /// Host side of the virtio-vsock device: a Unix socket path.
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
@@ -119,6 +126,8 @@ impl RunArgs {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             disks: self.disks,
+            disk_slots: self.disk_slots,
+            control_uds: self.control_uds,
             vsock: self.vsock_uds.map(|uds_path| VsockConfig {
                 cid: self.vsock_cid,
                 uds_path,

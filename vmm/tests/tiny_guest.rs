@@ -103,6 +103,8 @@ impl Fixture {
             cpus: 1,
             memory_mib: 64,
             disks: vec![],
+            disk_slots: 0,
+            control_uds: None,
             vsock: None,
             console_log: self.path("console.log"),
             console_log_max: DEFAULT_CONSOLE_LOG_MAX,

@@ -287,6 +287,12 @@ impl Cgroup {
         OomWatch::new(&self.path)
     }
 
+    /// Writes `cgroup.kill`: the kernel kills every process in the cgroup and below.
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        write_file(&kill, "1").map_err(io_error("writing", &kill))
+    }
+
     /// Kills everything left (cgroup.kill), waits until cgroup.events says `populated 0`
     /// (at most [`KILL_TIMEOUT`]), removes the directory and any cgroups the container made
     /// under it.

@@ -3,6 +3,7 @@
 //! container's init ([`supervisor`]), the stdio the process gets (pipes or a [`pty`]), and
 //! processes started in the running container ([`exec`]).
 
+pub mod apart;
 pub mod child;
 pub mod exec;
 pub mod guest_devices;
@@ -24,6 +25,7 @@ use std::os::fd::AsRawFd;
 
 use moat_protocol::{ErrorKind, RunRequest};
 
+pub use self::apart::{create_apart, devices, release_devices};
 use self::child::{ChildStdio, Exit, Failure, Pipes, Stage};
 use self::launch::{abandon, end_child, open_stdio, pipe, release, spawn_err, AgentStdio, Held};
 use self::plan::{ExecPlan, PlanError, ProcessSpec};
@@ -65,6 +67,9 @@ pub enum ContainerError {
         #[source]
         source: io::Error,
     },
+    /// A disk the host swapped in is not ready, or a removed container's disk not released.
+    #[error("{0}")]
+    Disk(String),
     /// The child failed before or in exec.
     #[error("{program}: {}: {}", .failure.stage.describe(), io::Error::from_raw_os_error(.failure.errno))]
     Child {
@@ -89,7 +94,9 @@ impl ContainerError {
                 ResolveError::User(_) | ResolveError::TooLarge(_) | ResolveError::NotFile(_),
             ) => ErrorKind::InvalidRequest,
             Self::User(_) => ErrorKind::Internal,
-            Self::Rootfs(_) | Self::Spawn { .. } | Self::Cgroup(_) => ErrorKind::Internal,
+            Self::Rootfs(_) | Self::Spawn { .. } | Self::Cgroup(_) | Self::Disk(_) => {
+                ErrorKind::Internal
+            }
             Self::Child { failure, .. } => exec_error_kind(*failure),
         }
     }
@@ -238,6 +245,7 @@ pub fn create(
 
 /// Mounts the volumes and the container's root; the plan of the container.
 fn prepare_root(req: &RunRequest) -> Result<ContainerPlan, ContainerError> {
+    apart::ready_devices(req)?;
     volumes::mount_all(&Linux, &req.volumes)?;
     // Built again now that the volumes are mounted: a bind of a file needs a file.
     let mut container = spec::build(&req.spec, &is_file)?;
@@ -281,6 +289,11 @@ impl Created {
     /// The pid of the container's init (of the process in the host mode).
     pub fn pid(&self) -> libc::pid_t {
         self.held.pid
+    }
+
+    /// Ends the waiting process (a container removed before its start).
+    pub fn abandon(self, reaper: &Reaper) {
+        abandon(reaper, self.held.pid);
     }
 
     /// Lets the process exec its command; its stdio once it did.

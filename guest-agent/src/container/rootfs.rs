@@ -15,8 +15,10 @@ use crate::syscall::Syscall;
 pub const ROOT: &CStr = c"/run/moat/root";
 
 const BASE: &CStr = c"/run/moat";
-const LOWER: &CStr = c"/run/moat/lower";
-const SKEL: &CStr = c"/run/moat/skel";
+/// Where the image is mounted, read-only.
+pub(super) const LOWER: &CStr = c"/run/moat/lower";
+/// The skeleton layer's tmpfs.
+pub(super) const SKEL: &CStr = c"/run/moat/skel";
 /// Where the writable layer's backing (scratch disk or tmpfs) is mounted.
 pub const RW: &CStr = c"/run/moat/rw";
 
@@ -178,7 +180,7 @@ fn writable_layer(
 }
 
 /// Whether `dir` is a mount point: on another device than its parent.
-fn is_mount_point(dir: &CStr) -> bool {
+pub(super) fn is_mount_point(dir: &CStr) -> bool {
     use std::os::unix::fs::MetadataExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
     let dev = |p: &std::path::Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
@@ -226,6 +228,7 @@ mod tests {
             upper: UpperLayer::Disk {
                 device: "/dev/vdc".into(),
             },
+            sectors: None,
         }
     }
 

@@ -116,6 +116,7 @@ mod tests {
             fstype: fstype.into(),
             readonly,
             mountpoint: mountpoint.into(),
+            sectors: None,
         }
     }
 

@@ -1,14 +1,17 @@
 //! The conversation with the host (see `moat_protocol::message`): `Ready`, `Create`, `Start`,
 //! then execs, stdio under flow control, signals, resizes and container requests until the
-//! container ends, then `Shutdown`.
+//! container ends, then `Shutdown`; a pod's later containers are created, started and removed
+//! the same way while the first runs.
 //!
 //! Threads: this one reads frames from the host and never blocks on a process; per process, one
 //! pump per output stream, one stdin writer and one waiter that reports `Exited` after the
 //! outputs ended ([`procs`]). Requests are handled in [`requests`].
 
+mod cgroups;
 mod procs;
 mod requests;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use moat_protocol::{
 };
 
 use self::procs::{kill_exec, Procs};
-use self::requests::Phase;
+use self::requests::{Container, Phase};
 use crate::container::{pty, Isolation};
 use crate::reaper::Reaper;
 use crate::stdio::{stdin_credit, FrameWriter, PushError};
@@ -45,6 +48,8 @@ pub enum KillScope {
     Everything,
     /// The process group of the container's process: the host test mode.
     Group,
+    /// Every process of the container's cgroup: a pod's later container in the guest.
+    Cgroup,
 }
 
 impl KillScope {
@@ -53,7 +58,7 @@ impl KillScope {
         let target = match (self, pid) {
             (Self::Everything, _) => -1,
             (Self::Group, Some(pid)) if pid > 0 => -pid,
-            (Self::Group, _) => return,
+            (Self::Group | Self::Cgroup, _) => return,
         };
         // SAFETY: kill takes no pointers; a missing target is just ESRCH.
         unsafe { libc::kill(target, libc::SIGKILL) };
@@ -84,8 +89,11 @@ struct Server {
     config: Config,
     reaper: Arc<Reaper>,
     writer: Arc<FrameWriter>,
-    phase: Phase,
+    /// The VM's containers, the first first.
+    containers: Vec<Container>,
     procs: Procs,
+    /// The container of each process id.
+    owners: HashMap<u32, String>,
 }
 
 /// Serves one connection; returns when the host says `Shutdown` or goes away. The caller kills
@@ -102,8 +110,9 @@ pub fn serve(conn: File, config: Config, reaper: Arc<Reaper>) -> Result<Outcome,
         config,
         reaper,
         writer,
-        phase: Phase::Empty,
+        containers: Vec::new(),
         procs: Procs::default(),
+        owners: HashMap::new(),
     };
     let outcome = loop {
         let frame = match read_frame(&mut reader) {
@@ -157,12 +166,17 @@ impl Server {
         self.config
             .kill
             .kill(self.procs.get(MAIN_PROCESS).map(|p| p.pid));
-        if let Phase::Created { created, .. } = &self.phase {
-            self.config.kill.kill(Some(created.pid()));
+        for c in &self.containers {
+            if let Phase::Created { created, .. } = &c.phase {
+                self.config.kill.kill(Some(created.pid()));
+            }
         }
         for (id, p) in self.procs.running() {
-            if id != MAIN_PROCESS {
-                kill_exec(p.pid, libc::SIGKILL);
+            let main = self.containers.iter().any(|c| c.process == id);
+            match (id, main) {
+                (MAIN_PROCESS, _) => {}
+                (_, true) => self.config.kill.kill(Some(p.pid)),
+                _ => kill_exec(p.pid, libc::SIGKILL),
             }
         }
     }
@@ -179,7 +193,7 @@ impl Server {
         };
         match msg {
             HostMessage::Create(req) => self.create(&req)?,
-            HostMessage::Start => self.start()?,
+            HostMessage::Start { container } => self.start(&container)?,
             HostMessage::Exec(req) => self.exec(&req)?,
             HostMessage::StdinEof { process } => match self.procs.get_mut(process) {
                 Some(p) => p.stdin = None,
@@ -200,11 +214,15 @@ impl Server {
                 stream,
                 bytes,
             } => self.credit(process, stream, bytes)?,
-            HostMessage::Pause => self.freeze(true)?,
-            HostMessage::Resume => self.freeze(false)?,
-            HostMessage::ListProcesses => self.list_processes()?,
-            HostMessage::Stats => self.stats()?,
-            HostMessage::Update(r) => self.update(&r)?,
+            HostMessage::Pause { container } => self.freeze(&container, true)?,
+            HostMessage::Resume { container } => self.freeze(&container, false)?,
+            HostMessage::ListProcesses { container } => self.list_processes(&container)?,
+            HostMessage::Stats { container } => self.stats(&container)?,
+            HostMessage::Update {
+                container,
+                resources,
+            } => self.update(&container, &resources)?,
+            HostMessage::Remove { container } => self.remove(&container)?,
             HostMessage::Shutdown => return Ok(true),
         }
         Ok(false)

@@ -153,7 +153,10 @@ pub fn watch_main(id: u32, process: Process, end: MainEnd) -> io::Result<Proc> {
             flag.store(true, Ordering::Release);
             // The container ends with its process, as with a pid namespace: whatever it left
             // behind is killed, so the outputs reach end of file.
-            end.kill.kill(Some(pid));
+            match (end.kill, &end.cgroup) {
+                (KillScope::Cgroup, Some(c)) => c.kill(),
+                (kill, _) => kill.kill(Some(pid)),
+            }
             end_execs(&end.execs);
             for pump in pumps {
                 let _ = pump.join();

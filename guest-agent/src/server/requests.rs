@@ -1,22 +1,24 @@
-//! The host's requests: `Create` and `Start` of the container, `Exec`s into it, signals, and the
-//! container requests on its cgroup (`Pause`, `Resume`, `ListProcesses`, `Update`).
+//! The host's requests about a container's life: `Create` and `Start`, `Exec`s into it and
+//! `Remove` of a later one. Its cgroup's requests are in [`super::cgroups`].
+//!
+//! A VM holds one container (`moat run`, OCI, a containerd task) or a pod's several. The first
+//! container is made in the agent's own mount namespace and its end is the VM's; a later one
+//! is made from a thread in a mount namespace of its own ([`crate::container::private_mounts`]),
+//! so that every container assembles its root at the same paths without seeing the others',
+//! and its end kills only its own cgroup.
 
 use std::sync::Arc;
 
 use moat_protocol::{AgentMessage, ErrorKind, ExecRequest, RunRequest, FIRST_EXEC, MAIN_PROCESS};
-use oci_spec::runtime::LinuxResources;
 
-use super::procs::{kill_exec, lock, watch_exec, watch_main, Execs, MainEnd, SharedExecs};
-use super::{source_chain, Server, ServerError};
+use super::procs::{lock, watch_exec, watch_main, Execs, MainEnd, SharedExecs};
+use super::{source_chain, KillScope, Server, ServerError};
 use crate::container::exec::{self, Target};
-use crate::container::{self, ContainerError, Created, ExecContext, Process};
-use crate::limits::{self, ContainerCgroup, LimitsError};
-use crate::syscall::{Linux, Syscall};
+use crate::container::{self, ContainerError, Created, ExecContext, Isolation, Process};
+use crate::limits::{self, ContainerCgroup};
 
-/// Where the container is.
+/// Where a container is.
 pub enum Phase {
-    /// No `Create` yet.
-    Empty,
     /// Created; its process waits for `Start`.
     Created {
         /// The container.
@@ -37,70 +39,152 @@ pub struct Running {
     /// What execs need.
     context: ExecContext,
     /// Its cgroup (none in the host test mode).
-    cgroup: Option<Arc<ContainerCgroup>>,
+    pub(super) cgroup: Option<Arc<ContainerCgroup>>,
     /// Its execs.
     execs: SharedExecs,
 }
 
+/// A container of the VM.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// Its main process's id.
+    pub process: u32,
+    /// Whether it is the VM's first container.
+    pub first: bool,
+    /// Where it is.
+    pub phase: Phase,
+    /// The guest block devices it mounted (its root's and its volumes').
+    pub devices: Vec<String>,
+}
+
+impl Container {
+    /// Whether its main process ended (or never ran).
+    fn ended(&self) -> bool {
+        match &self.phase {
+            Phase::Created { .. } => false,
+            Phase::Running(r) => !lock(&r.execs).is_open(),
+            Phase::Failed => true,
+        }
+    }
+
+    /// Its cgroup, once created.
+    pub fn cgroup(&self) -> Option<&Arc<ContainerCgroup>> {
+        match &self.phase {
+            Phase::Created { cgroup, .. } => cgroup.as_ref(),
+            Phase::Running(r) => r.cgroup.as_ref(),
+            Phase::Failed => None,
+        }
+    }
+}
+
 /// One line for an error and its sources.
-fn line(e: &dyn std::error::Error) -> String {
+pub(super) fn line(e: &dyn std::error::Error) -> String {
     format!("{e}{}", source_chain(e))
 }
 
 impl Server {
-    fn main_error(&self, kind: ErrorKind, message: String) -> Result<(), ServerError> {
-        self.error(Some(MAIN_PROCESS), kind, message)
+    /// The container `id`, or an error to the host about `process`.
+    pub(super) fn container(&self, id: &str) -> Option<usize> {
+        self.containers.iter().position(|c| c.id == id)
+    }
+
+    fn refuse(&self, process: u32, text: String) -> Result<(), ServerError> {
+        self.error(Some(process), ErrorKind::InvalidRequest, text)
+    }
+
+    /// Checks the ids of a `Create`: a new container id; the first container's process is
+    /// [`MAIN_PROCESS`], a later one's an unused id of at least [`FIRST_EXEC`].
+    fn check_ids(&self, req: &RunRequest) -> Result<(), String> {
+        if self.container(&req.id).is_some() {
+            return Err(format!("container {} already exists", req.id));
+        }
+        let first = self.containers.is_empty();
+        match req.process {
+            MAIN_PROCESS if first => Ok(()),
+            p if first => Err(format!("the first container's process is 1, not {p}")),
+            p if p < FIRST_EXEC => Err(format!("process id {p} is below {FIRST_EXEC}")),
+            p if self.procs.contains(p) || self.containers.iter().any(|c| c.process == p) => {
+                Err(format!("process id {p} is taken"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `Create`: every check that needs no guest state first, then the cgroup, then the root
     /// and the process, which waits for `Start`.
     pub(super) fn create(&mut self, req: &RunRequest) -> Result<(), ServerError> {
-        if !matches!(self.phase, Phase::Empty) {
-            let text = "a container was already created".to_owned();
-            return self.main_error(ErrorKind::InvalidRequest, text);
+        let id = req.process;
+        if let Err(text) = self.check_ids(req) {
+            return self.refuse(id, text);
         }
         if let Err(e) = moat_spec::validate(&req.spec, None) {
-            return self.main_error(ErrorKind::InvalidRequest, e.to_string());
+            return self.refuse(id, e.to_string());
         }
-        let checked = match container::check(req, self.config.isolation) {
+        let isolation = self.config.isolation;
+        let checked = match container::check(req, isolation) {
             Ok(checked) => checked,
-            Err(e) => return self.main_error(e.kind(), line(&e)),
+            Err(e) => return self.error(Some(id), e.kind(), line(&e)),
         };
-        let cgroup = match limits::prepare(req, self.config.isolation, self.config.cgroup_root) {
+        let cgroup = match limits::prepare(req, isolation, self.config.cgroup_root) {
             Ok(cgroup) => cgroup,
-            Err(e) => return self.main_error(e.kind(), line(&e)),
+            Err(e) => return self.error(Some(id), e.kind(), line(&e)),
         };
         let placed = |pid| match &cgroup {
             Some(c) => c.add(pid).map_err(ContainerError::from),
             None => Ok(()),
         };
-        match container::create(req, checked, self.config.isolation, &self.reaper, placed) {
+        let first = self.containers.is_empty();
+        let reaper = &self.reaper;
+        let created = if first || isolation == Isolation::None {
+            container::create(req, checked, isolation, reaper, placed)
+        } else {
+            container::create_apart(req, checked, reaper, placed)
+        };
+        let mut container = Container {
+            id: req.id.clone(),
+            process: id,
+            first,
+            phase: Phase::Failed,
+            devices: container::devices(req),
+        };
+        match created {
             Ok(created) => {
                 self.send(&AgentMessage::Created { pid: created.pid() })?;
-                self.phase = Phase::Created { created, cgroup };
+                container.phase = Phase::Created { created, cgroup };
+                self.containers.push(container);
                 Ok(())
             }
             Err(e) => {
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
-                self.phase = Phase::Failed;
-                self.main_error(e.kind(), line(&e))
+                // The first container's failure is the VM's: it stays, failed.
+                if first {
+                    self.containers.push(container);
+                }
+                self.error(Some(id), e.kind(), line(&e))
             }
         }
     }
 
     /// `Start`: the process execs; `Started` once it did, then its stdio and waiter.
-    pub(super) fn start(&mut self) -> Result<(), ServerError> {
-        let (created, cgroup) = match std::mem::replace(&mut self.phase, Phase::Failed) {
+    pub(super) fn start(&mut self, name: &str) -> Result<(), ServerError> {
+        let Some(index) = self.container(name) else {
+            let text = format!("no container {name}");
+            return self.refuse(MAIN_PROCESS, text);
+        };
+        let c = &mut self.containers[index];
+        let (id, first) = (c.process, c.first);
+        let (created, cgroup) = match std::mem::replace(&mut c.phase, Phase::Failed) {
             Phase::Created { created, cgroup } => (created, cgroup),
             other => {
                 let text = match other {
-                    Phase::Running(_) => "the container was already started",
-                    _ => "no container was created",
+                    Phase::Running(_) => format!("container {name} was already started"),
+                    _ => format!("container {name} failed"),
                 };
-                self.phase = other;
-                return self.main_error(ErrorKind::InvalidRequest, text.to_owned());
+                c.phase = other;
+                return self.refuse(id, text);
             }
         };
         let (process, context) = match created.start(&self.reaper) {
@@ -109,12 +193,12 @@ impl Server {
                 if let Some(c) = &cgroup {
                     c.remove();
                 }
-                return self.main_error(e.kind(), line(&e));
+                return self.error(Some(id), e.kind(), line(&e));
             }
         };
         let init = process.pid;
         self.send(&AgentMessage::Started {
-            process: MAIN_PROCESS,
+            process: id,
             pid: init,
         })?;
         if let Some(c) = &cgroup {
@@ -122,16 +206,22 @@ impl Server {
                 .map_err(ServerError::Setup)?;
         }
         let execs = Execs::open();
+        let kill = match (first, &cgroup) {
+            (true, _) => self.config.kill,
+            (false, Some(_)) => KillScope::Cgroup,
+            (false, None) => KillScope::Group,
+        };
         let end = MainEnd {
             reaper: Arc::clone(&self.reaper),
             writer: Arc::clone(&self.writer),
-            kill: self.config.kill,
+            kill,
             cgroup: cgroup.clone(),
             execs: Arc::clone(&execs),
         };
-        let proc = watch_main(MAIN_PROCESS, process, end).map_err(ServerError::Setup)?;
-        self.procs.insert(MAIN_PROCESS, proc);
-        self.phase = Phase::Running(Running {
+        let proc = watch_main(id, process, end).map_err(ServerError::Setup)?;
+        self.procs.insert(id, proc);
+        self.owners.insert(id, name.to_owned());
+        self.containers[index].phase = Phase::Running(Running {
             init,
             context,
             cgroup,
@@ -140,24 +230,28 @@ impl Server {
         Ok(())
     }
 
-    /// `Exec`: a new process in the running container.
+    /// `Exec`: a new process in a running container.
     pub(super) fn exec(&mut self, req: &ExecRequest) -> Result<(), ServerError> {
         let id = req.process;
-        let refuse = |s: &Self, text: String| s.error(Some(id), ErrorKind::InvalidRequest, text);
         if id < FIRST_EXEC {
-            return refuse(self, format!("process id {id} is below {FIRST_EXEC}"));
+            return self.refuse(id, format!("process id {id} is below {FIRST_EXEC}"));
         }
-        if self.procs.contains(id) {
-            return refuse(self, format!("process id {id} is taken"));
+        if self.procs.contains(id) || self.containers.iter().any(|c| c.process == id) {
+            return self.refuse(id, format!("process id {id} is taken"));
         }
-        let Phase::Running(running) = &self.phase else {
-            return refuse(self, "the container is not running".into());
+        let name = &req.container;
+        let Some(index) = self.container(name) else {
+            return self.refuse(id, format!("no container {name}"));
+        };
+        let Phase::Running(running) = &self.containers[index].phase else {
+            return self.refuse(id, format!("container {name} is not running"));
         };
         // Held while the exec starts: the container cannot end half-way (its end waits).
         let mut set = lock(&running.execs);
         if !set.is_open() {
             drop(set);
-            return refuse(self, "the container is not running (it has exited)".into());
+            let text = format!("container {name} is not running (it has exited)");
+            return self.refuse(id, text);
         }
         let target = Target {
             init: running.init,
@@ -183,104 +277,42 @@ impl Server {
             .map_err(ServerError::Setup)?;
         drop(set);
         self.procs.insert(id, proc);
+        self.owners.insert(id, name.clone());
         Ok(())
     }
 
-    /// `Signal`: to one process, or with `all` to every process of the container.
-    pub(super) fn signal(&self, process: u32, signo: i32, all: bool) -> Result<(), ServerError> {
-        if !(1..=64).contains(&signo) {
-            let text = format!("no signal {signo}");
-            return self.error(Some(process), ErrorKind::InvalidRequest, text);
-        }
-        if all {
-            return self.signal_all(signo);
-        }
-        let Some(p) = self.procs.get(process) else {
-            return self.no_process(process);
+    /// `Remove` of a later container whose process ended (or never started): its cgroup goes,
+    /// and once nothing holds its disks any more (its mount namespace ended with its last
+    /// process) their cached blocks are dropped, so the host may swap them.
+    pub(super) fn remove(&mut self, name: &str) -> Result<(), ServerError> {
+        let Some(index) = self.container(name) else {
+            return self.error(
+                None,
+                ErrorKind::InvalidRequest,
+                format!("no container {name}"),
+            );
         };
-        if !p.has_exited() {
-            // The pid is ours until the reaper reaps it, and the flag is set only after that.
-            let _ = Linux.kill(p.pid, signo);
+        let c = &self.containers[index];
+        let refused = match &c.phase {
+            _ if c.first => Some("it is the VM's first container, which ends with the VM"),
+            Phase::Created { .. } => None,
+            _ if !c.ended() => Some("it is running"),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            let text = format!("cannot remove container {name}: {why}");
+            return self.error(None, ErrorKind::InvalidRequest, text);
         }
-        Ok(())
-    }
-
-    /// Every process in the container's cgroup; in the host mode, every process started.
-    fn signal_all(&self, signo: i32) -> Result<(), ServerError> {
-        match self.cgroup() {
-            Some(c) => match c.pids() {
-                Ok(pids) => pids.into_iter().for_each(|pid| {
-                    let _ = Linux.kill(pid, signo);
-                }),
-                Err(e) => return self.error(None, e.kind(), line(&e)),
-            },
-            None => {
-                for (id, p) in self.procs.running() {
-                    match id {
-                        MAIN_PROCESS => {
-                            let _ = Linux.kill(p.pid, signo);
-                        }
-                        _ => kill_exec(p.pid, signo),
-                    }
-                }
+        let c = self.containers.remove(index);
+        if let Phase::Created { created, cgroup } = c.phase {
+            created.abandon(&self.reaper);
+            if let Some(cg) = cgroup {
+                cg.remove();
             }
         }
-        Ok(())
-    }
-
-    /// The container's cgroup, once created.
-    fn cgroup(&self) -> Option<&Arc<ContainerCgroup>> {
-        match &self.phase {
-            Phase::Created { cgroup, .. } => cgroup.as_ref(),
-            Phase::Running(r) => r.cgroup.as_ref(),
-            _ => None,
+        match container::release_devices(&c.devices) {
+            Ok(()) => self.send(&AgentMessage::Done),
+            Err(e) => self.error(None, e.kind(), format!("removing {name}: {}", line(&e))),
         }
-    }
-
-    /// Runs a container request on the cgroup and answers it.
-    fn on_cgroup(
-        &self,
-        what: &str,
-        f: impl FnOnce(&ContainerCgroup) -> Result<AgentMessage, LimitsError>,
-    ) -> Result<(), ServerError> {
-        let Some(cgroup) = self.cgroup() else {
-            let text = match &self.phase {
-                Phase::Created { .. } | Phase::Running(_) => format!(
-                    "{what} needs the container's cgroup, which the agent's host test mode \
-                     does not create"
-                ),
-                _ => format!("{what}: no container is running"),
-            };
-            return self.error(None, ErrorKind::InvalidRequest, text);
-        };
-        match f(cgroup) {
-            Ok(answer) => self.send(&answer),
-            Err(e) => self.error(None, e.kind(), format!("{what}: {}", line(&e))),
-        }
-    }
-
-    /// `Pause` and `Resume`.
-    pub(super) fn freeze(&self, frozen: bool) -> Result<(), ServerError> {
-        let what = if frozen { "pause" } else { "resume" };
-        self.on_cgroup(what, |c| c.freeze(frozen).map(|()| AgentMessage::Done))
-    }
-
-    /// `ListProcesses`.
-    pub(super) fn list_processes(&self) -> Result<(), ServerError> {
-        self.on_cgroup("listing processes", |c| {
-            c.pids().map(|pids| AgentMessage::Processes { pids })
-        })
-    }
-
-    /// `Stats`.
-    pub(super) fn stats(&self) -> Result<(), ServerError> {
-        self.on_cgroup("stats", |c| {
-            c.stats().map(|s| AgentMessage::Stats(Box::new(s)))
-        })
-    }
-
-    /// `Update`.
-    pub(super) fn update(&self, r: &LinuxResources) -> Result<(), ServerError> {
-        self.on_cgroup("update", |c| c.update(r).map(|()| AgentMessage::Done))
     }
 }

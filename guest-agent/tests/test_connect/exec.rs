@@ -22,6 +22,7 @@ impl Host {
     fn exec_request(&mut self, process: u32, p: &ProcessSpec, user: Option<&str>) {
         let spec = p.to_oci(None, false).process().clone().unwrap();
         self.send(&HostMessage::Exec(Box::new(ExecRequest {
+            container: self.container.clone(),
             process,
             spec,
             user: user.map(str::to_owned),
@@ -259,10 +260,17 @@ fn exec_errors_and_host_mode_refusals() {
     host.watch(&mut seen, None, |s| exited(s, 5).is_some());
     assert_eq!(text(&seen, 5), "65534\n");
     // The container requests need the container's cgroup.
+    let container = || host.container.clone();
     for msg in [
-        HostMessage::Pause,
-        HostMessage::Resume,
-        HostMessage::ListProcesses,
+        HostMessage::Pause {
+            container: container(),
+        },
+        HostMessage::Resume {
+            container: container(),
+        },
+        HostMessage::ListProcesses {
+            container: container(),
+        },
     ] {
         host.send(&msg);
         let (kind, message) = host.error_for(None);
@@ -340,6 +348,7 @@ fn isolated_exec_joins_the_container() {
     process.set_capabilities(Some(capabilities));
     process.set_no_new_privileges(Some(true));
     host.send(&HostMessage::Exec(Box::new(ExecRequest {
+        container: host.container.clone(),
         process: 2,
         spec: p.process().clone().unwrap(),
         user: None,
@@ -392,14 +401,24 @@ fn isolated_exec_joins_the_container() {
         cgroup(pid)
     );
     // The container requests work on that cgroup.
-    host.send(&HostMessage::ListProcesses);
+    host.send(&HostMessage::ListProcesses {
+        container: host.container.clone(),
+    });
     let pids = match host.recv_control() {
         AgentMessage::Processes { pids } => pids,
         other => panic!("expected Processes, got {other:?}"),
     };
     assert!(pids.contains(&init) && pids.contains(&pid), "{pids:?}");
     assert!(pids.windows(2).all(|w| w[0] < w[1]), "{pids:?}");
-    for msg in [HostMessage::Pause, HostMessage::Resume] {
+    let container = host.container.clone();
+    for msg in [
+        HostMessage::Pause {
+            container: container.clone(),
+        },
+        HostMessage::Resume {
+            container: container.clone(),
+        },
+    ] {
         host.send(&msg);
         assert_eq!(host.recv_control(), AgentMessage::Done, "{msg:?}");
     }
@@ -407,7 +426,10 @@ fn isolated_exec_joins_the_container() {
     pids_limit.set_pids(Some(
         oci::LinuxPidsBuilder::default().limit(64).build().unwrap(),
     ));
-    host.send(&HostMessage::Update(Box::new(pids_limit)));
+    host.send(&HostMessage::Update {
+        container,
+        resources: Box::new(pids_limit),
+    });
     match host.recv_control() {
         AgentMessage::Done => {}
         // A host whose cgroup2 hierarchy has no pids controller refuses the limit.

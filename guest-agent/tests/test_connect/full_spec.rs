@@ -132,6 +132,7 @@ fn isolated_full_spec() {
         fstype: "ext4".into(),
         readonly: false,
         mountpoint: "/run/moat-volumes/0".into(),
+        sectors: None,
     };
     let out = run_spec(full_spec(FULL_SCRIPT), vec![volume]);
     let text = String::from_utf8_lossy(&out.stdout);

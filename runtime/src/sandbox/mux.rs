@@ -301,7 +301,7 @@ impl Mux {
             AgentMessage::Created { pid } => {
                 let _ = tx.send(VmEvent::Created(pid));
             }
-            AgentMessage::Oom { count } => {
+            AgentMessage::Oom { count, .. } => {
                 let _ = tx.send(VmEvent::Oom(count));
             }
             msg @ (AgentMessage::Done

@@ -79,6 +79,7 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
             return;
         }
     };
+    let id = || shared.plan.config.id.clone();
     let reply = match request {
         Request::Attach(stdio) => return attach(stream, shared, stdio),
         Request::Exec { stdio, spec, user } => return exec(stream, shared, stdio, spec, user),
@@ -93,11 +94,19 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
             let _ = control::send(stream, &Reply::Exited { code });
             return;
         }
-        Request::Pause => container_request(shared, HostMessage::Pause),
-        Request::Resume => container_request(shared, HostMessage::Resume),
-        Request::Processes => container_request(shared, HostMessage::ListProcesses),
-        Request::Stats => container_request(shared, HostMessage::Stats),
-        Request::Update(r) => container_request(shared, HostMessage::Update(r)),
+        Request::Pause => container_request(shared, HostMessage::Pause { container: id() }),
+        Request::Resume => container_request(shared, HostMessage::Resume { container: id() }),
+        Request::Processes => {
+            container_request(shared, HostMessage::ListProcesses { container: id() })
+        }
+        Request::Stats => container_request(shared, HostMessage::Stats { container: id() }),
+        Request::Update(resources) => container_request(
+            shared,
+            HostMessage::Update {
+                container: id(),
+                resources,
+            },
+        ),
     };
     let _ = control::send(stream, &reply);
 }
@@ -207,8 +216,8 @@ fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
     let (tx, rx) = mpsc::channel();
     *shared.reply.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     let new_status = match &msg {
-        HostMessage::Pause => Some(Status::Paused),
-        HostMessage::Resume => Some(Status::Running),
+        HostMessage::Pause { .. } => Some(Status::Paused),
+        HostMessage::Resume { .. } => Some(Status::Running),
         _ => None,
     };
     if let Err(e) = mux.send(&msg) {
@@ -498,6 +507,7 @@ fn exec(
         }
     };
     let request = moat_protocol::ExecRequest {
+        container: shared.plan.config.id.clone(),
         process: id,
         spec: *spec,
         user,

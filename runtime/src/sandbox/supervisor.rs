@@ -435,7 +435,10 @@ fn start(shared: &Arc<Shared>, rx: &Receiver<Ev>, started: bool) -> Result<Reply
         return Ok(not_yet());
     };
     let sent = Instant::now();
-    if let Err(e) = mux.send(&HostMessage::Start) {
+    let start = HostMessage::Start {
+        container: shared.plan.config.id.clone(),
+    };
+    if let Err(e) = mux.send(&start) {
         return fail(crate::error_chain(&e), run::EXIT_RUNTIME_ERROR);
     }
     loop {

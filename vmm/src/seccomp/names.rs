@@ -33,6 +33,7 @@ pub fn constant(name: &str) -> Option<u64> {
         "O_ACCMODE" => libc::O_ACCMODE as u64,
         "O_WRONLY" => libc::O_WRONLY as u64,
         "F_GETFD" => libc::F_GETFD as u64,
+        "SEEK_END" => libc::SEEK_END as u64,
         "SIGABRT" => libc::SIGABRT as u64,
         "MADV_DONTNEED" => libc::MADV_DONTNEED as u64,
         "FUTEX_WAIT" => libc::FUTEX_WAIT as u64,

@@ -194,7 +194,9 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_STATUS => self.status,
             // No shared memory regions: every length and base reads as all ones.
             reg::VIRTIO_MMIO_SHM_LEN_LOW..=reg::VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
-            reg::VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            reg::VIRTIO_MMIO_CONFIG_GENERATION => self
+                .config_generation
+                .wrapping_add(lock(&self.device).config_generation()),
             _ => return None,
         };
         Some(value)

@@ -107,6 +107,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Changes of the configuration space the device made on its own (a disk swapped in), added
+    /// to the transport's `ConfigGeneration` so that the driver sees each one.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// The driver set `DRIVER_OK`: from now on the device processes its queues.
     fn activate(
         &mut self,

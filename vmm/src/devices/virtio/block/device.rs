@@ -21,12 +21,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{status_of, Chain, Disk};
 use super::{
-    BlockCounters, BlockError, MAX_DESCRIPTORS, MAX_SEGMENT_LEN, QUEUE_SIZE, REQUESTS_PER_EVENT,
-    SECTOR_SIZE,
+    BlockCounters, BlockError, SwapError, MAX_DESCRIPTORS, MAX_SEGMENT_LEN, QUEUE_SIZE,
+    REQUESTS_PER_EVENT, SECTOR_SIZE,
 };
 use crate::devices::virtio::mmio::WarnLimiter;
 use crate::devices::virtio::{
-    GuestMemory, Interrupt, VirtioDevice, VirtioError, VIRTIO_MMIO_INT_VRING,
+    GuestMemory, Interrupt, VirtioDevice, VirtioError, VIRTIO_MMIO_INT_CONFIG,
+    VIRTIO_MMIO_INT_VRING,
 };
 
 /// Bytes of `struct virtio_blk_config` exposed: capacity, size_max, seg_max, geometry, blk_size.
@@ -41,7 +42,7 @@ struct Active {
 
 /// The backing file and the per-request state.
 struct Backend {
-    file: File,
+    file: Arc<File>,
     read_only: bool,
     capacity: u64,
     serial: Vec<u8>,
@@ -61,6 +62,10 @@ pub struct Block {
     active: Option<Active>,
     /// Most requests served per queue event.
     pub(super) budget: usize,
+    /// A disk slot's empty file (`Some` only for [`Block::slot`]s): what an eject puts back.
+    empty: Option<Arc<File>>,
+    /// Configuration changes made by swaps ([`VirtioDevice::config_generation`]).
+    generation: u32,
 }
 
 impl Block {
@@ -92,6 +97,25 @@ impl Block {
         let capacity = size / SECTOR_SIZE;
         let mut serial = format!("moat{:x}.{:x}", meta.dev(), meta.ino()).into_bytes();
         serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
+        Self::with_file(file, read_only, capacity, serial)
+    }
+
+    /// A read-only disk slot: empty (0 sectors) until a backing file is swapped in
+    /// ([`Block::swap`]). `empty` is an empty file (a memfd) the slot falls back to on eject.
+    pub fn slot(index: usize, empty: File) -> Result<Block, BlockError> {
+        let mut serial = format!("moat-slot{index}").into_bytes();
+        serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
+        let mut block = Self::with_file(empty, true, 0, serial)?;
+        block.empty = Some(block.backend.file.clone());
+        Ok(block)
+    }
+
+    fn with_file(
+        file: File,
+        read_only: bool,
+        capacity: u64,
+        serial: Vec<u8>,
+    ) -> Result<Block, BlockError> {
         let queue_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?;
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
@@ -105,7 +129,7 @@ impl Block {
             };
         Ok(Block {
             backend: Backend {
-                file,
+                file: Arc::new(file),
                 read_only,
                 capacity,
                 serial,
@@ -120,7 +144,43 @@ impl Block {
             queue_evts: [queue_evt],
             active: None,
             budget: REQUESTS_PER_EVENT,
+            empty: None,
+            generation: 0,
         })
+    }
+
+    /// Whether this is a disk slot, whose backing file can be swapped.
+    pub fn is_slot(&self) -> bool {
+        self.empty.is_some()
+    }
+
+    /// Puts `file` behind this slot (`None`: the slot's empty file, an eject) and tells the
+    /// driver that the capacity changed (a configuration change interrupt). Requests already
+    /// served went to the old file; the guest must stop using the disk before a swap (the agent
+    /// unmounts it and drops its cached blocks). Returns the new capacity in sectors.
+    pub fn swap(&mut self, file: Option<File>) -> Result<u64, SwapError> {
+        let Some(empty) = &self.empty else {
+            return Err(SwapError::NotASlot);
+        };
+        let file = match file {
+            Some(mut file) => {
+                let size = file.seek(SeekFrom::End(0)).map_err(SwapError::Size)?;
+                if !size.is_multiple_of(SECTOR_SIZE) {
+                    return Err(SwapError::NotSectorMultiple(size));
+                }
+                (Arc::new(file), size / SECTOR_SIZE)
+            }
+            None => (empty.clone(), 0),
+        };
+        (self.backend.file, self.backend.capacity) = file;
+        self.config = config_space(self.backend.capacity);
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(active) = &self.active {
+            if let Err(err) = active.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG) {
+                warn!(error = %err, "virtio-blk: cannot signal the capacity change");
+            }
+        }
+        Ok(self.backend.capacity)
     }
 
     /// Another descriptor of the backing file, for syncing it when the VM ends.
@@ -371,6 +431,10 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // No writable fields (CONFIG_WCE is not offered).
         debug!(offset, len = data.len(), "virtio-blk: ignored config write");
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.generation
     }
 
     fn activate(

@@ -61,6 +61,20 @@ pub enum BlockError {
     EventFd(#[source] std::io::Error),
 }
 
+/// Why a disk slot's backing file could not be swapped ([`Block::swap`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The disk is a boot disk, not a slot.
+    #[error("the disk is not a slot (only --disk-slots disks can be swapped)")]
+    NotASlot,
+    /// The new file's size could not be read.
+    #[error("cannot get the size of the new backing file")]
+    Size(#[source] std::io::Error),
+    /// The new file is not a whole number of sectors.
+    #[error("the new backing file is {0} bytes, not a multiple of 512")]
+    NotSectorMultiple(u64),
+}
+
 /// What a block device has done, readable from any thread.
 #[derive(Debug, Default)]
 pub struct BlockCounters {
@@ -120,5 +134,7 @@ impl BlockCounters {
     }
 }
 
+#[cfg(test)]
+mod slot_tests;
 #[cfg(test)]
 mod tests;

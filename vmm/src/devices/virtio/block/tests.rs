@@ -19,18 +19,18 @@ use crate::devices::virtio::{GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_I
 const MEM_SIZE: usize = 0x100_0000;
 /// Where tests put request headers, data and status bytes.
 const HDR: u64 = 0x10_0000;
-const DATA: u64 = 0x20_0000;
+pub(super) const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
 const SECTORS: u64 = 64;
 
 /// A chain as (address, length, device-writable) descriptors.
 type Chain<'a> = &'a [(u64, u32, bool)];
 
-fn memory() -> GuestMemory {
+pub(super) fn memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
-fn disk_file(sectors: u64) -> TempFile {
+pub(super) fn disk_file(sectors: u64) -> TempFile {
     let tmp = TempFile::new().unwrap();
     let data: Vec<u8> = (0..sectors * SECTOR_SIZE)
         .map(|i| (i / SECTOR_SIZE) as u8)
@@ -40,18 +40,22 @@ fn disk_file(sectors: u64) -> TempFile {
 }
 
 /// A driver: guest memory, a mock queue in it, and the device under test, activated.
-struct Driver<'a> {
+pub(super) struct Driver<'a> {
     mem: &'a GuestMemory,
     queue: MockSplitQueue<'a, GuestMemory>,
     next_desc: u16,
-    block: Block,
-    interrupt: Arc<Interrupt>,
+    pub(super) block: Block,
+    pub(super) interrupt: Arc<Interrupt>,
 }
 
 impl<'a> Driver<'a> {
     fn new(mem: &'a GuestMemory, path: &std::path::Path, read_only: bool) -> Self {
+        Self::with_block(mem, Block::new(path, read_only).unwrap())
+    }
+
+    /// Activates `block` on a fresh mock queue.
+    pub(super) fn with_block(mem: &'a GuestMemory, mut block: Block) -> Self {
         let queue = MockSplitQueue::new(mem, QUEUE_SIZE);
-        let mut block = Block::new(path, read_only).unwrap();
         let interrupt = Arc::new(Interrupt::new().unwrap());
         let q: Queue = queue.create_queue().unwrap();
         block
@@ -110,7 +114,13 @@ impl<'a> Driver<'a> {
     }
 
     /// A standard 3-descriptor request: header, data, status. Returns (status, used length).
-    fn request(&mut self, kind: u32, sector: u64, len: u32, data_writable: bool) -> (u8, u32) {
+    pub(super) fn request(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        len: u32,
+        data_writable: bool,
+    ) -> (u8, u32) {
         self.header(kind, sector);
         self.submit(&[
             (HDR, 16, false),
