@@ -630,3 +630,5 @@ mod full_spec;
 
 #[path = "test_connect/exec.rs"]
 mod exec;
+#[path = "test_connect/pod.rs"]
+mod pod;
