@@ -19,6 +19,10 @@
 //!    frame; the main process's comes last (its end kills every other process of the
 //!    container).
 //! 6. host -> agent: [`HostMessage::Shutdown`]; the agent syncs and powers the VM off.
+//!
+//! Several containers (a pod's): while the first runs, more `Create`s with new ids and process
+//! ids of at least [`crate::FIRST_EXEC`], each started, exec'd into and asked about by its id;
+//! a later container ends alone, and [`HostMessage::Remove`] forgets it once it has.
 
 use serde::{Deserialize, Serialize};
 

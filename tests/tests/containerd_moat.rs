@@ -492,3 +492,78 @@ fn the_shim_config_sizes_the_vm_and_a_file_log_uri_gets_the_output() {
     );
     assert_task_gone(&c, &id);
 }
+
+#[test]
+fn a_pod_sandbox_is_sized_by_its_annotations_and_placed_in_its_systemd_cgroup() {
+    let Some(c) =
+        start("a_pod_sandbox_is_sized_by_its_annotations_and_placed_in_its_systemd_cgroup")
+    else {
+        return;
+    };
+    let id = unique_name("pod");
+    let slice = format!("moattest-p{}.slice", std::process::id());
+    let cgroup = format!("{slice}:cri-containerd:{id}");
+    // What containerd's CRI plugin puts on a sandbox whose containers declare 512 MiB and 1.5
+    // CPUs: the VM gets 512 + 96 MiB and 2 vCPUs.
+    let args = [
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cgroup",
+        &cgroup,
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-memory=536870912",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-cpu-quota=150000",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-cpu-period=100000",
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ];
+    c.ctr_ok(NS, &args);
+    wait_status(&c, &id, "RUNNING");
+    let out = c.ctr_ok(NS, &["task", "ls"]);
+    let pid: u32 = out
+        .lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id.as_str())).then(|| cols.get(1)?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no pid for {id}: {out}"));
+    // The task's pid is the VMM's; its host cgroup is the unit systemd would have made.
+    let scope = format!("/moattest.slice/{slice}/cri-containerd-{id}.scope");
+    let host_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        host_cgroup.lines().any(|l| l.ends_with(&scope)),
+        "VMM {pid} is in {host_cgroup:?}, not {scope}\n{}",
+        c.diagnostics()
+    );
+    let script = "grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo";
+    let exec = ["task", "exec", "--exec-id", "size", &id, "sh", "-c", script];
+    let text = c.ctr_ok(NS, &exec);
+    let mem_kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {text:?}"));
+    assert!(
+        (500 * 1024..=608 * 1024).contains(&mem_kib),
+        "a 608 MiB VM: MemTotal {mem_kib} kB"
+    );
+    assert!(text.lines().any(|l| l.trim() == "2"), "two vCPUs: {text:?}");
+    c.ctr_ok(NS, &["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(NS, &["task", "delete", &id]);
+    c.ctr_ok(NS, &["container", "delete", &id]);
+    assert_task_gone(&c, &id);
+    let root = Path::new("/sys/fs/cgroup");
+    let leaf = root.join(scope.trim_start_matches('/'));
+    assert!(!leaf.exists(), "{} left behind", leaf.display());
+    let _ = std::fs::remove_dir(root.join("moattest.slice").join(&slice));
+    let _ = std::fs::remove_dir(root.join("moattest.slice"));
+}

@@ -21,20 +21,6 @@ pub struct ShimConfig {
     pub vm_cpus: Option<u8>,
 }
 
-impl ShimConfig {
-    /// The `moat run` flags these settings amount to.
-    pub fn run_flags(&self) -> Vec<String> {
-        let mut flags = Vec::new();
-        if let Some(m) = &self.vm_memory {
-            flags.extend(["--vm-memory".to_owned(), m.clone()]);
-        }
-        if let Some(c) = self.vm_cpus {
-            flags.extend(["--vm-cpus".to_owned(), c.to_string()]);
-        }
-        flags
-    }
-}
-
 /// Reads the config at `path`.
 pub fn read(path: &Path) -> anyhow::Result<ShimConfig> {
     let text = std::fs::read_to_string(path)
@@ -129,7 +115,13 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let ok: ShimConfig = toml::from_str("vm_memory = \"512m\"\nvm_cpus = 2\n").unwrap();
-        assert_eq!(ok.run_flags(), ["--vm-memory", "512m", "--vm-cpus", "2"]);
+        assert_eq!(
+            ok,
+            ShimConfig {
+                vm_memory: Some("512m".into()),
+                vm_cpus: Some(2),
+            }
+        );
         let bad = toml::from_str::<ShimConfig>("vm_memroy = \"512m\"\n").unwrap_err();
         assert!(bad.to_string().contains("vm_memroy"), "{bad}");
     }

@@ -21,6 +21,7 @@ use containerd_shim::{ExitSignal, Flags, StartOpts};
 mod config;
 mod events;
 mod metrics;
+mod pod_size;
 mod process;
 mod rootfs;
 mod service;

@@ -13,11 +13,11 @@ use moat_runtime::sandbox::client;
 use moat_runtime::sandbox::control::{Reply, Request, StdioSpec};
 use moat_runtime::sandbox::store::Container as Stored;
 
-use super::config;
 use super::events::{self, Event, Events};
 use super::process::{self, Phase, Process};
 use super::rootfs::{self, Mount};
 use super::stdio::{self, Opened, Paths};
+use super::{config, pod_size};
 use crate::oci::{self, Globals};
 
 /// One container of the shim.
@@ -51,6 +51,14 @@ pub struct Spec<'a> {
     pub options: Option<(&'a str, &'a [u8])>,
 }
 
+/// The bundle's `config.json`, for what the shim reads of it itself (the pod's annotations).
+fn read_spec(bundle: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
+}
+
 /// Makes the container of `spec` and attaches its stdio; nothing is left on failure.
 pub fn create(g: &Globals, spec: &Spec<'_>, events: &Arc<Events>) -> anyhow::Result<Container> {
     let mounted = rootfs::mount_all(spec.bundle, spec.mounts)?.is_some();
@@ -68,7 +76,9 @@ fn create_mounted(
     mounted: bool,
 ) -> anyhow::Result<Container> {
     let settings = config::for_task(spec.options)?;
-    let plan = oci::create::plan_with(g, spec.id, spec.bundle, &settings.run_flags())?;
+    let bundle_spec = read_spec(spec.bundle)?;
+    let sizing = pod_size::flags(&bundle_spec, &settings)?;
+    let plan = oci::create::plan_with(g, spec.id, spec.bundle, &sizing)?;
     if plan.config.tty != spec.paths.terminal {
         bail!(
             "the task's terminal ({}) does not match the bundle's process.terminal ({})",
