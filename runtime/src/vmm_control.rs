@@ -5,7 +5,7 @@
 //! travels with the request (`SCM_RIGHTS`).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, IoSlice};
+use std::io::{self, BufRead, BufReader, IoSlice, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -16,6 +16,8 @@ use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags}
 
 /// How long the VMM may take to answer (it serves the socket between device events).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest reply read: the VMM may be the guest's by now, and its replies are not trusted.
+const MAX_REPLY: u64 = 4096;
 
 /// Errors from a control call.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum VmmControlError {
     /// The reply is not one this runtime knows.
     #[error("the VMM sent an unexpected reply: {0}")]
     Reply(String),
+    /// The file is open for writing: the VMM would hold a writable descriptor of it.
+    #[error("a disk slot takes a file opened read-only (the VMM must not be able to write it)")]
+    Writable,
     /// The VMM refused the request.
     #[error("the VMM refused to swap disk slot {slot}: {reason}")]
     Refused {
@@ -47,7 +52,15 @@ pub enum VmmControlError {
 
 /// Puts `file` behind disk slot `slot` (`None`: empties it) and returns the slot's capacity in
 /// 512-byte sectors. The guest sees a capacity change; it must not use the slot's old disk.
+/// `file` must be open read-only (a slot is a read-only disk, and the VMM is not trusted with
+/// write access); its descriptor is shared with the VMM, file position included.
 pub fn swap_disk(socket: &Path, slot: usize, file: Option<&File>) -> Result<u64, VmmControlError> {
+    if let Some(f) = file {
+        let flags = rustix::fs::fcntl_getfl(f).map_err(|e| VmmControlError::Io(e.into()))?;
+        if flags & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDONLY {
+            return Err(VmmControlError::Writable);
+        }
+    }
     let stream = UnixStream::connect(socket).map_err(|source| VmmControlError::Connect {
         path: socket.to_owned(),
         source,
@@ -69,7 +82,7 @@ pub fn swap_disk(socket: &Path, slot: usize, file: Option<&File>) -> Result<u64,
         return Err(VmmControlError::Io(io::ErrorKind::WriteZero.into()));
     }
     let mut line = String::new();
-    BufReader::new(&stream)
+    BufReader::new((&stream).take(MAX_REPLY))
         .read_line(&mut line)
         .map_err(VmmControlError::Io)?;
     parse_reply(slot, line.trim_end())
@@ -110,6 +123,15 @@ mod tests {
             parse_reply(0, r#"{"ok":{}}"#),
             Err(VmmControlError::Reply(_))
         ));
+    }
+
+    #[test]
+    fn a_writable_file_is_refused_before_anything_is_sent() {
+        let tmp = crate::testutil::TempDir::new("vmm-control");
+        let path = tmp.path().join("disk");
+        let file = File::create(&path).unwrap();
+        let err = swap_disk(&tmp.path().join("none.sock"), 0, Some(&file)).unwrap_err();
+        assert!(matches!(err, VmmControlError::Writable), "{err}");
     }
 
     #[test]

@@ -87,9 +87,11 @@ impl Control {
             path: path.to_owned(),
             source,
         };
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(listen_err(e)),
-            _ => {}
+        // An old socket there is replaced; any other file is not touched (bind fails on it).
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                std::fs::remove_file(path).map_err(listen_err)?;
+            }
         }
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
@@ -113,6 +115,12 @@ impl Control {
             warn!("control: too many connections, closing the new one");
             return;
         }
+        // A client that does not read its replies must not stall the event loop: a reply that
+        // does not fit in the socket's buffer ends the connection instead.
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(error = %e, "control: cannot make a connection non-blocking");
+            return;
+        }
         if let Err(e) = ops.add(Events::new(&stream, EventSet::IN)) {
             warn!(error = ?e, "control: cannot watch a connection");
             return;
@@ -128,18 +136,28 @@ impl Control {
         };
         let mut buf = [0u8; MAX_REQUEST];
         let received = self.connections[index].recv_with_fd(&mut buf);
-        let reply = match received {
-            Ok((0, _)) | Err(_) => {
-                let stream = self.connections.swap_remove(index);
-                let _ = ops.remove(Events::new(&stream, EventSet::IN));
-                return;
-            }
-            Ok((n, file)) => self.handle(&buf[..n], file),
+        let (reply, open) = match received {
+            Ok((0, _)) => (None, false),
+            Ok((n, file)) => (Some(self.handle(&buf[..n], file)), true),
+            Err(e) if e.errno() == libc::EAGAIN => return,
+            // E.g. no descriptor left for the one sent (ENOBUFS): say so, then close.
+            Err(e) => (
+                Some(Reply::Error(format!("cannot receive the request: {e}"))),
+                false,
+            ),
         };
-        let mut line = serde_json::to_vec(&reply).unwrap_or_default();
-        line.push(b'\n');
-        if let Err(e) = self.connections[index].write_all(&line) {
-            debug!(error = %e, "control: cannot reply");
+        let mut open = open;
+        if let Some(reply) = reply {
+            let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(e) = self.connections[index].write_all(&line) {
+                debug!(error = %e, "control: cannot reply, closing the connection");
+                open = false;
+            }
+        }
+        if !open {
+            let stream = self.connections.swap_remove(index);
+            let _ = ops.remove(Events::new(&stream, EventSet::IN));
         }
     }
 

@@ -309,7 +309,8 @@ pub fn enter(plan: &Plan) -> Result<(), JailerError> {
 /// no capabilities, `no_new_privs`.
 pub fn drop_privileges(plan: &Plan) -> Result<(), JailerError> {
     let highest = privs::highest_open_fd(4096).unwrap_or(2);
-    let nofile = highest as u64 + 1 + FD_HEADROOM;
+    // A filled disk slot holds its swapped-in file beside its empty memfd.
+    let nofile = highest as u64 + 1 + FD_HEADROOM + plan.config.disk_slots as u64;
     let rw_disks = plan.config.disks.iter().filter(|d| !d.read_only);
     let largest_rw_disk = rw_disks
         .filter_map(|d| std::fs::metadata(&d.path).ok().map(|m| m.len()))

@@ -18,6 +18,9 @@ pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 /// The CPU period in microseconds.
 pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 
+/// Most vCPUs a VM has (moat-vmm's `--cpus` bound).
+const MAX_VM_CPUS: u8 = 32;
+
 /// The VM size the pod declares: (`--vm-cpus`, `--vm-memory` in MiB), each `None` when the
 /// annotations do not give it or this is no sandbox.
 pub fn of_annotations(spec: &Value) -> anyhow::Result<(Option<u64>, Option<u64>)> {
@@ -37,19 +40,24 @@ pub fn of_annotations(spec: &Value) -> anyhow::Result<(Option<u64>, Option<u64>)
         }
     };
     let memory = number(SANDBOX_MEMORY)?.filter(|&m| m > 0).map(|m| m as u64);
-    let quota = number(SANDBOX_CPU_QUOTA)?.filter(|&q| q > 0);
-    let period = number(SANDBOX_CPU_PERIOD)?.filter(|&p| p > 0);
-    let nano_cpus = match (quota, period) {
-        (Some(q), Some(p)) => Some((q as u128 * 1_000_000_000 / p as u128) as u64),
-        (Some(_), None) => bail!("annotation {SANDBOX_CPU_QUOTA} without {SANDBOX_CPU_PERIOD}"),
-        _ => None,
-    };
+    let cpu_quota = number(SANDBOX_CPU_QUOTA)?.filter(|&q| q > 0);
+    // Without a period, the kernel's default (100 ms), as for a container's own quota.
+    let cpu_period = number(SANDBOX_CPU_PERIOD)?
+        .filter(|&p| p > 0)
+        .map(|p| p as u64);
     let limits = moat_spec::resources::Limits {
         memory,
-        nano_cpus,
+        cpu_quota,
+        cpu_period,
         ..Default::default()
     };
-    let cpus = nano_cpus.map(|_| limits.vm_cpus(None));
+    let cpus = cpu_quota.map(|_| limits.vm_cpus(None));
+    if let Some(n) = cpus.filter(|&n| n > u64::from(MAX_VM_CPUS)) {
+        bail!(
+            "annotations {SANDBOX_CPU_QUOTA}/{SANDBOX_CPU_PERIOD} ask for {n} vCPUs; a VM has \
+             at most {MAX_VM_CPUS}"
+        );
+    }
     let memory_mib = memory.map(|_| limits.vm_memory_mib());
     Ok((cpus, memory_mib))
 }
@@ -125,7 +133,11 @@ mod tests {
     fn malformed_annotations_are_refused_by_name() {
         let err = of_annotations(&sandbox(json!({ SANDBOX_MEMORY: "lots" }))).unwrap_err();
         assert!(err.to_string().contains(SANDBOX_MEMORY), "{err}");
-        let err = of_annotations(&sandbox(json!({ SANDBOX_CPU_QUOTA: "1000" }))).unwrap_err();
-        assert!(err.to_string().contains("without"), "{err}");
+        let huge = sandbox(json!({ SANDBOX_CPU_QUOTA: "9223372036854775807" }));
+        let err = of_annotations(&huge).unwrap_err();
+        assert!(err.to_string().contains("at most 32"), "{err}");
+        // A quota without a period: the default period.
+        let quota = sandbox(json!({ SANDBOX_CPU_QUOTA: "250000" }));
+        assert_eq!(of_annotations(&quota).unwrap(), (Some(3), None));
     }
 }

@@ -4,10 +4,14 @@
 //!
 //! The container's root is assembled at the same paths as the first container's
 //! ([`super::rootfs::ROOT`]), in a namespace where the first container's mounts there are
-//! detached; the VM's writable-layer disk stays (each container has its own directory on it).
-//! The namespace lives as long as the container's processes (its init and execs are its only
-//! members once the thread ends), so the container's mounts end with them and its disks are
-//! free for the host to swap.
+//! detached; the VM's writable-layer disk, mounted by the first container, stays (each
+//! container has its own directory on it). The container's init takes a copy of that namespace
+//! (its spec's mount namespace) and the thread's own ends with the thread, so the container's
+//! mounts live exactly as long as its processes and its disks are then free for the host to
+//! swap.
+//!
+//! The waits for a swapped disk (at `Create`) and for its release (at `Remove`) run on the
+//! agent's reader thread: at most 10 s each, during which the VM's other streams wait too.
 
 use std::ffi::CString;
 use std::io;
@@ -73,11 +77,15 @@ pub fn private_mounts(sys: &dyn Syscall) -> io::Result<()> {
     Ok(())
 }
 
-/// The guest block devices `req` mounts: its root's and its volumes'.
+/// The disks of `req` that the host swapped in (those with an expected size): the ones its
+/// `Remove` frees for the host. A disk attached at boot may be the first container's too.
 pub fn devices(req: &RunRequest) -> Vec<String> {
-    let volumes = req.volumes.iter().map(|v| v.device.clone());
-    std::iter::once(req.rootfs.device.clone())
+    let root = (&req.rootfs.device, req.rootfs.sectors);
+    let volumes = req.volumes.iter().map(|v| (&v.device, v.sectors));
+    std::iter::once(root)
         .chain(volumes)
+        .filter(|(_, sectors)| sectors.is_some())
+        .map(|(device, _)| device.clone())
         .collect()
 }
 
@@ -189,13 +197,15 @@ mod tests {
             spec: Default::default(),
         };
         assert_eq!(devices(&req), ["/dev/vdc"]);
-        req.volumes.push(moat_protocol::VolumeSpec {
-            device: "/dev/vdd".into(),
+        let volume = |device: &str, sectors| moat_protocol::VolumeSpec {
+            device: device.into(),
             fstype: "ext4".into(),
             readonly: true,
             mountpoint: "/run/moat-volumes/1".into(),
-            sectors: None,
-        });
+            sectors,
+        };
+        req.volumes.push(volume("/dev/vdb", None));
+        req.volumes.push(volume("/dev/vdd", Some(16)));
         assert_eq!(devices(&req), ["/dev/vdc", "/dev/vdd"]);
     }
 

@@ -54,7 +54,8 @@ pub struct Container {
     pub first: bool,
     /// Where it is.
     pub phase: Phase,
-    /// The guest block devices it mounted (its root's and its volumes').
+    /// The disks the host swapped in for it (its root's and volumes' with `sectors`): released
+    /// at its `Remove`.
     pub devices: Vec<String>,
 }
 
@@ -172,7 +173,7 @@ impl Server {
     pub(super) fn start(&mut self, name: &str) -> Result<(), ServerError> {
         let Some(index) = self.container(name) else {
             let text = format!("no container {name}");
-            return self.refuse(MAIN_PROCESS, text);
+            return self.error(None, ErrorKind::InvalidRequest, text);
         };
         let c = &mut self.containers[index];
         let (id, first) = (c.process, c.first);
@@ -303,20 +304,22 @@ impl Server {
             let text = format!("cannot remove container {name}: {why}");
             return self.error(None, ErrorKind::InvalidRequest, text);
         }
-        let c = self.containers.remove(index);
-        if let Phase::Created { created, cgroup } = c.phase {
+        let c = &mut self.containers[index];
+        if let Phase::Created { created, cgroup } = std::mem::replace(&mut c.phase, Phase::Failed) {
             created.abandon(&self.reaper);
             if let Some(cg) = cgroup {
                 cg.remove();
             }
         }
-        // The host test mode mounts no disk.
-        if self.config.isolation == Isolation::None {
-            return self.send(&AgentMessage::Done);
+        // The host test mode mounts no disk. A failed release keeps the container, ended, so
+        // that the host may ask again.
+        if self.config.isolation == Isolation::Container {
+            if let Err(e) = container::release_devices(&c.devices) {
+                return self.error(None, e.kind(), format!("removing {name}: {}", line(&e)));
+            }
         }
-        match container::release_devices(&c.devices) {
-            Ok(()) => self.send(&AgentMessage::Done),
-            Err(e) => self.error(None, e.kind(), format!("removing {name}: {}", line(&e))),
-        }
+        self.containers.remove(index);
+        self.owners.retain(|_, owner| owner != name);
+        self.send(&AgentMessage::Done)
     }
 }
