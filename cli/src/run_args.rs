@@ -194,6 +194,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_vm_memory, help_heading = "VM",
           allow_hyphen_values = true)]
     pub vm_memory: Option<u64>,
+    /// Empty disk slots for a pod's later containers (the containerd shim's pod sandboxes)
+    #[arg(long, value_name = "N", hide = true, default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub disk_slots: u8,
     /// Guest kernel to boot (overrides MOAT_KERNEL)
     #[arg(long, value_name = "PATH", help_heading = "VM")]
     pub kernel: Option<PathBuf>,
@@ -288,6 +292,7 @@ impl RunArgs {
             },
             cgroup_path: bundle_host.cgroup_path,
             hooks: bundle_host.hooks,
+            disk_slots: self.disk_slots,
         })
     }
 

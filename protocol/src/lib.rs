@@ -25,7 +25,7 @@ pub use message::{
 };
 
 /// Version of the protocol spoken by this build; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The process id of the container's own process (its `process` in the spec).
 pub const MAIN_PROCESS: u32 = 1;

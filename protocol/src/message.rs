@@ -257,6 +257,10 @@ impl ExitStatus {
     }
 }
 
+fn main_process() -> u32 {
+    crate::MAIN_PROCESS
+}
+
 /// Messages from the agent to the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -270,6 +274,9 @@ pub enum AgentMessage {
     },
     /// The container exists; its process waits for `Start`.
     Created {
+        /// The container's process ([`RunRequest::process`]).
+        #[serde(default = "main_process")]
+        process: u32,
         /// Guest pid of the container's process (the container's init).
         pid: i32,
     },

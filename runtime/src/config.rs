@@ -386,6 +386,10 @@ pub struct RunConfig {
     /// An OCI bundle's hooks: the OCI verbs run them on the host (`moat run` refuses them).
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// Empty disk slots the VM boots with, for a pod's later containers (a CRI sandbox's VM,
+    /// docs/vmm-control.md); 0: none, and no control socket.
+    #[serde(default)]
+    pub disk_slots: u8,
 }
 
 impl RunConfig {

@@ -65,6 +65,15 @@ pub enum DiskError {
     /// An overlay root's layers could not be turned into disks.
     #[error(transparent)]
     Layers(#[from] LayerError),
+    /// A pod's later container has files of its own in its snapshot.
+    #[error("a pod's container starts from its image: its own layer {} must be empty", .0.display())]
+    PodLayer(PathBuf),
+    /// A pod's later container has a writable volume.
+    #[error(
+        "{0}: a pod's later container takes read-only volumes only (its disks are read-only \
+         disk slots)"
+    )]
+    PodWritable(String),
     /// The scratch disk could not be made.
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
     Scratch {
@@ -156,7 +165,8 @@ pub fn vm_disks(
         .root()
         .as_ref()
         .is_some_and(|r| r.readonly() == Some(true));
-    let (root, root_dest, layered) = root_disk(config, assets, state, data_root, readonly_root)?;
+    let (root, root_dest, layered) =
+        root_disk(config, assets, state.path(), data_root, readonly_root)?;
     let mut disks = vec![Disk {
         path: root,
         readonly: true,
@@ -208,6 +218,48 @@ pub fn vm_disks(
     })
 }
 
+/// The read-only disks of a pod's later container (docs/vmm-control.md), made in its state
+/// directory `dir`: its image (the overlay's image layers, cached as for a first container),
+/// then its volumes. Its writes go to the pod's writable layer in the guest, so its own
+/// snapshot layer must be empty (as containerd's CRI makes it) and its volumes read-only.
+pub fn pod_disks(
+    config: &RunConfig,
+    assets: &Assets,
+    dir: &Path,
+    data_root: &Path,
+) -> Result<Vec<PathBuf>, DiskError> {
+    let (root, _, layered) = root_disk(config, assets, dir, data_root, false)?;
+    let own = layered.iter().flat_map(|l| l.container.iter());
+    if let Some(layer) = own.into_iter().find(|l| has_entries(l)) {
+        return Err(DiskError::PodLayer(layer.clone()));
+    }
+    let mut disks = vec![root];
+    for (i, volume) in config.volumes.iter().enumerate() {
+        if !volume.readonly {
+            return Err(DiskError::PodWritable(volume.destination.clone()));
+        }
+        let path = match &volume.source {
+            VolumeSource::ImageFile(path) => path.clone(),
+            VolumeSource::Directory(source) => {
+                let image = dir.join(format!("volume-{i}.ext4"));
+                pack_directory(source, &image, "volume")?;
+                image
+            }
+            VolumeSource::Files(files) => {
+                let image = dir.join(format!("volume-{i}.ext4"));
+                pack_files(files, &dir.join(format!("volume-{i}.d")), &image)?;
+                image
+            }
+        };
+        disks.push(path);
+    }
+    Ok(disks)
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
 /// The image disk, its name in messages (`None` for one the run made), and the layers of a
 /// bundle root that is an overlay (docs/docker.md): its image layers as a cached image, its
 /// container layers for the writable layer. A read-only root or a plain directory is packed
@@ -215,7 +267,7 @@ pub fn vm_disks(
 fn root_disk(
     config: &RunConfig,
     assets: &Assets,
-    state: &StateDir,
+    state: &Path,
     data_root: &Path,
     readonly_root: bool,
 ) -> Result<(PathBuf, Option<&'static str>, Option<LayeredRoot>), DiskError> {
@@ -228,11 +280,11 @@ fn root_disk(
         Rootfs::Directory(dir) => dir,
     };
     if let Some(layered) = layered_root(dir).filter(|_| !readonly_root) {
-        let work = state.path().join("layers.mnt");
+        let work = state.join("layers.mnt");
         let image = image_disk(data_root, &layered, &work)?;
         return Ok((image, None, Some(layered)));
     }
-    let image = state.path().join("rootfs.ext4");
+    let image = state.join("rootfs.ext4");
     pack_directory(dir, &image, "rootfs")?;
     Ok((image, None, None))
 }

@@ -384,15 +384,21 @@ pub(crate) fn boot_vm_in(
         path: vmm_log.clone(),
         source,
     })?;
+    // The VMM's names for its files: in its jail's root, or in the state directory.
+    let vm_root = if options.jail {
+        PathBuf::from("/")
+    } else {
+        state.vm_dir().to_owned()
+    };
+    let in_vm = |name: &str| vm_root.join(name);
     let (guard, jail, vsock_uds, console_log) = if options.jail {
         let (guard, spec) = jail_for(config, options, &state)?;
-        let in_jail = |name: &str| PathBuf::from("/").join(name);
-        let vsock = in_jail(moat_jail::layout::VSOCK);
+        let vsock = in_vm(moat_jail::layout::VSOCK);
         (
             Some(guard),
             Some(spec),
             vsock,
-            in_jail(moat_jail::layout::CONSOLE_LOG),
+            in_vm(moat_jail::layout::CONSOLE_LOG),
         )
     } else {
         (None, None, state.vsock_uds(), state.console_log())
@@ -410,8 +416,8 @@ pub(crate) fn boot_vm_in(
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         disks: disks.disks.clone(),
-        disk_slots: 0,
-        control_uds: None,
+        disk_slots: config.disk_slots.into(),
+        control_uds: (config.disk_slots > 0).then(|| in_vm(moat_jail::layout::CONTROL)),
         vsock_uds,
         console_log,
         jail,

@@ -76,6 +76,7 @@ fn config(id: &str, tty: bool) -> RunConfig {
         assets: AssetOverrides::default(),
         cgroup_path: None,
         hooks: None,
+        disk_slots: 0,
     }
 }
 
@@ -297,7 +298,7 @@ fn created_and_started(stream: &mut UnixStream) -> Box<moat_protocol::RunRequest
     let HostMessage::Create(req) = recv(stream) else {
         panic!("expected create")
     };
-    send(stream, &AgentMessage::Created { pid: 7 });
+    send(stream, &AgentMessage::Created { process: 1, pid: 7 });
     assert!(matches!(recv(stream), HostMessage::Start { .. }));
     send(
         stream,
@@ -399,7 +400,7 @@ fn agent_errors_map_to_exit_codes() {
     let s = setup("run-notfound");
     let agent = s.agent("nf", |stream, state| {
         recv(stream);
-        send(stream, &AgentMessage::Created { pid: 7 });
+        send(stream, &AgentMessage::Created { process: 1, pid: 7 });
         assert!(matches!(recv(stream), HostMessage::Start { .. }));
         let msg = "exec: nope: not found".to_owned();
         send(

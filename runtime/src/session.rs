@@ -400,7 +400,7 @@ impl Session {
         loop {
             let event = events.recv().unwrap_or(Event::AgentGone(None));
             match event {
-                Event::Agent(AgentMessage::Created { pid }) if stage == Stage::Creating => {
+                Event::Agent(AgentMessage::Created { pid, .. }) if stage == Stage::Creating => {
                     tracing::debug!(pid, "container created");
                     stage = Stage::Starting;
                     self.send(&start)?;

@@ -84,7 +84,7 @@ impl Agent {
         let HostMessage::Create(req) = self.recv_msg() else {
             panic!("expected create")
         };
-        self.send(&AgentMessage::Created { pid: 2 });
+        self.send(&AgentMessage::Created { process: 1, pid: 2 });
         assert_eq!(
             self.recv_msg(),
             HostMessage::Start {

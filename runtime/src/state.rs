@@ -213,6 +213,11 @@ impl StateDir {
             .join(format!("vsock.sock_{}", moat_protocol::AGENT_VSOCK_PORT))
     }
 
+    /// The VMM's control socket (`--control-uds`), as the host sees it.
+    pub fn control_uds(&self) -> PathBuf {
+        self.vm_dir.join(moat_jail::layout::CONTROL)
+    }
+
     /// The guest's serial console log, as the host sees it.
     pub fn console_log(&self) -> PathBuf {
         self.vm_dir.join(moat_jail::layout::CONSOLE_LOG)

@@ -7,6 +7,7 @@
 pub mod containerd;
 pub mod docker;
 pub mod registry;
+pub mod shim;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

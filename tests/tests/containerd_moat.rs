@@ -7,114 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_tests::containerd::{containerd_available, Containerd, Options, CTR_TIMEOUT};
-use moat_tests::docker::busybox_archive;
-use moat_tests::{moat_bin, unique_name, vm_available, vmm_processes_mentioning, Outcome};
+use moat_tests::containerd::{Containerd, CTR_TIMEOUT};
+use moat_tests::{unique_name, vmm_processes_mentioning};
 
-const IMAGE: &str = "moat.test/busybox:1";
-const NS: &str = "moat-test";
-const RUNTIME: &str = "io.containerd.moat.v2";
-
-fn shim_bin() -> PathBuf {
-    moat_bin().with_file_name("containerd-shim-moat-v2")
-}
-
-/// containerd with the shim on its PATH and the test image imported; `None` (the test skips)
-/// where VMs or containerd cannot run.
-fn start(test: &str) -> Option<Containerd> {
-    if !vm_available(test) || !containerd_available(test) {
-        return None;
-    }
-    assert!(shim_bin().exists(), "{} is not built", shim_bin().display());
-    let c = Containerd::start(&Options {
-        name: "containerd-moat",
-        path: vec![shim_bin().parent().expect("bin dir").to_path_buf()],
-        ..Options::default()
-    });
-    let tar = c.work_dir().join("busybox.tar");
-    busybox_archive(&tar, IMAGE);
-    c.ctr_ok(NS, &["images", "import", tar.to_str().expect("utf-8")]);
-    Some(c)
-}
-
-/// `ctr run --rm --runtime moat IMAGE ID ARGS...` with `extra` flags before the image.
-fn ctr_run(
-    c: &Containerd,
-    extra: &[&str],
-    id: &str,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-) -> Outcome {
-    let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
-    all.extend_from_slice(extra);
-    all.extend_from_slice(&[IMAGE, id]);
-    all.extend_from_slice(args);
-    c.ctr(NS, &all, stdin, CTR_TIMEOUT)
-}
-
-/// What a failed check shows: the command's output, containerd's log, and the shim's view.
-fn why(c: &Containerd, o: &Outcome) -> String {
-    format!("{}{}", o.diagnostics(), c.diagnostics())
-}
-
-/// The task's status as `ctr task ls` shows it.
-fn task_status(c: &Containerd, id: &str) -> Option<String> {
-    let out = c.ctr_ok(NS, &["task", "ls"]);
-    out.lines().find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
-    })
-}
-
-/// `ctr run -d --runtime moat IMAGE ID sleep 1000`, waited for until the task runs.
-#[track_caller]
-fn run_detached(c: &Containerd, id: &str) {
-    let args = [
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        id,
-        "sleep",
-        "1000",
-    ];
-    c.ctr_ok(NS, &args);
-    wait_status(c, id, "RUNNING");
-}
-
-#[track_caller]
-fn wait_status(c: &Containerd, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = task_status(c, id);
-        if status.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} is {status:?}, not {want}\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Nothing of the task `id` is left: no VM, no shim link or state dir, no mount in its bundle.
-#[track_caller]
-fn assert_task_gone(c: &Containerd, id: &str) {
-    let link = Path::new("/run/moat-shim").join(NS).join(id);
-    assert!(!link.exists(), "{} left behind", link.display());
-    let bundle = c
-        .state()
-        .join("io.containerd.runtime.v2.task")
-        .join(NS)
-        .join(id);
-    let mounts = moat_tests::containerd::mounts_under(&bundle);
-    assert!(mounts.is_empty(), "mounts left in the bundle: {mounts:?}");
-    let vms = vmm_processes_mentioning("/run/moat/.oci/");
-    assert!(vms.is_empty(), "moat VMs left: {vms:?}");
-}
+use moat_tests::shim::{
+    assert_task_gone, ctr_run, run_detached, start, task_pid, task_status, wait_status, why, IMAGE,
+    NS, RUNTIME,
+};
 
 #[test]
 fn ctr_run_gives_output_exit_codes_and_stdin() {
@@ -527,14 +426,7 @@ fn a_pod_sandbox_is_sized_by_its_annotations_and_placed_in_its_systemd_cgroup() 
     ];
     c.ctr_ok(NS, &args);
     wait_status(&c, &id, "RUNNING");
-    let out = c.ctr_ok(NS, &["task", "ls"]);
-    let pid: u32 = out
-        .lines()
-        .find_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.first() == Some(&id.as_str())).then(|| cols.get(1)?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no pid for {id}: {out}"));
+    let pid = task_pid(&c, &id);
     // The task's pid is the VMM's; its host cgroup is the unit systemd would have made.
     let scope = format!("/moattest.slice/{slice}/cri-containerd-{id}.scope");
     let host_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();

@@ -20,6 +20,7 @@ use containerd_shim::{ExitSignal, Flags, StartOpts};
 
 mod config;
 mod events;
+mod member;
 mod metrics;
 mod pod_size;
 mod process;
@@ -106,7 +107,7 @@ fn init_logging(debug: bool) {
     }
 }
 
-/// The shim of one container (for now: a pod's containers get one shim each).
+/// The shim of one container, or of a pod's (its sandbox's and its later containers).
 pub struct Shim {
     namespace: String,
     id: String,
@@ -134,7 +135,9 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = opts.id.clone();
+        // A pod's containers go to the shim of its sandbox (containerd runs `start` in the
+        // bundle), which answers with its address.
+        let grouping = member::grouping(&self.bundle, &opts.id);
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)

@@ -62,10 +62,19 @@ pub fn of_annotations(spec: &Value) -> anyhow::Result<(Option<u64>, Option<u64>)
     Ok((cpus, memory_mib))
 }
 
-/// The `moat run` flags sizing the VM: the pod's annotations first, then the shim config's.
+/// The empty disk slots a pod sandbox's VM boots with, for the pod's later containers (one for
+/// each one's image, one for each of its volumes): moat-vmm has 19 virtio devices, and the
+/// vsock, the sandbox's image and the pod's writable layer take three.
+pub const POD_DISK_SLOTS: u8 = 12;
+
+/// The `moat run` flags sizing the VM: the pod's annotations first, then the shim config's;
+/// a pod sandbox's VM gets [`POD_DISK_SLOTS`].
 pub fn flags(spec: &Value, config: &super::config::ShimConfig) -> anyhow::Result<Vec<String>> {
     let (cpus, memory_mib) = of_annotations(spec)?;
     let mut flags = Vec::new();
+    if spec["annotations"][CONTAINER_TYPE].as_str() == Some("sandbox") {
+        flags.extend(["--disk-slots".to_owned(), POD_DISK_SLOTS.to_string()]);
+    }
     match (memory_mib, &config.vm_memory) {
         (Some(mib), _) => flags.extend(["--vm-memory".to_owned(), format!("{mib}m")]),
         (None, Some(m)) => flags.extend(["--vm-memory".to_owned(), m.clone()]),

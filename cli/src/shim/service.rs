@@ -23,11 +23,11 @@ use containerd_shim::{ExitSignal, TtrpcResult};
 use moat_runtime::sandbox::control::{Reply, Request};
 
 use super::events::{Event, Events};
-use super::metrics;
 use super::process::{Phase, Process};
 use super::rootfs::Mount;
 use super::stdio::{self, Paths};
 use super::task::{self, Container};
+use super::{member, metrics};
 use crate::oci::Globals;
 
 pub use task::clean_up;
@@ -181,7 +181,20 @@ impl Task for Service {
                 .as_ref()
                 .map(|a| (a.type_url.as_str(), a.value.as_slice())),
         };
-        let c = task::create(&self.globals, &spec, &self.events).map_err(failed)?;
+        let bundle_spec = task::read_spec(&bundle).map_err(failed)?;
+        let c = match member::sandbox_of(&bundle_spec) {
+            Some(sandbox) => {
+                let sandbox = self.containers().get(&sandbox).cloned().ok_or_else(|| {
+                    status(
+                        Code::FAILED_PRECONDITION,
+                        format!("pod sandbox {sandbox} is not served by this shim"),
+                    )
+                })?;
+                member::create(&self.globals, &spec, &self.events, &sandbox)
+            }
+            None => task::create(&self.globals, &spec, &self.events),
+        }
+        .map_err(failed)?;
         let pid = c.pid;
         let mut io = TaskIO::new();
         io.stdin = req.stdin.clone();

@@ -38,6 +38,9 @@ pub struct Container {
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Whether its rootfs was mounted by the shim.
     pub mounted: bool,
+    /// A pod's later container: the supervisor (state directory, name) of the pod sandbox's
+    /// VM, which it lives in.
+    pub pod_vm: Option<(PathBuf, String)>,
 }
 
 /// What `Create` asks for.
@@ -52,7 +55,7 @@ pub struct Spec<'a> {
 }
 
 /// The bundle's `config.json`, for what the shim reads of it itself (the pod's annotations).
-fn read_spec(bundle: &Path) -> anyhow::Result<serde_json::Value> {
+pub(super) fn read_spec(bundle: &Path) -> anyhow::Result<serde_json::Value> {
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -130,10 +133,11 @@ fn create_mounted(
         init,
         execs: Mutex::new(HashMap::new()),
         mounted,
+        pod_vm: None,
     })
 }
 
-fn fds(opened: &Opened) -> Vec<BorrowedFd<'_>> {
+pub(super) fn fds(opened: &Opened) -> Vec<BorrowedFd<'_>> {
     let mut fds = Vec::with_capacity(3);
     if let Some(stdin) = &opened.stdin {
         fds.push(stdin.as_fd());
@@ -158,7 +162,7 @@ fn attach(dir: &Path, name: &str, spec: &Spec<'_>) -> anyhow::Result<(UnixStream
 
 /// Watches `conn` for the end of `proc` in a thread, then records it and sends TaskExit
 /// (`ids`: container id, process id for the event, host pid).
-fn watch(
+pub(super) fn watch(
     proc: &Arc<Process>,
     conn: UnixStream,
     logger: Option<std::process::Child>,
@@ -210,9 +214,25 @@ impl Container {
             .cloned()
     }
 
+    /// The supervisor of the container's VM (state directory, name) and `req` as it takes it
+    /// (for a pod's later container: `For` the container).
+    fn target(&self, req: &Request) -> (&Path, &str, Request) {
+        match &self.pod_vm {
+            Some((dir, name)) => {
+                let wrapped = Request::For {
+                    container: self.name.clone(),
+                    request: Box::new(req.clone()),
+                };
+                (dir, name, wrapped)
+            }
+            None => (&self.dir, &self.name, req.clone()),
+        }
+    }
+
     /// One request to the supervisor; its error replies as errors.
     pub fn request(&self, req: &Request) -> anyhow::Result<Reply> {
-        match client::request(&self.dir, &self.name, req)? {
+        let (dir, name, req) = self.target(req);
+        match client::request(dir, name, &req)? {
             Reply::Error { message, .. } => bail!("{message}"),
             reply => Ok(reply),
         }
@@ -254,7 +274,8 @@ impl Container {
             spec,
             user: None,
         };
-        let conn = client::open_process(&self.dir, &self.name, &req, &fds(&opened))?;
+        let (dir, name, req) = self.target(&req);
+        let conn = client::open_process(dir, name, &req, &fds(&opened))?;
         let pid = match client::next_reply(&conn)? {
             Reply::Started { pid } => pid,
             Reply::Error { message, code } => {
@@ -287,7 +308,20 @@ impl Container {
 
     /// Removes the container (its VM, state and link) and unmounts its rootfs.
     pub fn remove(&self, g: &Globals) -> anyhow::Result<()> {
-        let removed = oci::verbs::remove(g, &self.id);
+        let removed = match &self.pod_vm {
+            Some((vm_dir, _)) => {
+                let removed = self.request(&Request::Remove);
+                // A VM that has gone took the container with it.
+                let vm_gone = !Stored::load(vm_dir).is_ok_and(|vm| vm.is_live());
+                if removed.is_ok() || vm_gone {
+                    oci::create::forget(&g.root, &self.id, &self.dir);
+                }
+                removed
+                    .map(drop)
+                    .or_else(|e| if vm_gone { Ok(()) } else { Err(e) })
+            }
+            None => oci::verbs::remove(g, &self.id),
+        };
         if self.mounted {
             rootfs::unmount_all(&self.bundle);
         }

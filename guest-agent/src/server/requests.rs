@@ -151,7 +151,10 @@ impl Server {
         };
         match created {
             Ok(created) => {
-                self.send(&AgentMessage::Created { pid: created.pid() })?;
+                self.send(&AgentMessage::Created {
+                    process: id,
+                    pid: created.pid(),
+                })?;
                 container.phase = Phase::Created { created, cgroup };
                 self.containers.push(container);
                 Ok(())

@@ -101,6 +101,24 @@ pub enum Request {
     Stats,
     /// New resource limits.
     Update(Box<oci_spec::runtime::LinuxResources>),
+    /// Create a pod's later container in this (the pod sandbox's) VM from the plan in the
+    /// state directory `dir`; stdio descriptors follow as for `Attach`. Answered `Created`; the
+    /// connection then serves `Signal`/`Resize` for the container's process and gets `Oom`
+    /// (with `events`) and `Exited` as an attach connection does.
+    Member {
+        /// The member's state directory (its `plan.json`).
+        dir: std::path::PathBuf,
+        /// Attachment.
+        stdio: StdioSpec,
+    },
+    /// `request` for the pod's later container `container` instead of the VM's own: `Start`,
+    /// `Signal`, `Exec`, `Pause`, `Resume`, `Processes`, `Stats`, `Update`, `Remove`.
+    For {
+        /// The member's id (its plan's).
+        container: String,
+        /// What to do.
+        request: Box<Request>,
+    },
 }
 
 /// The supervisor's answer.
@@ -109,6 +127,11 @@ pub enum Request {
 pub enum Reply {
     /// Done.
     Ok,
+    /// A pod's later container was created; its init waits for `Start`.
+    Created {
+        /// Its guest pid.
+        pid: i32,
+    },
     /// The process started.
     Started {
         /// Its guest pid.

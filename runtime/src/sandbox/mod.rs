@@ -7,11 +7,13 @@
 pub mod client;
 pub mod control;
 pub mod lock;
+mod member;
 pub mod mux;
 mod output;
 pub mod record;
 pub mod remove;
 mod server;
+mod stdin;
 pub mod store;
 pub mod supervisor;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use moat_protocol::{
     decode, encode, read_frame, write_frame, AgentMessage, ErrorKind, ExitStatus, FrameError,
-    FrameKind, HostMessage, OutputStream, MAX_PAYLOAD, WINDOW,
+    FrameKind, HostMessage, OutputStream, MAIN_PROCESS, MAX_PAYLOAD, WINDOW,
 };
 
 /// Errors talking to the agent.
@@ -33,6 +33,8 @@ pub enum MuxError {
 /// What happens to one process, as the agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcEvent {
+    /// A pod's later container with this process was created; its init has this guest pid.
+    Created(i32),
     /// It started with this guest pid.
     Started(i32),
     /// It could not be started.
@@ -105,8 +107,8 @@ impl ProcHandle {
 pub enum VmEvent {
     /// `Created` with the container init's guest pid.
     Created(i32),
-    /// An OOM kill (the cgroup's count so far).
-    Oom(u64),
+    /// An OOM kill in this container (its cgroup's count so far).
+    Oom(String, u64),
     /// A reply to a container request (`Done`, `Processes`, `Error` without process).
     Reply(AgentMessage),
     /// The connection ended (`None`: cleanly) or broke.
@@ -298,11 +300,12 @@ impl Mux {
                     give_window(&proc.stdin, u64::from(bytes));
                 }
             }
-            AgentMessage::Created { pid } => {
+            AgentMessage::Created { process, pid } if process == MAIN_PROCESS => {
                 let _ = tx.send(VmEvent::Created(pid));
             }
-            AgentMessage::Oom { count, .. } => {
-                let _ = tx.send(VmEvent::Oom(count));
+            AgentMessage::Created { process, pid } => to_proc(process, ProcEvent::Created(pid)),
+            AgentMessage::Oom { container, count } => {
+                let _ = tx.send(VmEvent::Oom(container, count));
             }
             msg @ (AgentMessage::Done
             | AgentMessage::Processes { .. }

@@ -2,7 +2,6 @@
 //! connections stay open for the process's life; the others are one request, one answer.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -15,6 +14,7 @@ use super::control::{self, Reply, Request, StdioSpec};
 use super::mux::{FdSink, Mux, ProcEvent, Sink};
 use super::output::Attached;
 use super::record::Status;
+use super::stdin::{close_stdin_when_running, pump_stdin, pump_stdin_when_running};
 use super::supervisor::{agent_code, Command, Ev, Shared};
 use crate::run::EXIT_RUNTIME_ERROR;
 
@@ -63,7 +63,7 @@ pub(crate) fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Res
     Ok(())
 }
 
-fn error(message: impl Into<String>) -> Reply {
+pub(super) fn error(message: impl Into<String>) -> Reply {
     Reply::Error {
         message: message.into(),
         code: EXIT_RUNTIME_ERROR,
@@ -82,7 +82,20 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
     let id = || shared.plan.config.id.clone();
     let reply = match request {
         Request::Attach(stdio) => return attach(stream, shared, stdio),
-        Request::Exec { stdio, spec, user } => return exec(stream, shared, stdio, spec, user),
+        Request::Exec { stdio, spec, user } => {
+            let target = ExecTarget {
+                container: id(),
+                stdio,
+                user,
+            };
+            return exec(stream, shared, target, spec);
+        }
+        Request::Member { dir, stdio } => {
+            return super::member::create(stream, shared, &dir, stdio)
+        }
+        Request::For { container, request } => {
+            return super::member::request(stream, shared, &container, *request)
+        }
         Request::Start => start(shared),
         Request::Signal { signo, all } => signal(shared, signo, all),
         Request::Resize { .. } => error("resize needs an attached process"),
@@ -111,7 +124,7 @@ fn handle(stream: &UnixStream, shared: &Arc<Shared>) {
     let _ = control::send(stream, &reply);
 }
 
-fn mux(shared: &Shared) -> Option<Arc<Mux>> {
+pub(super) fn mux(shared: &Shared) -> Option<Arc<Mux>> {
     shared
         .mux
         .lock()
@@ -199,7 +212,7 @@ fn remove(shared: &Shared) -> Reply {
     Reply::Ok
 }
 
-fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
+pub(super) fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
     if shared.state().status != Status::Running && shared.state().status != Status::Paused {
         return error(format!(
             "container {} is not running",
@@ -215,9 +228,11 @@ fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
         .unwrap_or_else(PoisonError::into_inner);
     let (tx, rx) = mpsc::channel();
     *shared.reply.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    // The VM's own container's pause is the state's; a pod member's is its own.
+    let own = |c: &str| c == shared.plan.config.id;
     let new_status = match &msg {
-        HostMessage::Pause { .. } => Some(Status::Paused),
-        HostMessage::Resume { .. } => Some(Status::Running),
+        HostMessage::Pause { container } if own(container) => Some(Status::Paused),
+        HostMessage::Resume { container } if own(container) => Some(Status::Running),
         _ => None,
     };
     if let Err(e) = mux.send(&msg) {
@@ -239,7 +254,10 @@ fn container_request(shared: &Shared, msg: HostMessage) -> Reply {
 }
 
 /// The client's descriptors: stdin (when asked), stdout, stderr.
-fn client_fds(stream: &UnixStream, stdio: StdioSpec) -> Result<(Option<File>, File, File), Reply> {
+pub(super) fn client_fds(
+    stream: &UnixStream,
+    stdio: StdioSpec,
+) -> Result<(Option<File>, File, File), Reply> {
     let fds = control::recv_fds(stream).map_err(|e| error(crate::error_chain(&e)))?;
     let want = if stdio.stdin { 3 } else { 2 };
     if fds.len() != want {
@@ -347,7 +365,7 @@ fn log_to_file(dir: &std::path::Path) {
 
 /// Serves `Signal`/`Resize` from an attached client until it goes; for a tied client that goes
 /// before its process ends, the process is killed.
-fn client_requests(stream: &UnixStream, shared: &Arc<Shared>, process: u32) {
+pub(super) fn client_requests(stream: &UnixStream, shared: &Arc<Shared>, process: u32) {
     loop {
         let msg = match control::recv::<Request>(stream) {
             Ok(Some(Request::Signal { signo, all })) if process == MAIN_PROCESS => {
@@ -395,93 +413,26 @@ fn keep_early_size(shared: &Shared, rows: u16, cols: u16) -> bool {
     }
 }
 
-fn wait_running(shared: &Shared) -> bool {
-    loop {
-        match shared.state().status {
-            Status::Running | Status::Paused => return true,
-            Status::Exited => return false,
-            Status::Created | Status::Creating => {}
-        }
-        if shared.wait_ended_for(Duration::from_millis(20)).is_some() {
-            return false;
-        }
-    }
+/// Where an exec runs and how it is attached.
+pub(super) struct ExecTarget {
+    /// The container (the VM's own, or a pod member).
+    pub(super) container: String,
+    pub(super) stdio: StdioSpec,
+    /// A user by name.
+    pub(super) user: Option<String>,
 }
 
-fn pump_stdin_when_running(shared: Arc<Shared>, stdin: File) {
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            if wait_running(&shared) {
-                if let Some(mux) = mux(&shared) {
-                    pump_stdin(&mux, MAIN_PROCESS, stdin, &AtomicBool::new(false));
-                }
-            }
-        });
-}
-
-fn close_stdin_when_running(shared: Arc<Shared>) {
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            if wait_running(&shared) {
-                if let Some(mux) = mux(&shared) {
-                    let _ = mux.send(&HostMessage::StdinEof {
-                        process: MAIN_PROCESS,
-                    });
-                }
-            }
-        });
-}
-
-/// Copies `stdin` into process `id` until its end (or until `stop` is set: the process ended,
-/// and a client's terminal must not lose keystrokes to us), then closes the process's stdin.
-fn pump_stdin(mux: &Mux, id: u32, mut stdin: File, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        if !readable(&stdin, stop) {
-            return;
-        }
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => match mux.stdin(id, &buf[..n]) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = mux.send(&HostMessage::StdinEof { process: id });
-}
-
-/// Waits until `file` is readable; false once `stop` is set.
-fn readable(file: &File, stop: &AtomicBool) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    loop {
-        if stop.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut fds = [PollFd::new(file, PollFlags::IN)];
-        let tick = Timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        match poll(&mut fds, Some(&tick)) {
-            Ok(n) if n > 0 => return true,
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return true,
-        }
-    }
-}
-
-fn exec(
+pub(super) fn exec(
     stream: &UnixStream,
     shared: &Arc<Shared>,
-    stdio: StdioSpec,
+    target: ExecTarget,
     spec: Box<oci_spec::runtime::Process>,
-    user: Option<String>,
 ) {
+    let ExecTarget {
+        container,
+        stdio,
+        user,
+    } = target;
     let (stdin, out, err) = match client_fds(stream, stdio) {
         Ok(fds) => fds,
         Err(reply) => {
@@ -507,7 +458,7 @@ fn exec(
         }
     };
     let request = moat_protocol::ExecRequest {
-        container: shared.plan.config.id.clone(),
+        container,
         process: id,
         spec: *spec,
         user,
@@ -587,7 +538,7 @@ fn run_exec(
                 }
             }
             Ok(ProcEvent::Failed(_, message)) => break error(message),
-            Ok(ProcEvent::Started(_)) => {}
+            Ok(ProcEvent::Started(_) | ProcEvent::Created(_)) => {}
             Err(_) => break error("the VM ended"),
         }
     };

@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     /// The terminal size an attached client asked for before the start (rows, columns): the
     /// agent knows the process only once it started, so it gets the size then.
     pub(crate) early_size: Mutex<Option<(u16, u16)>>,
+    /// A pod sandbox's later containers.
+    pub(crate) pod: super::member::Pod,
 }
 
 impl Shared {
@@ -179,6 +181,7 @@ pub fn supervise(dir: &Path, mut ready: File) -> Result<i32, SupervisorError> {
         request_lock: Mutex::new(()),
         setup: Mutex::new(Duration::ZERO),
         early_size: Mutex::new(None),
+        pod: super::member::Pod::default(),
     });
     let socket = dir.join(SOCKET);
     let _ = std::fs::remove_file(&socket);
@@ -217,6 +220,7 @@ fn life(
             code
         }
         Ok(pid) => {
+            shared.pod.booted(&vm, shared.plan.config.disk_slots);
             shared.update(|s| {
                 s.status = Status::Created;
                 s.guest_pid = Some(pid);
@@ -393,8 +397,11 @@ fn run_container(shared: &Arc<Shared>, rx: &Receiver<Ev>, vm: &mut Vm) -> i32 {
                 shared.update(|s| s.error = Some(message));
                 return run::EXIT_RUNTIME_ERROR;
             }
-            Ev::Main(ProcEvent::Started(_)) => {}
-            Ev::Vm(VmEvent::Oom(count)) => {
+            Ev::Main(ProcEvent::Started(_) | ProcEvent::Created(_)) => {}
+            Ev::Vm(VmEvent::Oom(container, count)) if container != shared.plan.config.id => {
+                shared.pod.oom(&container, count);
+            }
+            Ev::Vm(VmEvent::Oom(_, count)) => {
                 shared.update(|s| s.oom_kills = s.oom_kills.max(count));
                 shared.output.oom_notice(&shared.plan);
             }

@@ -1,0 +1,146 @@
+//! A pod in one microVM (docs/containerd.md, "Pods"): tasks marked as containerd's CRI plugin
+//! marks a pod's sandbox and its containers (`io.kubernetes.cri.container-type`,
+//! `io.kubernetes.cri.sandbox-id`) go to one shim, and the containers run in the sandbox's VM,
+//! on disks swapped into its disk slots, each with its own root and pid namespace.
+
+use moat_tests::shim::{
+    assert_task_gone, start, task_pid, task_status, wait_status, why, IMAGE, NS, RUNTIME,
+};
+use moat_tests::{unique_name, vmm_processes_mentioning};
+
+const TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX: &str = "io.kubernetes.cri.sandbox-id";
+
+/// `ctr run` flags of a pod's task: `role` is `sandbox` or `container`.
+fn pod_flags(pod: &str, role: &str) -> Vec<String> {
+    [
+        "--runtime".to_owned(),
+        RUNTIME.to_owned(),
+        "--annotation".to_owned(),
+        format!("{TYPE}={role}"),
+        "--annotation".to_owned(),
+        format!("{SANDBOX}={pod}"),
+    ]
+    .to_vec()
+}
+
+/// What a process of the task sees: the guest's boot id, its mount and pid namespaces.
+fn identity(c: &moat_tests::containerd::Containerd, id: &str, exec_id: &str) -> Vec<String> {
+    let script =
+        "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/mnt; readlink /proc/self/ns/pid";
+    let out = c.ctr_ok(
+        NS,
+        &["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script],
+    );
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "boot id and two namespaces: {out:?}");
+    lines
+}
+
+#[test]
+fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
+    let Some(c) = start("a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids")
+    else {
+        return;
+    };
+    let pod = unique_name("pod");
+    let mut args = vec!["run".to_owned(), "-d".to_owned()];
+    args.extend(pod_flags(&pod, "sandbox"));
+    args.extend([IMAGE, &pod, "sleep", "1000"].map(str::to_owned));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.ctr_ok(NS, &refs);
+    wait_status(&c, &pod, "RUNNING");
+
+    // A long-running container of the pod, detached.
+    let web = format!("{pod}-web");
+    let mut args = vec!["run".to_owned(), "-d".to_owned()];
+    args.extend(pod_flags(&pod, "container"));
+    args.extend([IMAGE, &web, "sleep", "1000"].map(str::to_owned));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.ctr_ok(NS, &refs);
+    wait_status(&c, &web, "RUNNING");
+    // One VM: the same task pid (the VMM's) and the same guest boot; its own root and pids.
+    assert_eq!(
+        task_pid(&c, &web),
+        task_pid(&c, &pod),
+        "one VMM for the pod"
+    );
+    // Only a pod sandbox's VM has disk slots.
+    let vms = vmm_processes_mentioning("--disk-slots");
+    assert_eq!(vms.len(), 1, "one VM for the pod: {vms:?}");
+    let sandbox = identity(&c, &pod, "id1");
+    let member = identity(&c, &web, "id2");
+    assert_eq!(sandbox[0], member[0], "the same guest kernel (boot id)");
+    assert_ne!(sandbox[1], member[1], "a mount namespace of its own");
+    assert_ne!(sandbox[2], member[2], "a pid namespace of its own");
+    let write = [
+        "task",
+        "exec",
+        "--exec-id",
+        "w",
+        &web,
+        "sh",
+        "-c",
+        "echo x > /mine",
+    ];
+    c.ctr_ok(NS, &write);
+    let look = ["task", "exec", "--exec-id", "l", &pod, "ls", "/mine"];
+    let o = c.ctr(NS, &look, None, moat_tests::containerd::CTR_TIMEOUT);
+    assert_ne!(
+        o.code,
+        0,
+        "the sandbox's root is not the member's: {}",
+        why(&c, &o)
+    );
+    let pids = c.ctr_ok(NS, &["task", "ps", &web]);
+    assert!(
+        pids.lines().count() >= 2,
+        "the member's processes: {pids:?}"
+    );
+    let metrics = c.ctr_ok(NS, &["task", "metrics", &web]);
+    assert!(
+        metrics.contains("memory"),
+        "the member's metrics: {metrics:?}"
+    );
+
+    // A foreground container of the pod with its output and exit code, in a freed slot's turn.
+    for round in 0..2 {
+        let job = format!("{pod}-job{round}");
+        let mut args = vec!["run".to_owned(), "--rm".to_owned()];
+        args.extend(pod_flags(&pod, "container"));
+        args.extend([IMAGE, &job, "sh", "-c", "echo job-out; exit 3"].map(str::to_owned));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = c.ctr(NS, &refs, None, moat_tests::containerd::CTR_TIMEOUT);
+        assert_eq!(o.code, 3, "the job's exit code\n{}", why(&c, &o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("job-out"),
+            "the job's output\n{}",
+            why(&c, &o)
+        );
+        assert_task_link_gone(&job);
+    }
+
+    c.ctr_ok(NS, &["task", "kill", "-s", "SIGKILL", &web]);
+    wait_status(&c, &web, "STOPPED");
+    assert_eq!(
+        task_status(&c, &pod).as_deref(),
+        Some("RUNNING"),
+        "the sandbox runs on"
+    );
+    c.ctr_ok(NS, &["task", "delete", &web]);
+    c.ctr_ok(NS, &["container", "delete", &web]);
+    assert_task_link_gone(&web);
+    c.ctr_ok(NS, &["task", "kill", "-s", "SIGKILL", &pod]);
+    wait_status(&c, &pod, "STOPPED");
+    c.ctr_ok(NS, &["task", "delete", &pod]);
+    c.ctr_ok(NS, &["container", "delete", &pod]);
+    assert_task_gone(&c, &pod);
+    let vms = vmm_processes_mentioning("--disk-slots");
+    assert!(vms.is_empty(), "the pod's VM is left: {vms:?}");
+}
+
+#[track_caller]
+fn assert_task_link_gone(id: &str) {
+    let link = std::path::Path::new("/run/moat-shim").join(NS).join(id);
+    assert!(!link.exists(), "{} left behind", link.display());
+}
