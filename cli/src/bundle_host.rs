@@ -17,6 +17,8 @@ pub struct Host {
     pub cgroup_path: Option<String>,
     /// The hooks (for the OCI verbs).
     pub hooks: Option<Hooks>,
+    /// The namespaces the bundle joins (paths).
+    pub namespace_paths: Vec<oci_spec::runtime::LinuxNamespace>,
 }
 
 /// Applies `host` (of the bundle in `dir`) to `spec`: its bind mounts' sources become volume
@@ -59,6 +61,7 @@ pub fn apply(
         Host {
             cgroup_path,
             hooks: host.hooks,
+            namespace_paths: host.namespace_paths,
         },
     ))
 }

@@ -198,6 +198,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", hide = true, default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=16))]
     pub disk_slots: u8,
+    /// A pod's later container (the containerd shim's): its namespace paths are the pod's
+    #[arg(long, hide = true)]
+    pub pod_member: bool,
     /// Guest kernel to boot (overrides MOAT_KERNEL)
     #[arg(long, value_name = "PATH", help_heading = "VM")]
     pub kernel: Option<PathBuf>,
@@ -272,6 +275,7 @@ impl RunArgs {
             }
         };
         let (cpus, memory_mib) = sizing.vm_size(self.vm_cpus, self.vm_memory)?;
+        let joins = self.joins(std::mem::take(&mut bundle_host.namespace_paths))?;
         Ok(RunConfig {
             id,
             rootfs,
@@ -293,7 +297,38 @@ impl RunArgs {
             cgroup_path: bundle_host.cgroup_path,
             hooks: bundle_host.hooks,
             disk_slots: self.disk_slots,
+            joins,
         })
+    }
+
+    /// The namespaces a bundle joins, as its role allows: a pod's later container keeps them
+    /// for its VM's supervisor to map; a pod sandbox's network namespace (CRI's, made by CNI on
+    /// the host) is left for a VM of its own until moat joins it to the VM (the networking
+    /// work); anything else is refused (each container has its own VM).
+    fn joins(
+        &self,
+        paths: Vec<oci_spec::runtime::LinuxNamespace>,
+    ) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, ConfigError> {
+        if self.pod_member {
+            return Ok(paths);
+        }
+        let sandbox = self.disk_slots > 0;
+        let refused = paths
+            .iter()
+            .find(|ns| !(sandbox && ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network));
+        if let Some(ns) = refused {
+            let path = ns.path().clone().unwrap_or_default();
+            return Err(ConfigError::Spec(moat_spec::SpecError {
+                field: "linux.namespaces".into(),
+                problem: format!(
+                    "joining the existing {} namespace {} is not supported (each container has \
+                     its own VM)",
+                    ns.typ(),
+                    path.display()
+                ),
+            }));
+        }
+        Ok(Vec::new())
     }
 
     /// The spec and volumes of a run of IMAGE (or the default image) with docker's defaults.

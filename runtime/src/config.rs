@@ -390,6 +390,11 @@ pub struct RunConfig {
     /// docs/vmm-control.md); 0: none, and no control socket.
     #[serde(default)]
     pub disk_slots: u8,
+    /// A pod's later container: the namespaces of its pod sandbox it joins, as the host names
+    /// them (`/proc/<sandbox task pid>/ns/<kind>`, CRI's paths); its VM's supervisor maps them
+    /// to the sandbox container's in the guest.
+    #[serde(default)]
+    pub joins: Vec<oci_spec::runtime::LinuxNamespace>,
 }
 
 impl RunConfig {

@@ -77,6 +77,7 @@ fn config(id: &str, tty: bool) -> RunConfig {
         cgroup_path: None,
         hooks: None,
         disk_slots: 0,
+        joins: Vec::new(),
     }
 }
 

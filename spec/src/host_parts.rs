@@ -1,12 +1,13 @@
 //! The parts of a bundle's config.json that concern the host, not the guest, taken out of the
 //! spec before it is validated and sent to the agent: the hooks (run on the host by the OCI
 //! verbs), `process.apparmorProfile` (a host profile, for a process that runs in the guest's
-//! kernel), `linux.cgroupsPath` (where the VM goes on the host), and the bind mounts (their
-//! sources are host paths: copied in, since the guest shares no filesystem with the host).
+//! kernel), `linux.cgroupsPath` (where the VM goes on the host), the bind mounts (their
+//! sources are host paths: copied in, since the guest shares no filesystem with the host), and
+//! the namespace paths (host namespaces: only a pod's own can be joined, in its VM).
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Hooks, Spec};
+use oci_spec::runtime::{Hooks, LinuxNamespace, Spec};
 
 use crate::validate::SpecError;
 
@@ -21,6 +22,9 @@ pub struct HostParts {
     pub cgroups_path: Option<String>,
     /// The bind mounts, in the spec's order (they stay in the spec's `mounts`).
     pub binds: Vec<HostBind>,
+    /// The `linux.namespaces` entries that name an existing namespace (their paths taken out:
+    /// the entry left asks for a new one unless the runtime joins the path's).
+    pub namespace_paths: Vec<LinuxNamespace>,
 }
 
 /// A bind mount whose source is on the host.
@@ -54,6 +58,12 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             .as_ref()
             .map(|p| p.display().to_string());
         linux.set_cgroups_path(None);
+        if let Some(namespaces) = linux.namespaces_mut() {
+            for ns in namespaces.iter_mut().filter(|ns| ns.path().is_some()) {
+                parts.namespace_paths.push(ns.clone());
+                ns.set_path(None);
+            }
+        }
     }
     for (index, mount) in spec.mounts().iter().flatten().enumerate() {
         let options = mount.options().clone().unwrap_or_default();

@@ -24,16 +24,17 @@ fn pod_flags(pod: &str, role: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// What a process of the task sees: the guest's boot id, its mount and pid namespaces.
+/// What a process of the task sees: the guest's boot id, its mount, pid, ipc and uts
+/// namespaces.
 fn identity(c: &moat_tests::containerd::Containerd, id: &str, exec_id: &str) -> Vec<String> {
     let script =
-        "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/mnt; readlink /proc/self/ns/pid";
+        "cat /proc/sys/kernel/random/boot_id; for n in mnt pid ipc uts; do readlink /proc/self/ns/$n; done";
     let out = c.ctr_ok(
         NS,
         &["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script],
     );
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 3, "boot id and two namespaces: {out:?}");
+    assert_eq!(lines.len(), 5, "boot id and four namespaces: {out:?}");
     lines
 }
 
@@ -51,10 +52,18 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
     c.ctr_ok(NS, &refs);
     wait_status(&c, &pod, "RUNNING");
 
-    // A long-running container of the pod, detached.
+    // A long-running container of the pod, detached, in the pod's ipc and uts namespaces as
+    // CRI asks (the sandbox task's /proc/<pid>/ns/... paths).
+    let pid = task_pid(&c, &pod);
     let web = format!("{pod}-web");
     let mut args = vec!["run".to_owned(), "-d".to_owned()];
     args.extend(pod_flags(&pod, "container"));
+    for kind in ["ipc", "uts"] {
+        args.extend([
+            "--with-ns".to_owned(),
+            format!("{kind}:/proc/{pid}/ns/{kind}"),
+        ]);
+    }
     args.extend([IMAGE, &web, "sleep", "1000"].map(str::to_owned));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     c.ctr_ok(NS, &refs);
@@ -73,6 +82,8 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
     assert_eq!(sandbox[0], member[0], "the same guest kernel (boot id)");
     assert_ne!(sandbox[1], member[1], "a mount namespace of its own");
     assert_ne!(sandbox[2], member[2], "a pid namespace of its own");
+    assert_eq!(sandbox[3], member[3], "the pod's ipc namespace");
+    assert_eq!(sandbox[4], member[4], "the pod's uts namespace");
     let write = [
         "task",
         "exec",
@@ -103,15 +114,28 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
         "the member's metrics: {metrics:?}"
     );
 
-    // A foreground container of the pod with its output and exit code, in a freed slot's turn.
+    // Foreground containers of the pod with their output and exit code, each in the slots the
+    // one before freed; the second shares the pod's pid namespace (shareProcessNamespace) and
+    // sees the sandbox's process.
     for round in 0..2 {
         let job = format!("{pod}-job{round}");
         let mut args = vec!["run".to_owned(), "--rm".to_owned()];
         args.extend(pod_flags(&pod, "container"));
-        args.extend([IMAGE, &job, "sh", "-c", "echo job-out; exit 3"].map(str::to_owned));
+        if round == 1 {
+            args.extend(["--with-ns".to_owned(), format!("pid:/proc/{pid}/ns/pid")]);
+        }
+        let script = "echo job-out; ps -o args | grep -qx 'sleep 1000' && echo shared; exit 3";
+        args.extend([IMAGE, &job, "sh", "-c", script].map(str::to_owned));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = c.ctr(NS, &refs, None, moat_tests::containerd::CTR_TIMEOUT);
         assert_eq!(o.code, 3, "the job's exit code\n{}", why(&c, &o));
+        let shared = String::from_utf8_lossy(&o.stdout).contains("shared");
+        assert_eq!(
+            shared,
+            round == 1,
+            "the pod's pid namespace only when shared\n{}",
+            why(&c, &o)
+        );
         assert!(
             String::from_utf8_lossy(&o.stdout).contains("job-out"),
             "the job's output\n{}",
@@ -119,6 +143,22 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
         );
         assert_task_link_gone(&job);
     }
+
+    // A namespace that is not the sandbox's is refused, and nothing of the container stays.
+    let stray = format!("{pod}-stray");
+    let mut args = vec!["run".to_owned(), "--rm".to_owned()];
+    args.extend(pod_flags(&pod, "container"));
+    args.extend(["--with-ns".to_owned(), "network:/proc/1/ns/net".to_owned()]);
+    args.extend([IMAGE, &stray, "true"].map(str::to_owned));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.ctr(NS, &refs, None, moat_tests::containerd::CTR_TIMEOUT);
+    assert_ne!(o.code, 0, "a host namespace is refused\n{}", why(&c, &o));
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("not a pid, ipc, uts or network namespace of the pod's sandbox"),
+        "the reason is told: {text}"
+    );
+    assert_task_link_gone(&stray);
 
     c.ctr_ok(NS, &["task", "kill", "-s", "SIGKILL", &web]);
     wait_status(&c, &web, "STOPPED");

@@ -72,7 +72,8 @@ fn create_mounted(
     sandbox: &Container,
     mounted: bool,
 ) -> anyhow::Result<Container> {
-    let plan = oci::create::plan_with(g, spec.id, spec.bundle, &[])?;
+    // Its namespace paths (CRI's /proc/<sandbox pid>/ns/...) are the pod's.
+    let plan = oci::create::plan_with(g, spec.id, spec.bundle, &["--pod-member".to_owned()])?;
     if plan.config.tty != spec.paths.terminal {
         bail!("the task's terminal does not match the bundle's process.terminal");
     }

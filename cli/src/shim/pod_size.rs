@@ -117,7 +117,14 @@ mod tests {
         };
         assert_eq!(
             flags(&spec, &config).unwrap(),
-            ["--vm-memory", "608m", "--vm-cpus", "2"]
+            [
+                "--disk-slots",
+                "12",
+                "--vm-memory",
+                "608m",
+                "--vm-cpus",
+                "2"
+            ]
         );
     }
 
@@ -129,7 +136,10 @@ mod tests {
         };
         let unlimited = sandbox(json!({ SANDBOX_MEMORY: "0", SANDBOX_CPU_QUOTA: "-1" }));
         assert_eq!(of_annotations(&unlimited).unwrap(), (None, None));
-        assert_eq!(flags(&unlimited, &config).unwrap(), ["--vm-memory", "1g"]);
+        assert_eq!(
+            flags(&unlimited, &config).unwrap(),
+            ["--disk-slots", "12", "--vm-memory", "1g"]
+        );
         // Not a sandbox: a plain task's annotations say nothing about a pod.
         let task = json!({ "annotations": { SANDBOX_MEMORY: "536870912" } });
         assert_eq!(of_annotations(&task).unwrap(), (None, None));

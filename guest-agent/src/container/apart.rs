@@ -15,10 +15,11 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use moat_protocol::RunRequest;
+use oci_spec::runtime::LinuxNamespaceType;
 
 use super::rootfs::{is_mount_point, LOWER, ROOT, SKEL};
 use super::{create, Checked, ContainerError, Created, Isolation};
@@ -48,6 +49,7 @@ pub fn create_apart(
             .name("create".into())
             .spawn_scoped(scope, move || {
                 private_mounts(&Linux).map_err(step("a mount namespace for the container"))?;
+                join_namespaces(&Linux, req)?;
                 create(req, checked, Isolation::Container, reaper, placed)
             })
             .map_err(step("a thread for the container"))?;
@@ -57,6 +59,45 @@ pub fn create_apart(
             )))
         })
     })
+}
+
+/// This thread joins the namespaces the spec names by path (the pod's: checked when planned),
+/// so that the container's init, cloned from it, is in them.
+fn join_namespaces(sys: &dyn Syscall, req: &RunRequest) -> Result<(), ContainerError> {
+    let namespaces = req
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref());
+    for ns in namespaces.into_iter().flatten() {
+        let Some(path) = ns.path() else { continue };
+        let Some(nstype) = joined(ns.typ(), path) else {
+            continue;
+        };
+        let file = std::fs::File::open(path).map_err(step("opening a namespace to join"))?;
+        sys.setns(file.as_raw_fd(), nstype)
+            .map_err(step("joining the pod's namespace"))?;
+    }
+    Ok(())
+}
+
+/// The namespace a pod's later container joins instead of a new one: `path` if it is another
+/// guest process's `/proc/<pid>/ns/<kind>` of a kind that can be joined (pid, ipc, uts, net:
+/// the pod's shared ones; the host maps CRI's paths to these), with its clone flag.
+pub fn joined(typ: LinuxNamespaceType, path: &std::path::Path) -> Option<libc::c_int> {
+    let (kind, flag) = match typ {
+        LinuxNamespaceType::Pid => ("pid", libc::CLONE_NEWPID),
+        LinuxNamespaceType::Ipc => ("ipc", libc::CLONE_NEWIPC),
+        LinuxNamespaceType::Uts => ("uts", libc::CLONE_NEWUTS),
+        LinuxNamespaceType::Network => ("net", libc::CLONE_NEWNET),
+        _ => return None,
+    };
+    let text = path.to_str()?;
+    let pid = text
+        .strip_prefix("/proc/")?
+        .strip_suffix(&format!("/ns/{kind}"))?;
+    let valid = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    valid.then_some(flag)
 }
 
 fn step(what: &'static str) -> impl Fn(io::Error) -> ContainerError {

@@ -177,6 +177,20 @@ pub struct Checked {
     plan: ExecPlan,
 }
 
+/// `spec` with no namespace path: what the spec checks see of a pod's later container, whose
+/// paths (the pod's namespaces) its plan checks.
+pub fn without_namespace_paths(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    let mut spec = spec.clone();
+    let namespaces = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut());
+    for ns in namespaces.into_iter().flatten() {
+        ns.set_path(None);
+    }
+    spec
+}
+
 /// Checks `req` without side effects and prepares its plan (the seccomp programs compiled):
 /// the caller runs it before it creates the container's cgroup, so that a refused spec leaves
 /// nothing.

@@ -173,17 +173,27 @@ fn path_steps(path: &str, field: &str) -> Result<Vec<PathStep>, PlanError> {
     Ok(steps)
 }
 
-/// The namespace flags of `linux.namespaces`, and whether a cgroup namespace is asked for.
-fn namespaces(linux: &Linux) -> Result<(libc::c_ulong, bool), PlanError> {
+/// The namespace flags of `linux.namespaces` (a joined one's counts as present but is not
+/// cloned: the caller joins it first), whether a cgroup namespace is asked for, and the flags
+/// of the joined ones.
+fn namespaces(linux: &Linux) -> Result<(libc::c_ulong, bool, libc::c_ulong), PlanError> {
     let field = "linux.namespaces";
     let mut flags = 0;
+    let mut present = 0;
     let mut cgroup = false;
     for ns in linux.namespaces().iter().flatten() {
-        if ns.path().is_some() {
-            return Err(refuse(
-                field,
-                "joining an existing namespace (path) is not supported",
-            ));
+        if let Some(path) = ns.path() {
+            let flag = super::apart::joined(ns.typ(), path).ok_or_else(|| {
+                refuse(
+                    field,
+                    format!(
+                        "{}: only a pod's pid, ipc, uts or network namespace can be joined",
+                        path.display()
+                    ),
+                )
+            })?;
+            present |= flag;
+            continue;
         }
         flags |= match ns.typ() {
             LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
@@ -200,11 +210,11 @@ fn namespaces(linux: &Linux) -> Result<(libc::c_ulong, bool), PlanError> {
         };
     }
     for (bit, name) in [(libc::CLONE_NEWPID, "pid"), (libc::CLONE_NEWNS, "mount")] {
-        if flags & bit == 0 {
+        if (flags | present) & bit == 0 {
             return Err(refuse(field, format!("a {name} namespace is required")));
         }
     }
-    Ok((flags as libc::c_ulong, cgroup))
+    Ok((flags as libc::c_ulong, cgroup, present as libc::c_ulong))
 }
 
 fn id_map(maps: &Option<Vec<LinuxIdMapping>>, field: &str) -> Result<(String, u32), PlanError> {
@@ -275,7 +285,7 @@ pub fn build(spec: &Spec, is_file: &dyn Fn(&str) -> bool) -> Result<ContainerPla
     let default = Linux::default();
     let linux = spec.linux().as_ref().unwrap_or(&default);
     refuse_unsupported(linux)?;
-    let (clone_flags, cgroupns) = match spec.linux() {
+    let (clone_flags, cgroupns, joined) = match spec.linux() {
         Some(l) => namespaces(l)?,
         None => {
             return Err(refuse(
@@ -285,6 +295,8 @@ pub fn build(spec: &Spec, is_file: &dyn Fn(&str) -> bool) -> Result<ContainerPla
         }
     };
     let has = |bit: libc::c_int| clone_flags & bit as libc::c_ulong != 0;
+    // A hostname is set in a joined uts namespace too, as runc sets it.
+    let uts = (clone_flags | joined) & libc::CLONE_NEWUTS as libc::c_ulong != 0;
     let userns = user_namespace(linux, clone_flags)?;
     let propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => 0,
@@ -295,8 +307,8 @@ pub fn build(spec: &Spec, is_file: &dyn Fn(&str) -> bool) -> Result<ContainerPla
         clone_flags: clone_flags | libc::SIGCHLD as libc::c_ulong,
         cgroupns,
         propagation,
-        hostname: name(spec.hostname(), "hostname", has(libc::CLONE_NEWUTS))?,
-        domainname: name(spec.domainname(), "domainname", has(libc::CLONE_NEWUTS))?,
+        hostname: name(spec.hostname(), "hostname", uts)?,
+        domainname: name(spec.domainname(), "domainname", uts)?,
         ..ContainerPlan::default()
     };
     for (i, m) in spec.mounts().iter().flatten().enumerate() {

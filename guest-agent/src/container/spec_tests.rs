@@ -78,15 +78,29 @@ fn namespace_refusals() {
     s.set_mounts(None);
     s.set_hostname(Some("box".into()));
     assert_eq!(refused(&s), "hostname: needs a uts namespace");
-    let s = with_linux(|l| {
-        let ns = LinuxNamespaceBuilder::default()
-            .typ(T::Network)
-            .path("/proc/1/ns/net")
-            .build()
-            .unwrap();
-        l.set_namespaces(Some(vec![ns]));
-    });
-    assert!(refused(&s).contains("joining an existing namespace"));
+    let joining = |typ: T, path: &str| {
+        let mut s = with_linux(|l| {
+            let join = LinuxNamespaceBuilder::default()
+                .typ(typ)
+                .path(path)
+                .build()
+                .unwrap();
+            let mount = LinuxNamespaceBuilder::default()
+                .typ(T::Mount)
+                .build()
+                .unwrap();
+            l.set_namespaces(Some(vec![join, mount]));
+        });
+        s.set_mounts(None);
+        s.set_hostname(None);
+        s
+    };
+    // A pod's pid namespace joined counts as the container's own; a mount namespace, or a
+    // path that is no process's namespace of that kind, cannot be joined.
+    assert!(build(&joining(T::Pid, "/proc/7/ns/pid"), &|_| true).is_ok());
+    assert!(refused(&joining(T::Pid, "/proc/7/ns/net")).contains("only a pod's pid"));
+    assert!(refused(&joining(T::Mount, "/proc/7/ns/mnt")).contains("only a pod's pid"));
+    assert!(refused(&joining(T::Network, "/var/run/netns/x")).contains("only a pod's pid"));
     let mut s = Spec::default();
     s.set_linux(None);
     assert!(refused(&s).starts_with("linux.namespaces"));

@@ -69,6 +69,15 @@ impl Container {
         }
     }
 
+    /// Its init while it lives: the pid whose namespaces a pod's later container may join.
+    fn init(&self) -> Option<libc::pid_t> {
+        match &self.phase {
+            Phase::Created { created, .. } => Some(created.pid()),
+            Phase::Running(r) if !self.ended() => Some(r.init),
+            _ => None,
+        }
+    }
+
     /// Its cgroup, once created.
     pub fn cgroup(&self) -> Option<&Arc<ContainerCgroup>> {
         match &self.phase {
@@ -112,14 +121,49 @@ impl Server {
         }
     }
 
+    /// Checks that every namespace `req` joins is one of a living container's of this VM:
+    /// a pod's later container joins the pod's namespaces, never the agent's own.
+    fn check_joins(&self, req: &RunRequest) -> Result<(), String> {
+        let namespaces = req
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref());
+        for path in namespaces
+            .into_iter()
+            .flatten()
+            .filter_map(|ns| ns.path().as_ref())
+        {
+            let pid = path
+                .to_str()
+                .and_then(|p| p.strip_prefix("/proc/"))
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse::<libc::pid_t>().ok());
+            let ours = pid.is_some_and(|pid| self.containers.iter().any(|c| c.init() == Some(pid)));
+            if !ours {
+                return Err(format!(
+                    "linux.namespaces: {} is not a namespace of one of this VM's containers",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `Create`: every check that needs no guest state first, then the cgroup, then the root
     /// and the process, which waits for `Start`.
     pub(super) fn create(&mut self, req: &RunRequest) -> Result<(), ServerError> {
         let id = req.process;
-        if let Err(text) = self.check_ids(req) {
+        if let Err(text) = self.check_ids(req).and_then(|()| self.check_joins(req)) {
             return self.refuse(id, text);
         }
-        if let Err(e) = moat_spec::validate(&req.spec, None) {
+        // A pod's later container may join the pod's namespaces (paths the agent checks when
+        // it plans the container); the VM's first container joins none.
+        let checked_spec = match self.containers.is_empty() {
+            true => std::borrow::Cow::Borrowed(&req.spec),
+            false => std::borrow::Cow::Owned(container::without_namespace_paths(&req.spec)),
+        };
+        if let Err(e) = moat_spec::validate(&checked_spec, None) {
             return self.refuse(id, e.to_string());
         }
         let isolation = self.config.isolation;

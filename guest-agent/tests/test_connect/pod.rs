@@ -217,3 +217,83 @@ fn isolated_later_container_has_its_own_mounts_and_releases_its_disk() {
     assert_eq!(log.out[&MAIN_PROCESS], "a\n");
     host.shutdown();
 }
+
+/// `spec` joins `path` for its namespace of `typ` (added if it had none of that kind).
+fn join(req: &mut RunRequest, typ: oci_spec::runtime::LinuxNamespaceType, path: String) {
+    let linux = req.spec.linux_mut().as_mut().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|ns| ns.typ() != typ);
+    let joined = oci_spec::runtime::LinuxNamespaceBuilder::default()
+        .typ(typ)
+        .path(path)
+        .build()
+        .unwrap();
+    namespaces.push(joined);
+    linux.set_namespaces(Some(namespaces));
+}
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_later_container_joins_the_pods_namespaces() {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
+    let (dev_a, dev_b) = (Loop::attach(&image), Loop::attach(&image));
+    let mut host = Host::start_with(&["--isolated"]);
+    let first = request(
+        "a",
+        MAIN_PROCESS,
+        &["sh", "-c", "read x"],
+        &dev_a.0,
+        Some("pod"),
+    );
+    let init_a = host.run_request(first).unwrap();
+    let mut log = Log::default();
+
+    // Only a living container's namespaces can be joined: not this process's (the agent's
+    // own, in the guest), nor a path that is no namespace.
+    let mut stranger = request("s", 8, &["true"], &dev_b.0, Some("pod"));
+    join(
+        &mut stranger,
+        T::Uts,
+        format!("/proc/{}/ns/uts", std::process::id()),
+    );
+    host.send(&HostMessage::Create(Box::new(stranger)));
+    host.expect_error(
+        &mut log,
+        Some(8),
+        "is not a namespace of one of this VM's containers",
+    );
+    let mut odd = request("s", 8, &["true"], &dev_b.0, Some("pod"));
+    join(&mut odd, T::Ipc, format!("/proc/{init_a}/ns/net"));
+    host.send(&HostMessage::Create(Box::new(odd)));
+    host.expect_error(&mut log, Some(8), "only a pod's pid, ipc, uts or network");
+
+    // b joins a's uts and ipc namespaces; its mount namespace stays its own.
+    let mut b = request(
+        "b",
+        9,
+        &["sh", "-c", "hostname; read x"],
+        &dev_b.0,
+        Some("pod"),
+    );
+    for (typ, kind) in [(T::Uts, "uts"), (T::Ipc, "ipc")] {
+        join(&mut b, typ, format!("/proc/{init_a}/ns/{kind}"));
+    }
+    let init_b = host.create_start(&mut log, b);
+    host.read_until(&mut log, |l| l.out.contains_key(&9));
+    assert_eq!(log.out[&9], "pod\n");
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let me = std::process::id() as i32;
+    for kind in ["uts", "ipc"] {
+        assert_eq!(ns(init_a, kind), ns(init_b, kind), "{kind}");
+        assert_ne!(ns(me, kind), ns(init_b, kind), "{kind}");
+    }
+    assert_ne!(ns(init_a, "mnt"), ns(init_b, "mnt"));
+    host.stdin_to(9, b"\n");
+    host.read_until(&mut log, |l| l.exits.iter().any(|(p, _)| *p == 9));
+    host.stdin(b"\n");
+    host.read_until(&mut log, |l| {
+        l.exits.iter().any(|(p, _)| *p == MAIN_PROCESS)
+    });
+    host.shutdown();
+}

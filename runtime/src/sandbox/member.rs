@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use moat_protocol::{HostMessage, RunRequest, UpperLayer};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 use super::control::{self, Reply, Request, StdioSpec};
 use super::mux::{FdSink, Mux, ProcEvent, ProcHandle, Sink};
@@ -233,7 +234,11 @@ fn make(shared: &Arc<Shared>, dir: &Path, sinks: [Box<dyn Sink>; 2]) -> Result<M
         .zip(sectors)
         .map(|(&slot, sectors)| (guest_device(first_slot + slot), sectors))
         .collect();
-    let request = member_request(&plan, process, upper, &devices);
+    let mut request = member_request(&plan, process, upper, &devices);
+    if let Err(message) = join_sandbox(shared, &plan.config.joins, &mut request.spec) {
+        shared.pod.release(&slots);
+        return Err(error(message));
+    }
     let mut handle = match mux.register(process, sinks) {
         Ok(handle) => handle,
         Err(e) => {
@@ -304,6 +309,52 @@ fn member_request(
         volume.sectors = Some(*sectors);
     }
     request
+}
+
+/// Points the member's namespaces that name the sandbox's (`/proc/<VMM pid>/ns/<kind>`: the
+/// sandbox task's pid is the VMM's) at the sandbox container's in the guest.
+fn join_sandbox(shared: &Shared, joins: &[LinuxNamespace], spec: &mut Spec) -> Result<(), String> {
+    let state = shared.state();
+    let (Some(vmm), Some(init)) = (state.vmm_pid, state.guest_pid) else {
+        return Err("the pod's sandbox is not running".into());
+    };
+    let namespaces = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut());
+    let Some(namespaces) = namespaces else {
+        return match joins.first() {
+            Some(_) => Err("linux.namespaces: none left to join".into()),
+            None => Ok(()),
+        };
+    };
+    for join in joins {
+        let path = join.path().clone().unwrap_or_default();
+        let kind = ns_kind(join.typ())
+            .filter(|kind| path == Path::new(&format!("/proc/{vmm}/ns/{kind}")))
+            .ok_or_else(|| {
+                format!(
+                    "linux.namespaces: {} is not a pid, ipc, uts or network namespace of the \
+                     pod's sandbox (/proc/{vmm}/ns/...): a pod's container joins only those",
+                    path.display()
+                )
+            })?;
+        for ns in namespaces.iter_mut().filter(|ns| ns.typ() == join.typ()) {
+            ns.set_path(Some(format!("/proc/{init}/ns/{kind}").into()));
+        }
+    }
+    Ok(())
+}
+
+/// The name under /proc/PID/ns of the namespaces a pod's container may join.
+fn ns_kind(typ: LinuxNamespaceType) -> Option<&'static str> {
+    match typ {
+        LinuxNamespaceType::Pid => Some("pid"),
+        LinuxNamespaceType::Ipc => Some("ipc"),
+        LinuxNamespaceType::Uts => Some("uts"),
+        LinuxNamespaceType::Network => Some("net"),
+        _ => None,
+    }
 }
 
 fn forward(rx: Receiver<ProcEvent>, tx: Sender<MemberEvent>) {
