@@ -2,6 +2,7 @@
 """moat's containerd shim against runc's, in one containerd (bench/run --containerd).
 
   python3 bench/containerd.py [--runs N] [--idle N] [--bin-dir DIR]   # where VMs boot
+  python3 bench/containerd.py --pods N [--members M] [--bin-dir DIR]
 
 Starts a private containerd (root and state on a tmpfs, no CRI) with containerd-shim-moat-v2
 on its PATH, imports a busybox image it builds itself, then:
@@ -11,6 +12,11 @@ on its PATH, imports a busybox image it builds itself, then:
   each one costs: the PSS (/proc/PID/smaps_rollup) of its shim and of every process below it
   (moat: the supervisor, the jailed moat-vmm with the guest's pages; runc: the container's
   process).
+With --pods N instead: N pods per runtime (interleaved), each a `sleep` sandbox and --members
+(default 2) `sleep` containers marked as containerd's CRI plugin marks a pod's tasks (one shim,
+and for moat one VM, per pod): the start time of the sandbox and of each later container, and
+the pod's host memory (PSS of its shim and everything below it) with the sandbox alone and with
+its containers: the figure for a RuntimeClass `overhead`.
 Prints Markdown tables. Everything it started is stopped and removed.
 """
 
@@ -209,12 +215,70 @@ def idle_memory(c, name, runtime, count):
     return values
 
 
+POD_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id")
+
+
+def pod_task(c, runtime, pod, role, task):
+    """`ctr run -d` of a pod's task as containerd's CRI plugin marks it; its time in seconds."""
+    kind, sandbox = POD_ANNOTATIONS
+    return timed(c, ["run", "-d", "--runtime", runtime, "--annotation", f"{kind}={role}",
+                     "--annotation", f"{sandbox}={pod}", IMAGE, task, "sleep", "100000"])
+
+
+def one_pod(c, name, runtime, members):
+    """A pod of a sandbox and `members` containers (`sleep`): the start times, and the pod's
+    host memory (PSS of its one shim and everything below it) with the sandbox alone and with
+    every member, in KiB."""
+    pod = f"pod-{name}-{time.monotonic_ns()}"
+    tasks = [pod] + [f"{pod}-m{i}" for i in range(members)]
+    try:
+        sandbox_s = pod_task(c, runtime, pod, "sandbox", pod)
+        time.sleep(3)
+        shim = shim_of(pod)
+        alone = tree_pss(shim)[0] if shim else 0
+        member_s = [pod_task(c, runtime, pod, "container", t) for t in tasks[1:]]
+        time.sleep(3)
+        full = tree_pss(shim)[0] if shim else 0
+    finally:
+        for task in reversed(tasks):
+            c.ctr(["task", "kill", "-s", "SIGKILL", task], check=False)
+        time.sleep(2)
+        for task in reversed(tasks):
+            c.ctr(["task", "delete", "--force", task], check=False)
+            c.ctr(["container", "delete", task], check=False)
+    return sandbox_s, member_s, alone, full
+
+
+def pod_report(results, members):
+    rows = []
+    for k, pods in results.items():
+        rows.append((f"{RUNTIMES[k]}: the pod's sandbox (`ctr run -d`, CRI's annotations)",
+                     [p[0] for p in pods]))
+        rows.append((f"{RUNTIMES[k]}: a later container of the pod (`ctr run -d`)",
+                     [t for p in pods for t in p[1]]))
+    print("\n".join(report.timing_table(rows)))
+    print()
+    print(f"| pod (`sleep` sandbox + {members} `sleep` containers) | pods | host memory, sandbox "
+          "alone | with the containers | per later container |")
+    print("|---|---|---|---|---|")
+    for k, pods in results.items():
+        alone = statistics.median(p[2] for p in pods)
+        full = statistics.median(p[3] for p in pods)
+        print(f"| {RUNTIMES[k]} | {len(pods)} | {report.mib(alone)} MiB | {report.mib(full)} MiB "
+              f"| {report.mib((full - alone) / max(members, 1))} MiB |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--idle", type=int, default=3)
     p.add_argument("--bin-dir", default=os.path.join(REPO, "target/release"))
+    p.add_argument("--pods", type=int, default=0,
+                   help="instead: N pods per runtime, each a sandbox and --members containers")
+    p.add_argument("--members", type=int, default=2)
     args = p.parse_args()
+    if args.pods:
+        return pods_main(args)
     c = Containerd(args.bin_dir)
     try:
         tar = os.path.join(c.base, "busybox.tar")
@@ -249,6 +313,22 @@ def main():
             f"{n} {report.mib(statistics.median(p.get(n, 0) for _, p in values))}" for n in names)
         print(f"| {RUNTIMES[k]} | {len(values)} | median {report.mib(statistics.median(totals))} "
               f"MiB ({shown}); by process, MiB: {split} |")
+    sys.stdout.flush()
+
+
+def pods_main(args):
+    c = Containerd(args.bin_dir)
+    try:
+        tar = os.path.join(c.base, "busybox.tar")
+        image_archive(tar)
+        c.ctr(["images", "import", tar])
+        results = {k: [] for k in RUNTIMES}
+        for _ in range(args.pods):
+            for k, r in RUNTIMES.items():
+                results[k].append(one_pod(c, k, r, args.members))
+    finally:
+        c.close()
+    pod_report(results, args.members)
     sys.stdout.flush()
 
 

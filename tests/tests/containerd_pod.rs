@@ -144,6 +144,36 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
         assert_task_link_gone(&job);
     }
 
+    // A member's terminal, and an exec's into a member, are ptys of the member's own devpts:
+    // its /dev/pts shows no other container's.
+    let tty_job = format!("{pod}-tty");
+    let mut flags = pod_flags(&pod, "container").join(" ");
+    flags.push_str(" -t");
+    let show = "sh -c 'tty; echo /dev/pts/*'";
+    let runs = [
+        format!("run --rm {flags} {IMAGE} {tty_job} {show}"),
+        format!("task exec -t --exec-id t {web} {show}"),
+    ];
+    for args in runs {
+        let command = format!(
+            "{} --address {} --namespace {NS} {args}",
+            moat_tests::containerd::ctr_bin().display(),
+            c.socket().display()
+        );
+        let mut script = std::process::Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]);
+        let o = c.run(script, moat_tests::containerd::CTR_TIMEOUT);
+        assert_eq!(o.code, 0, "{args}\n{}", why(&c, &o));
+        assert!(
+            o.out()
+                .replace('\r', "")
+                .contains("/dev/pts/0\n/dev/pts/0 /dev/pts/ptmx\n"),
+            "{args}: a pty of the container's own devpts\n{}",
+            why(&c, &o)
+        );
+    }
+    assert_task_link_gone(&tty_job);
+
     // A namespace that is not the sandbox's is refused, and nothing of the container stays.
     let stray = format!("{pod}-stray");
     let mut args = vec!["run".to_owned(), "--rm".to_owned()];

@@ -105,8 +105,10 @@ fn step(what: &'static str) -> impl Fn(io::Error) -> ContainerError {
 }
 
 /// This thread leaves the agent's mount namespace for a copy of it (`CLONE_FS` too: a thread
-/// shares its process's filesystem context otherwise) whose mounts do not propagate, and
-/// detaches the first container's root there.
+/// shares its process's filesystem context otherwise) whose mounts do not propagate, detaches
+/// the first container's root there, and mounts a devpts instance of the container's own on
+/// `/dev/pts`: the pty the agent opens for it (`/dev/ptmx` finds the instance at `pts` beside
+/// it) and the container's `/dev/pts` (a bind of this one) are its alone.
 pub fn private_mounts(sys: &dyn Syscall) -> io::Result<()> {
     sys.unshare(libc::CLONE_FS | libc::CLONE_NEWNS)?;
     sys.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
@@ -115,7 +117,13 @@ pub fn private_mounts(sys: &dyn Syscall) -> io::Result<()> {
             sys.umount_detach(dir)?;
         }
     }
-    Ok(())
+    sys.mount(
+        Some(c"devpts"),
+        c"/dev/pts",
+        Some(c"devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
 }
 
 /// The disks of `req` that the host swapped in (those with an expected size): the ones its
@@ -221,6 +229,9 @@ mod tests {
         assert!(lines[0].starts_with("unshare"), "{lines:?}");
         assert!(lines[1].starts_with("mount - / - "), "{lines:?}");
         assert!(lines[1].contains("private"), "{lines:?}");
+        let pts = lines.last().unwrap();
+        assert!(pts.starts_with("mount devpts /dev/pts devpts"), "{lines:?}");
+        assert!(pts.contains("newinstance"), "{lines:?}");
     }
 
     #[test]

@@ -119,7 +119,13 @@ pub fn exec(
     };
     let p = &process;
     let owner = container_ids(target.context.userns.as_ref(), p.uid, p.gid);
-    let stdio = open_stdio(p.terminal.then_some((p.rows, p.cols)), owner)?;
+    // Its pty from the container's devpts instance, so that it is the container's terminal.
+    let ptmx = match (p.terminal, target.context.isolation) {
+        (true, Isolation::Container) => super::pty::container_ptmx(target.init)
+            .map_err(spawn_err("finding the container's devpts"))?,
+        _ => None,
+    };
+    let stdio = open_stdio(p.terminal.then_some((p.rows, p.cols)), owner, ptmx.as_ref())?;
     let pid = fork_into(&plan, &namespaces, stdio.child, reaper, placed)
         .map_err(with_program(&p.args[0]))?;
     drop(stdio.child_ends);

@@ -49,13 +49,15 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Opens a pty of `size` given to `owner` (guest uid, gid) when `terminal`, else three pipes.
+/// Opens a pty of `size` given to `owner` (guest uid, gid) when `terminal` (in the devpts
+/// instance of `ptmx`, see [`pty::open`]), else three pipes.
 pub fn open_stdio(
     terminal: Option<(u16, u16)>,
     owner: (u32, u32),
+    ptmx: Option<&OwnedFd>,
 ) -> Result<Stdio, ContainerError> {
     if let Some((rows, cols)) = terminal {
-        let pty = pty::open(rows, cols).map_err(spawn_err("opening a pty"))?;
+        let pty = pty::open(ptmx, rows, cols).map_err(spawn_err("opening a pty"))?;
         pty::give_to(&pty.slave, owner.0, owner.1)
             .map_err(spawn_err("giving the pty to the user"))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(spawn_err("duplicating the pty"));

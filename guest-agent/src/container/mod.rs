@@ -235,7 +235,7 @@ pub fn create(
         p.uid,
         p.gid,
     );
-    let stdio = open_stdio(p.terminal.then_some((p.rows, p.cols)), owner)?;
+    let stdio = open_stdio(p.terminal.then_some((p.rows, p.cols)), owner, None)?;
     let launch = Launch {
         plan: &plan,
         container: container.as_ref(),

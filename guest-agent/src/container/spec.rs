@@ -557,9 +557,10 @@ fn mount_step(
             no_data("cgroup2 (v1 controllers are not supported)")?;
             fs("cgroup2")?
         }
-        // The guest's devpts instance, where the agent allocates the terminal: one container
-        // per VM, so the container's /dev/pts is the guest's, and the options of a new
-        // instance (newinstance, ptmxmode, mode, gid) do not apply.
+        // The devpts instance at /dev/pts where the container is made, where the agent
+        // allocates its terminals: the guest's for the VM's first container, one of its own for
+        // each later one (`apart::private_mounts`). The spec's options for a new instance
+        // (newinstance, ptmxmode, mode, gid) do not apply.
         "devpts" => {
             step.data = None;
             MountKind::Bind {

@@ -297,3 +297,63 @@ fn isolated_later_container_joins_the_pods_namespaces() {
     });
     host.shutdown();
 }
+
+#[test]
+#[ignore = "needs root, loop devices and MOAT_TEST_IMAGE (rootfs/build-image.sh)"]
+fn isolated_later_container_has_ptys_of_its_own() {
+    let image = std::env::var("MOAT_TEST_IMAGE").expect("MOAT_TEST_IMAGE=path/to/busybox.ext4");
+    let (dev_a, dev_b) = (Loop::attach(&image), Loop::attach(&image));
+    let mut host = Host::start_with(&["--isolated"]);
+    let first = request(
+        "a",
+        MAIN_PROCESS,
+        &["sh", "-c", "read x"],
+        &dev_a.0,
+        Some("pod"),
+    );
+    host.run_request(first).unwrap();
+    let mut log = Log::default();
+
+    // b's terminal is the first pty of a devpts instance of its own, and its /dev/pts shows
+    // only its own ptys.
+    let terminal = |args: &[&str]| ProcessSpec {
+        terminal: true,
+        rows: 24,
+        cols: 80,
+        ..spec(args)
+    };
+    let mut b = request("b", 9, &[], &dev_b.0, Some("pod"));
+    let script = "tty; echo /dev/pts/*; read x";
+    b.spec = terminal(&["sh", "-c", script]).to_oci(Some("pod"), false);
+    host.create_start(&mut log, b);
+    host.read_until(&mut log, |l| {
+        l.out.get(&9).is_some_and(|o| o.contains("ptmx"))
+    });
+    assert_eq!(log.out[&9], "/dev/pts/0\r\n/dev/pts/0 /dev/pts/ptmx\r\n");
+
+    // An exec's terminal comes from the container's instance too.
+    let exec = terminal(&["sh", "-c", "tty; echo /dev/pts/*"]);
+    host.send(&HostMessage::Exec(Box::new(moat_protocol::ExecRequest {
+        container: "b".into(),
+        process: 10,
+        spec: exec.to_oci(None, false).process().clone().unwrap(),
+        user: None,
+    })));
+    assert!(matches!(
+        host.next_control(&mut log),
+        AgentMessage::Started { process: 10, .. }
+    ));
+    host.read_until(&mut log, |l| l.exits.iter().any(|(p, _)| *p == 10));
+    assert_eq!(
+        log.out[&10],
+        "/dev/pts/1\r\n/dev/pts/0 /dev/pts/1 /dev/pts/ptmx\r\n"
+    );
+
+    host.stdin_to(9, b"\n");
+    host.read_until(&mut log, |l| l.exits.iter().any(|(p, _)| *p == 9));
+    host.stdin(b"\n");
+    host.read_until(&mut log, |l| {
+        l.exits.iter().any(|(p, _)| *p == MAIN_PROCESS)
+    });
+    host.shutdown();
+}
