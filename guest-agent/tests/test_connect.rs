@@ -21,6 +21,8 @@ struct Host {
     agent: Child,
     /// The container the last `Create` named.
     container: String,
+    /// Whether the agent builds real containers (`--isolated`), whose cgroups live on this host.
+    isolated: bool,
 }
 
 #[derive(Default, Debug)]
@@ -113,6 +115,10 @@ impl Host {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&path);
+        let isolated = extra.contains(&"--isolated");
+        if isolated {
+            leftovers::clear();
+        }
         let listener = UnixListener::bind(&path).unwrap();
         let agent = Command::new(env!("CARGO_BIN_EXE_moat-agent"))
             .arg("--test-connect")
@@ -128,6 +134,7 @@ impl Host {
             conn,
             agent,
             container: String::new(),
+            isolated,
         };
         match host.recv_control() {
             AgentMessage::Ready {
@@ -266,6 +273,21 @@ impl Host {
         self.send(&HostMessage::Shutdown);
         let status = self.agent.wait().unwrap();
         assert!(status.success(), "agent exited with {status}");
+        if self.isolated {
+            let left = leftovers::container_cgroups();
+            assert!(left.is_empty(), "the agent left cgroups behind: {left:?}");
+        }
+    }
+}
+
+impl Drop for Host {
+    /// A test that fails leaves no agent, and no container of an isolated one, behind.
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        if self.isolated && std::thread::panicking() {
+            leftovers::clear();
+        }
     }
 }
 
@@ -381,11 +403,8 @@ fn terminal_mode() {
 fn dropped_connection_ends_the_agent_and_its_process() {
     let mut host = Host::start();
     let pid = host.run(spec(&["sleep", "30"])).unwrap();
-    let Host {
-        conn, mut agent, ..
-    } = host;
-    drop(conn);
-    let status = agent.wait().unwrap();
+    host.conn.shutdown(std::net::Shutdown::Both).unwrap();
+    let status = host.agent.wait().unwrap();
     assert!(status.success());
     // The process was killed: soon gone, or a zombie until the host's init reaps it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -627,6 +646,8 @@ fn isolated_poweroff_ends_only_the_container() {
 
 #[path = "test_connect/full_spec.rs"]
 mod full_spec;
+#[path = "test_connect/leftovers.rs"]
+mod leftovers;
 
 #[path = "test_connect/exec.rs"]
 mod exec;
