@@ -275,7 +275,7 @@ impl RunArgs {
             }
         };
         let (cpus, memory_mib) = sizing.vm_size(self.vm_cpus, self.vm_memory)?;
-        let joins = self.joins(std::mem::take(&mut bundle_host.namespace_paths))?;
+        let joins = self.joins(&spec, std::mem::take(&mut bundle_host.namespace_paths))?;
         Ok(RunConfig {
             id,
             rootfs,
@@ -307,6 +307,7 @@ impl RunArgs {
     /// work); anything else is refused (each container has its own VM).
     fn joins(
         &self,
+        spec: &Spec,
         paths: Vec<oci_spec::runtime::LinuxNamespace>,
     ) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, ConfigError> {
         if self.pod_member {
@@ -318,8 +319,14 @@ impl RunArgs {
             .find(|ns| !(sandbox && ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network));
         if let Some(ns) = refused {
             let path = ns.path().clone().unwrap_or_default();
+            let index = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .and_then(|all| all.iter().position(|n| n.typ() == ns.typ()))
+                .unwrap_or_default();
             return Err(ConfigError::Spec(moat_spec::SpecError {
-                field: "linux.namespaces".into(),
+                field: format!("linux.namespaces[{index}].path"),
                 problem: format!(
                     "joining the existing {} namespace {} is not supported (each container has \
                      its own VM)",

@@ -4,7 +4,7 @@
 //! PID 1 must never exit (the kernel would panic): every path ends in [`power_off`]. The console
 //! stays quiet unless something fatal happens, which is reported in one line on the kernel log.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io::{self, Write};
 
 use moat_protocol::{AGENT_VSOCK_PORT, HOST_CID};
@@ -108,6 +108,35 @@ pub fn mount_basics(sys: &dyn Syscall) -> io::Result<()> {
     )
 }
 
+/// Mounts the VM's directories its containers share, under the volumes' directory: the shared
+/// memory tmpfs ([`moat_protocol::SHM_DIR`], 64 MiB as CRI's sandbox shm and Docker's default
+/// `--shm-size`) and the emptyDir volumes' tmpfs ([`moat_protocol::EMPTY_DIRS`], the tmpfs
+/// default of half the guest's memory). Both are empty until a container writes there.
+pub fn mount_shared_dirs(sys: &dyn Syscall) -> io::Result<()> {
+    let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    ignore_exists(sys.mkdir(&cstr(moat_protocol::VOLUMES_DIR)?, 0o755))?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    for (dir, fs_flags, opts) in [
+        (
+            moat_protocol::SHM_DIR,
+            libc::MS_NOEXEC,
+            c"mode=1777,size=64m",
+        ),
+        (moat_protocol::EMPTY_DIRS, 0, c"mode=0755"),
+    ] {
+        let dir = cstr(dir)?;
+        ignore_exists(sys.mkdir(&dir, 0o755))?;
+        sys.mount(
+            Some(c"tmpfs"),
+            &dir,
+            Some(c"tmpfs"),
+            flags | fs_flags,
+            Some(opts),
+        )?;
+    }
+    Ok(())
+}
+
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null when the kernel gave none), so
 /// that pipes never land on them.
 fn ensure_stdio() {
@@ -126,6 +155,7 @@ fn boot() -> Result<(), InitError> {
     reaper::block_sigchld().map_err(step("blocking SIGCHLD"))?;
     switch_root(&Linux).map_err(step("leaving the initramfs"))?;
     mount_basics(&Linux).map_err(step("mounting the pseudo filesystems"))?;
+    mount_shared_dirs(&Linux).map_err(step("mounting the containers' shared directories"))?;
     ensure_stdio();
     if crate::bench::reset_requested() {
         return Ok(());
@@ -234,6 +264,15 @@ mod tests {
                 "/dev/pts",
                 "/sys/fs/cgroup",
                 "/run"
+            ]
+        );
+        let sys = Recorder::default();
+        mount_shared_dirs(&sys).unwrap();
+        assert_eq!(
+            sys.lines_starting("mount"),
+            [
+                "mount tmpfs /run/moat-volumes/shm tmpfs nosuid,nodev,noexec mode=1777,size=64m",
+                "mount tmpfs /run/moat-volumes/empty-dir tmpfs nosuid,nodev mode=0755",
             ]
         );
         let sys = Recorder::failing("mkdir /dev/pts", libc::EEXIST);

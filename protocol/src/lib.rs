@@ -21,11 +21,12 @@ pub use frame::{read_frame, write_frame, Frame, FrameError, FrameKind, HEADER_LE
 pub use message::{decode, encode};
 pub use message::{
     AgentMessage, CgroupStats, ErrorKind, ExecRequest, ExitStatus, HostMessage, MessageError,
-    OutputStream, RootfsSpec, RunRequest, UpperLayer, VolumeSpec, VOLUMES_DIR,
+    OutputStream, RootfsSpec, RunRequest, UpperLayer, VolumeSpec, COPY_VOLUME_MAX, EMPTY_DIRS,
+    SHM_DIR, VOLUMES_DIR,
 };
 
 /// Version of the protocol spoken by this build; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The process id of the container's own process (its `process` in the spec).
 pub const MAIN_PROCESS: u32 = 1;

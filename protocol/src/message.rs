@@ -83,10 +83,29 @@ pub struct VolumeSpec {
     /// As [`RootfsSpec::sectors`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sectors: Option<u64>,
+    /// The container gets a writable copy of the volume's files (v8): the disk is mounted
+    /// read-only aside, its top-level regular files are copied into a tmpfs of the container's
+    /// at `mountpoint`, and the disk is unmounted again. For a pod's later container, whose
+    /// disks are read-only slots, its file binds (CRI's `/etc/hosts`, ...).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
+
+/// The most bytes a [`VolumeSpec::copy`] volume's files take (its tmpfs's size in the guest).
+pub const COPY_VOLUME_MAX: u64 = 16 << 20;
 
 /// Where the agent mounts volumes in the guest (outside any container's root).
 pub const VOLUMES_DIR: &str = "/run/moat-volumes";
+
+/// The VM's one shared memory directory, a tmpfs the agent mounts at boot (64 MiB, mode 1777)
+/// under [`VOLUMES_DIR`]: a container's `/dev/shm` bind (CRI's sandbox shm directory) is a
+/// bind of it, so a pod's containers share it as they share its IPC namespace (v8).
+pub const SHM_DIR: &str = "/run/moat-volumes/shm";
+
+/// The VM's emptyDir volumes, a tmpfs the agent mounts at boot under [`VOLUMES_DIR`]: a bind
+/// source `EMPTY_DIRS/<name>` is made (mode 0777, as the kubelet makes an emptyDir) before the
+/// container is, so a pod's containers that name it share it (v8).
+pub const EMPTY_DIRS: &str = "/run/moat-volumes/empty-dir";
 
 /// Everything the agent needs to create a container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +385,7 @@ mod tests {
                 readonly: true,
                 mountpoint: format!("{VOLUMES_DIR}/0"),
                 sectors: None,
+                copy: true,
             }],
             spec: oci_spec::runtime::Spec::default(),
         }));

@@ -70,10 +70,20 @@ pub enum DiskError {
     PodLayer(PathBuf),
     /// A pod's later container has a writable volume.
     #[error(
-        "{0}: a pod's later container takes read-only volumes only (its disks are read-only \
-         disk slots)"
+        "{0}: a pod's later container takes read-only volumes and file binds only (its disks \
+         are read-only disk slots)"
     )]
     PodWritable(String),
+    /// A pod's later container's file binds are too large to copy into the guest.
+    #[error(
+        "the bind-mounted files take {bytes} bytes; a pod's later container takes at most {} \
+         (they are copied into its memory in the guest)",
+        moat_protocol::COPY_VOLUME_MAX
+    )]
+    PodFiles {
+        /// Their size.
+        bytes: u64,
+    },
     /// The scratch disk could not be made.
     #[error("cannot create the writable layer's disk {}: {detail}", path.display())]
     Scratch {
@@ -235,7 +245,7 @@ pub fn pod_disks(
     }
     let mut disks = vec![root];
     for (i, volume) in config.volumes.iter().enumerate() {
-        if !volume.readonly {
+        if !volume.readonly && !is_copied(volume)? {
             return Err(DiskError::PodWritable(volume.destination.clone()));
         }
         let path = match &volume.source {
@@ -254,6 +264,30 @@ pub fn pod_disks(
         disks.push(path);
     }
     Ok(disks)
+}
+
+/// Whether a pod's later container gets `volume` as a writable copy in the guest
+/// ([`moat_protocol::VolumeSpec::copy`]): its writable file binds, up to
+/// [`moat_protocol::COPY_VOLUME_MAX`] bytes in all.
+pub fn is_copied(volume: &crate::volumes::Volume) -> Result<bool, DiskError> {
+    let VolumeSource::Files(files) = &volume.source else {
+        return Ok(false);
+    };
+    if volume.readonly {
+        return Ok(false);
+    }
+    let mut bytes = 0;
+    for file in files {
+        let meta = std::fs::metadata(file).map_err(|source| DiskError::CopyFiles {
+            dir: file.clone(),
+            source,
+        })?;
+        bytes += meta.len();
+    }
+    if bytes > moat_protocol::COPY_VOLUME_MAX {
+        return Err(DiskError::PodFiles { bytes });
+    }
+    Ok(true)
 }
 
 fn has_entries(dir: &Path) -> bool {
@@ -545,5 +579,26 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 20);
         drop(again);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_members_writable_file_binds_are_copied_up_to_the_limit() {
+        let tmp = TempDir::new("copied");
+        let small = tmp.path().join("hosts");
+        std::fs::write(&small, "127.0.0.1 localhost\n").unwrap();
+        let big = tmp.path().join("big");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(moat_protocol::COPY_VOLUME_MAX + 1).unwrap();
+        let volume = |file: &Path, readonly| crate::volumes::Volume {
+            source: VolumeSource::Files(vec![file.to_path_buf()]),
+            destination: "/etc/hosts".into(),
+            readonly,
+        };
+        assert!(is_copied(&volume(&small, false)).unwrap());
+        assert!(!is_copied(&volume(&small, true)).unwrap());
+        assert!(!is_copied(&volume(&big, true)).unwrap());
+        let err = is_copied(&volume(&big, false)).unwrap_err();
+        assert!(matches!(err, DiskError::PodFiles { bytes } if bytes == (16 << 20) + 1));
+        assert!(err.to_string().contains("at most 16777216"), "{err}");
     }
 }

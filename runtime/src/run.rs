@@ -223,6 +223,7 @@ pub(crate) fn run_request(config: &RunConfig, upper: UpperLayer, size: (u16, u16
             readonly: v.readonly,
             mountpoint: volume_mountpoint(i),
             sectors: None,
+            copy: false,
         })
         .collect();
     RunRequest {

@@ -7,9 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Hooks, LinuxNamespace, Spec};
+use oci_spec::runtime::{Hooks, LinuxNamespace, Mount, Spec};
 
 use crate::validate::SpecError;
+
+/// The directory of a kubelet's emptyDir volume on the host:
+/// `/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`.
+const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
 
 /// What [`take`] took out of a spec.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +47,7 @@ pub struct HostBind {
 /// Takes the host parts out of `spec` (of the bundle in `dir`). Refused: the hooks the runtime
 /// would run in the container's namespaces (`createContainer`, `startContainer`: they would
 /// run in the guest, from a host path), and a writable directory bind (no shared filesystem).
+/// Binds of the pod's own directories become binds of the guest's ([`guest_bind`]).
 pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
     let mut parts = HostParts {
         hooks: take_hooks(spec)?,
@@ -65,6 +70,7 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             }
         }
     }
+    let mut guest = Vec::new();
     for (index, mount) in spec.mounts().iter().flatten().enumerate() {
         let options = mount.options().clone().unwrap_or_default();
         let bind = mount.typ().as_deref() == Some("bind")
@@ -77,6 +83,10 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             field: field.clone(),
             problem: "a bind mount needs a source".into(),
         })?;
+        if let Some(bind) = guest_bind(mount, source, &field)? {
+            guest.push((index, bind));
+            continue;
+        }
         let source = dir.join(source);
         let meta = std::fs::metadata(&source).map_err(|e| SpecError {
             field: field.clone(),
@@ -105,7 +115,55 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             readonly,
         });
     }
+    if let Some(mounts) = spec.mounts_mut() {
+        for (index, bind) in guest {
+            mounts[index] = bind;
+        }
+    }
     Ok(parts)
+}
+
+/// The guest's bind for a bind of one of the pod's own directories, which the VM keeps for its
+/// containers to share instead of the host's (the host's are empty at create, and cannot reach
+/// the guest): `/dev/shm` (CRI binds the sandbox's shm directory into each of a pod's
+/// containers; Docker its shareable IPC's) becomes a bind of [`moat_protocol::SHM_DIR`], and
+/// a kubelet emptyDir `…/kubernetes.io~empty-dir/<name>` one of
+/// [`moat_protocol::EMPTY_DIRS`]`/<name>`. `None` for any other bind.
+fn guest_bind(mount: &Mount, source: &Path, field: &str) -> Result<Option<Mount>, SpecError> {
+    let guest_source = if mount.destination() == Path::new("/dev/shm") {
+        moat_protocol::SHM_DIR.to_owned()
+    } else {
+        let Some(name) = empty_dir_name(source) else {
+            return Ok(None);
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+        if name.is_empty() || name.starts_with('.') || !name.chars().all(valid) {
+            return Err(SpecError {
+                field: field.to_owned(),
+                problem: format!("{name:?} is not an emptyDir volume's name"),
+            });
+        }
+        format!("{}/{name}", moat_protocol::EMPTY_DIRS)
+    };
+    let readonly = mount.options().iter().flatten().any(|o| o == "ro");
+    let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    options.push(if readonly { "ro" } else { "rw" }.to_owned());
+    let mut bind = mount.clone();
+    bind.set_typ(Some("bind".into()));
+    bind.set_source(Some(guest_source.into()));
+    bind.set_options(Some(options));
+    Ok(Some(bind))
+}
+
+/// The name of the kubelet emptyDir volume at `source`, whose parent is the emptyDir plugin's.
+fn empty_dir_name(source: &Path) -> Option<String> {
+    let parent = source.parent()?;
+    (parent.file_name()? == EMPTY_DIR_PLUGIN).then(|| {
+        source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
 }
 
 /// The hooks of `spec` (taken out), `None` when every list is empty.
@@ -239,7 +297,10 @@ mod tests {
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "type": "bind", "source": "hosts", "options": ["rbind"]},
-                {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]}
+                {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]},
+                {"destination": "/dev/shm", "type": "bind", "source": "data", "options": ["rbind", "rw"]},
+                {"destination": "/cache", "type": "bind", "options": ["rbind", "rw"],
+                 "source": "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/cache"}
             ],
             "linux": {"cgroupsPath": "/docker/x"}
         }));
@@ -253,6 +314,34 @@ mod tests {
             .map(|b| (b.index, b.is_file, b.readonly))
             .collect();
         assert_eq!(binds, [(1, true, false), (2, false, true)]);
+        // CRI's writable /dev/shm bind and a kubelet emptyDir: binds of the guest's own.
+        let guest = |i: usize| {
+            let m = &s.mounts().as_ref().unwrap()[i];
+            let source = m.source().as_ref().unwrap().display().to_string();
+            (
+                m.typ().clone().unwrap(),
+                source,
+                m.options().clone().unwrap(),
+            )
+        };
+        let options = ["rbind", "nosuid", "nodev", "rw"]
+            .map(str::to_owned)
+            .to_vec();
+        let shm = (
+            "bind".to_owned(),
+            "/run/moat-volumes/shm".to_owned(),
+            options.clone(),
+        );
+        assert_eq!(guest(3), shm);
+        let cache = "/run/moat-volumes/empty-dir/cache".to_owned();
+        assert_eq!(guest(4), ("bind".to_owned(), cache, options));
+        let mut bad_name = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/d", "type": "bind", "options": ["rbind"],
+                        "source": "/p/kubernetes.io~empty-dir/.."}]
+        }));
+        let err = take(&mut bad_name, &dir).unwrap_err();
+        assert_eq!(err.field, "mounts[0].source", "{err}");
 
         let mut writable = spec(serde_json::json!({
             "ociVersion": "1.0.2", "root": {"path": "rootfs"},

@@ -187,10 +187,19 @@ impl Containerd {
         run_captured(cmd, stdin, timeout, self.log_dir())
     }
 
-    /// Runs `cmd` (a wrapper of `ctr`: stdin empty, output captured), killed after `timeout`
-    /// (code -1); the outcome shows this containerd's log.
-    pub fn run(&self, cmd: Command, timeout: Duration) -> Outcome {
-        run_captured(cmd, None, timeout, self.log_dir())
+    /// Runs `cmd` (a terminal wrapper of `ctr` such as script(1): output captured), killed
+    /// after `timeout` (code -1); the outcome shows this containerd's log. Its stdin is a pipe
+    /// that stays open and empty until it ends: at an EOF, script(1) would type its EOF
+    /// character into the terminal, where the task's terminal echoes it amid its output.
+    pub fn run(&self, mut cmd: Command, timeout: Duration) -> Outcome {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn the terminal wrapper");
+        let stdin = child.stdin.take();
+        let outcome = captured(child, None, timeout, self.log_dir());
+        drop(stdin);
+        outcome
     }
 
     /// `ctr ARGS` in namespace `ns`, which must succeed; its stdout.
@@ -357,9 +366,19 @@ pub(crate) fn run_captured(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {program} ({e}): run scripts/deps.sh"));
+    captured(child, stdin, timeout, log_dir)
+}
+
+/// The outcome of `child` (stdout and stderr piped), `stdin` fed to it, killed after `timeout`.
+fn captured(
+    mut child: std::process::Child,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    log_dir: PathBuf,
+) -> Outcome {
     let feeder = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("stdin");
         let data = data.to_vec();

@@ -173,6 +173,7 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
         );
     }
     assert_task_link_gone(&tty_job);
+    cri_mounts(&c, &pod);
 
     // A namespace that is not the sandbox's is refused, and nothing of the container stays.
     let stray = format!("{pod}-stray");
@@ -207,6 +208,92 @@ fn a_pods_containers_share_the_sandboxs_vm_with_their_own_root_and_pids() {
     assert_task_gone(&c, &pod);
     let vms = vmm_processes_mentioning("--disk-slots");
     assert!(vms.is_empty(), "the pod's VM is left: {vms:?}");
+}
+
+/// The mounts CRI gives every container of a pod: writable file binds (its /etc/hosts,
+/// /etc/hostname, /etc/resolv.conf) are copies the container may write, the host's files
+/// untouched; the sandbox's shm directory and a kubelet emptyDir are the VM's own tmpfs
+/// directories, shared by the pod's containers (the shm one is the topmost of the mounts at
+/// /dev/shm: ctr's default spec has a tmpfs there already, under the bind).
+fn cri_mounts(c: &moat_tests::containerd::Containerd, pod: &str) {
+    let dir = c.work_dir().join(format!("{pod}-cri"));
+    let empty_dir = dir.join("volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(dir.join("shm")).unwrap();
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let hosts = "127.0.0.1 localhost\n10.9.8.7 pod-peer\n";
+    std::fs::write(dir.join("hosts"), hosts).unwrap();
+    std::fs::write(dir.join("hostname"), "pod-host\n").unwrap();
+    let shared = [(dir.join("shm"), "/dev/shm"), (empty_dir.clone(), "/cache")];
+    let mut mounts = vec![
+        (dir.join("hosts"), "/etc/hosts"),
+        (dir.join("hostname"), "/etc/hostname"),
+    ];
+    mounts.extend(shared.iter().cloned());
+    let script = "grep pod-peer /etc/hosts; echo 10.1.1.1 added >> /etc/hosts; grep -c added \
+        /etc/hosts; cat /etc/hostname; echo x > /dev/shm/seg && echo shm-written; \
+        awk '$2 == \"/dev/shm\" {t = $3} END {print t}' /proc/mounts; \
+        stat -c %a /cache; echo cached > /cache/f";
+    let o = cri_member(c, pod, "cri", &mounts, script);
+    assert_eq!(o.code, 0, "CRI's mounts\n{}", why(c, &o));
+    assert_eq!(
+        o.out(),
+        "10.9.8.7 pod-peer\n1\npod-host\nshm-written\ntmpfs\n777\n",
+        "the copies, the shm tmpfs and the emptyDir\n{}",
+        why(c, &o)
+    );
+    // The next container of the pod finds what the first left in the shared directories.
+    let o = cri_member(c, pod, "cri2", &shared, "cat /dev/shm/seg /cache/f");
+    assert_eq!(o.code, 0, "the shared directories\n{}", why(c, &o));
+    assert_eq!(
+        o.out(),
+        "x\ncached\n",
+        "shm and emptyDir are the pod's\n{}",
+        why(c, &o)
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("hosts")).unwrap(), hosts);
+    for host_dir in [dir.join("shm"), empty_dir] {
+        let entries = std::fs::read_dir(&host_dir).unwrap().count();
+        assert_eq!(entries, 0, "{} stays empty", host_dir.display());
+    }
+
+    // Files past the copy limit are refused with their size, and nothing of the container stays.
+    let big = dir.join("big");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len((16 << 20) + 1).unwrap(); // moat_protocol::COPY_VOLUME_MAX + 1
+    let o = cri_member(c, pod, "big", &[(big, "/big")], "true");
+    assert_ne!(
+        o.code,
+        0,
+        "files past the limit are refused\n{}",
+        why(c, &o)
+    );
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("take 16777217 bytes; a pod's later container takes at most 16777216"),
+        "the reason is told: {text}"
+    );
+}
+
+/// `ctr run --rm` of the pod's container `<pod>-<name>` running `script`, with writable binds.
+fn cri_member(
+    c: &moat_tests::containerd::Containerd,
+    pod: &str,
+    name: &str,
+    mounts: &[(std::path::PathBuf, &str)],
+    script: &str,
+) -> moat_tests::Outcome {
+    let job = format!("{pod}-{name}");
+    let mut args = vec!["run".to_owned(), "--rm".to_owned()];
+    args.extend(pod_flags(pod, "container"));
+    for (src, dst) in mounts {
+        let mount = format!("type=bind,src={},dst={dst},options=rbind:rw", src.display());
+        args.extend(["--mount".to_owned(), mount]);
+    }
+    args.extend([IMAGE, &job, "sh", "-c", script].map(str::to_owned));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.ctr(NS, &refs, None, moat_tests::containerd::CTR_TIMEOUT);
+    assert_task_link_gone(&job);
+    o
 }
 
 #[track_caller]

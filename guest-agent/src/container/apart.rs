@@ -255,6 +255,7 @@ mod tests {
             readonly: true,
             mountpoint: "/run/moat-volumes/1".into(),
             sectors,
+            copy: false,
         };
         req.volumes.push(volume("/dev/vdb", None));
         req.volumes.push(volume("/dev/vdd", Some(16)));

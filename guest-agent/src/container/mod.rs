@@ -261,6 +261,7 @@ pub fn create(
 fn prepare_root(req: &RunRequest) -> Result<ContainerPlan, ContainerError> {
     apart::ready_devices(req)?;
     volumes::mount_all(&Linux, &req.volumes)?;
+    volumes::make_empty_dirs(&req.spec)?;
     // Built again now that the volumes are mounted: a bind of a file needs a file.
     let mut container = spec::build(&req.spec, &is_file)?;
     if guest_devices::wanted(&req.spec) {

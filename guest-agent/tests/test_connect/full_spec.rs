@@ -133,6 +133,7 @@ fn isolated_full_spec() {
         readonly: false,
         mountpoint: "/run/moat-volumes/0".into(),
         sectors: None,
+        copy: false,
     };
     let out = run_spec(full_spec(FULL_SCRIPT), vec![volume]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -304,9 +304,15 @@ fn member_request(
     let (root, volumes) = devices.split_first().expect("a member has its image disk");
     request.rootfs.device = root.0.clone();
     request.rootfs.sectors = Some(root.1);
-    for (volume, (device, sectors)) in request.volumes.iter_mut().zip(volumes) {
+    let slots = request.volumes.iter_mut().zip(volumes);
+    for ((volume, (device, sectors)), config) in slots.zip(&plan.config.volumes) {
         volume.device = device.clone();
         volume.sectors = Some(*sectors);
+        // Writable file binds (checked by `pod_disks`): a copy in the guest, the slot read-only.
+        if !config.readonly && matches!(config.source, crate::volumes::VolumeSource::Files(_)) {
+            volume.readonly = true;
+            volume.copy = true;
+        }
     }
     request
 }
