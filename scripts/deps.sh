@@ -20,6 +20,10 @@
 # dependencies). Its postinst would start docker.service/docker.socket; the same policy-rc.d denies
 # that (on a machine with systemd the units stay enabled for the next boot). tests/src/docker.rs
 # runs its own dockerd and containerd under a temp dir, never the system's.
+#
+# The CRI test (tests/tests/cri_pod.rs): containernetworking-plugins (the bridge and host-local
+# CNI plugins containerd's CRI plugin runs) and protobuf-compiler (protoc, which the k8s-cri
+# crate's build runs to generate the CRI client).
 set -euo pipefail
 
 packages=(
@@ -28,6 +32,7 @@ packages=(
   binutils
   bison
   busybox-static
+  containernetworking-plugins
   cpio
   curl
   docker-registry
@@ -46,6 +51,7 @@ packages=(
   make
   openssl
   procps
+  protobuf-compiler
   runc
   shellcheck
   skopeo

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod registry;
 pub mod shim;

@@ -21,6 +21,9 @@ pub(super) const LOWER: &CStr = c"/run/moat/lower";
 pub(super) const SKEL: &CStr = c"/run/moat/skel";
 /// Where the writable layer's backing (scratch disk or tmpfs) is mounted.
 pub const RW: &CStr = c"/run/moat/rw";
+/// A read-only root's upper layer, a small tmpfs for the mount points the spec's mounts need
+/// (the root is remounted read-only once they are mounted, as runc does).
+const MOUNT_POINTS: &CStr = c"/run/moat/mount-points";
 
 /// Mount points every root gets, provided by the skeleton layer under the image.
 const SKEL_DIRS: [&CStr; 3] = [
@@ -114,19 +117,10 @@ pub fn prepare(
         sys.mkdir(dir, 0o755)
             .map_err(step("creating mount points"))?;
     }
-    if readonly {
-        let opts = c"lowerdir=/run/moat/lower:/run/moat/skel";
-        sys.mount(
-            Some(c"overlay"),
-            ROOT,
-            Some(c"overlay"),
-            libc::MS_RDONLY,
-            Some(opts),
-        )
-        .map_err(step("mounting the overlay"))?;
-        return Ok(());
-    }
-    let (upper, work) = writable_layer(sys, spec, id)?;
+    let (upper, work) = match readonly {
+        true => mount_points_layer(sys)?,
+        false => writable_layer(sys, spec, id)?,
+    };
     if let Some((uid, gid)) = owner {
         sys.chown(&upper, uid, gid)
             .map_err(step("giving the writable layer to container root"))?;
@@ -134,6 +128,29 @@ pub fn prepare(
     let opts = overlay_options(&upper, &work)?;
     sys.mount(Some(c"overlay"), ROOT, Some(c"overlay"), 0, Some(&opts))
         .map_err(step("mounting the overlay"))
+}
+
+/// A read-only root's upper and work directories, on a tmpfs of their own at [`MOUNT_POINTS`].
+fn mount_points_layer(sys: &dyn Syscall) -> Result<(CString, CString), RootfsError> {
+    mkdir_p(sys, MOUNT_POINTS, 0o755).map_err(step("creating /run/moat"))?;
+    let opts = c"mode=0755,size=1m,nr_inodes=1024";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    sys.mount(
+        Some(c"tmpfs"),
+        MOUNT_POINTS,
+        Some(c"tmpfs"),
+        flags,
+        Some(opts),
+    )
+    .map_err(step("mounting the mount points' layer"))?;
+    let (upper, work) = (
+        c"/run/moat/mount-points/upper",
+        c"/run/moat/mount-points/work",
+    );
+    for d in [upper, work] {
+        mkdir_p(sys, d, 0o755).map_err(step("creating the mount points' layer"))?;
+    }
+    Ok((upper.to_owned(), work.to_owned()))
 }
 
 /// Mounts the writable layer's backing at [`RW`] (once per VM for a disk; the container's
@@ -298,14 +315,19 @@ mod tests {
     }
 
     #[test]
-    fn readonly_root_has_no_upper_layer() {
+    fn readonly_root_has_an_upper_layer_only_for_mount_points() {
         let sys = Recorder::default();
         prepare(&sys, &spec(), "c1", true, None).unwrap();
         let last = sys.lines().pop().unwrap();
         assert_eq!(
             last,
-            "mount overlay /run/moat/root overlay ro lowerdir=/run/moat/lower:/run/moat/skel"
+            "mount overlay /run/moat/root overlay - lowerdir=/run/moat/lower:/run/moat/skel,\
+             upperdir=/run/moat/mount-points/upper,workdir=/run/moat/mount-points/work"
         );
+        assert!(sys.lines().contains(
+            &"mount tmpfs /run/moat/mount-points tmpfs nosuid,nodev mode=0755,size=1m,nr_inodes=1024"
+                .to_string()
+        ));
         assert!(!sys.lines().iter().any(|l| l.contains("/run/moat/rw")));
     }
 

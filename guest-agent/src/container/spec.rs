@@ -109,6 +109,8 @@ pub struct ContainerPlan {
     pub propagation: libc::c_ulong,
     /// The mounts, in order.
     pub mounts: Vec<MountStep>,
+    /// `root.readonly`: the root is remounted read-only once the mounts are in.
+    pub readonly_root: bool,
     /// Devices created in a /dev tmpfs.
     pub devices: Vec<DevNode>,
     /// Symlinks of a /dev tmpfs: (target, link under [`ROOT`]).
@@ -307,6 +309,10 @@ pub fn build(spec: &Spec, is_file: &dyn Fn(&str) -> bool) -> Result<ContainerPla
         clone_flags: clone_flags | libc::SIGCHLD as libc::c_ulong,
         cgroupns,
         propagation,
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .is_some_and(|r| r.readonly() == Some(true)),
         hostname: name(spec.hostname(), "hostname", uts)?,
         domainname: name(spec.domainname(), "domainname", uts)?,
         ..ContainerPlan::default()
