@@ -245,7 +245,9 @@ pub fn pod_disks(
     }
     let mut disks = vec![root];
     for (i, volume) in config.volumes.iter().enumerate() {
-        if !volume.readonly && !is_copied(volume)? {
+        if is_copied(volume) {
+            check_copy_size(volume)?;
+        } else if !volume.readonly {
             return Err(DiskError::PodWritable(volume.destination.clone()));
         }
         let path = match &volume.source {
@@ -267,15 +269,17 @@ pub fn pod_disks(
 }
 
 /// Whether a pod's later container gets `volume` as a writable copy in the guest
-/// ([`moat_protocol::VolumeSpec::copy`]): its writable file binds, up to
-/// [`moat_protocol::COPY_VOLUME_MAX`] bytes in all.
-pub fn is_copied(volume: &crate::volumes::Volume) -> Result<bool, DiskError> {
+/// ([`moat_protocol::VolumeSpec::copy`]): its writable file binds.
+pub fn is_copied(volume: &crate::volumes::Volume) -> bool {
+    !volume.readonly && matches!(volume.source, VolumeSource::Files(_))
+}
+
+/// Refuses a copied volume whose files take more than [`moat_protocol::COPY_VOLUME_MAX`]
+/// bytes in all.
+fn check_copy_size(volume: &crate::volumes::Volume) -> Result<(), DiskError> {
     let VolumeSource::Files(files) = &volume.source else {
-        return Ok(false);
+        return Ok(());
     };
-    if volume.readonly {
-        return Ok(false);
-    }
     let mut bytes = 0;
     for file in files {
         let meta = std::fs::metadata(file).map_err(|source| DiskError::CopyFiles {
@@ -287,7 +291,7 @@ pub fn is_copied(volume: &crate::volumes::Volume) -> Result<bool, DiskError> {
     if bytes > moat_protocol::COPY_VOLUME_MAX {
         return Err(DiskError::PodFiles { bytes });
     }
-    Ok(true)
+    Ok(())
 }
 
 fn has_entries(dir: &Path) -> bool {
@@ -594,10 +598,11 @@ mod tests {
             destination: "/etc/hosts".into(),
             readonly,
         };
-        assert!(is_copied(&volume(&small, false)).unwrap());
-        assert!(!is_copied(&volume(&small, true)).unwrap());
-        assert!(!is_copied(&volume(&big, true)).unwrap());
-        let err = is_copied(&volume(&big, false)).unwrap_err();
+        assert!(is_copied(&volume(&small, false)));
+        assert!(!is_copied(&volume(&small, true)));
+        assert!(!is_copied(&volume(&big, true)));
+        check_copy_size(&volume(&small, false)).unwrap();
+        let err = check_copy_size(&volume(&big, false)).unwrap_err();
         assert!(matches!(err, DiskError::PodFiles { bytes } if bytes == (16 << 20) + 1));
         assert!(err.to_string().contains("at most 16777216"), "{err}");
     }

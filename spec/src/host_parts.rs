@@ -83,7 +83,8 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             field: field.clone(),
             problem: "a bind mount needs a source".into(),
         })?;
-        if let Some(bind) = guest_bind(mount, source, &field)? {
+        let readonly = options.iter().any(|o| o == "ro");
+        if let Some(bind) = guest_bind(mount, source, readonly, &field)? {
             guest.push((index, bind));
             continue;
         }
@@ -92,7 +93,6 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
             field: field.clone(),
             problem: format!("{}: {e}", source.display()),
         })?;
-        let readonly = options.iter().any(|o| o == "ro");
         if meta.is_dir() && !readonly {
             return Err(SpecError {
                 field,
@@ -129,7 +129,12 @@ pub fn take(spec: &mut Spec, dir: &Path) -> Result<HostParts, SpecError> {
 /// containers; Docker its shareable IPC's) becomes a bind of [`moat_protocol::SHM_DIR`], and
 /// a kubelet emptyDir `…/kubernetes.io~empty-dir/<name>` one of
 /// [`moat_protocol::EMPTY_DIRS`]`/<name>`. `None` for any other bind.
-fn guest_bind(mount: &Mount, source: &Path, field: &str) -> Result<Option<Mount>, SpecError> {
+fn guest_bind(
+    mount: &Mount,
+    source: &Path,
+    readonly: bool,
+    field: &str,
+) -> Result<Option<Mount>, SpecError> {
     let guest_source = if mount.destination() == Path::new("/dev/shm") {
         moat_protocol::SHM_DIR.to_owned()
     } else {
@@ -145,7 +150,6 @@ fn guest_bind(mount: &Mount, source: &Path, field: &str) -> Result<Option<Mount>
         }
         format!("{}/{name}", moat_protocol::EMPTY_DIRS)
     };
-    let readonly = mount.options().iter().flatten().any(|o| o == "ro");
     let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
     options.push(if readonly { "ro" } else { "rw" }.to_owned());
     let mut bind = mount.clone();

@@ -272,7 +272,14 @@ impl Drop for Dockerd {
 /// (scripts/deps.sh).
 #[track_caller]
 pub fn busybox_archive(path: &Path, name_tag: &str) {
+    image_archive(path, Image::busybox(), name_tag);
+}
+
+/// Writes `image` as a docker-archive tarball tagged `name_tag` to `path`, as
+/// [`busybox_archive`] does busybox.
+#[track_caller]
+pub fn image_archive(path: &Path, image: Image, name_tag: &str) {
     let layout_dir = TempDir::new("docker-image");
-    let written = OciLayout::single(Image::busybox()).write(layout_dir.path(), "t");
+    let written = OciLayout::single(image).write(layout_dir.path(), "t");
     docker_archive(&written, path, name_tag);
 }

@@ -3,14 +3,15 @@
 //! image the test builds, runs a pod of two containers in one microVM (docs/kubernetes.md).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::*;
 use moat_jail::testutil::TempDir;
 use moat_tests::containerd::{containerd_available, Containerd, Options};
 use moat_tests::cri::Cri;
-use moat_tests::registry::{docker_archive, Image, OciLayout};
+use moat_tests::docker::image_archive;
+use moat_tests::registry::Image;
 use moat_tests::shim::{shim_bin, IMAGE};
 use moat_tests::{unique_name, vm_available, vmm_processes_mentioning};
 
@@ -46,12 +47,8 @@ fn start(test: &str) -> Option<(Containerd, TempDir)> {
     });
     write_cni_config(cni.path(), &c.work_dir());
     for (name, image) in [(IMAGE, Image::busybox()), (PAUSE, pause_image())] {
-        let layout = c
-            .work_dir()
-            .join(format!("layout-{}", name.replace([':', '/'], "-")));
-        let tar = layout.with_extension("tar");
-        let written = OciLayout::single(image).write(&layout, "t");
-        docker_archive(&written, &tar, name);
+        let tar = c.work_dir().join("image.tar");
+        image_archive(&tar, image, name);
         c.ctr_ok(K8S_NS, &["images", "import", tar.to_str().expect("utf-8")]);
     }
     Some((c, cni))
@@ -212,19 +209,6 @@ fn wait_log(path: &Path, line: &str) -> String {
     }
 }
 
-/// The host cgroup directory `path` under the cgroup v2 hierarchy, wherever that is mounted.
-fn host_cgroup(path: &str) -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .map(|root| root.join(path.trim_start_matches('/')))
-        .next()
-}
-
 /// Removes the test network's bridge, which CNI's DEL leaves on the host.
 fn remove_bridge() {
     let _ = std::process::Command::new("ip")
@@ -363,7 +347,7 @@ fn a_cri_pod_of_two_containers_runs_in_one_vm() {
         let link = Path::new("/run/moat-shim").join(K8S_NS).join(id);
         assert!(!link.exists(), "{} left behind", link.display());
     }
-    let parent = host_cgroup(&cgroup_parent).expect("a cgroup v2 hierarchy");
+    let parent = Path::new("/sys/fs/cgroup").join(cgroup_parent.trim_start_matches('/'));
     assert!(!parent.join(&pod).exists(), "the pod's cgroup is left");
     if parent.exists() {
         std::fs::remove_dir(&parent).expect("the pod's parent cgroup is empty");

@@ -202,12 +202,7 @@ pub fn build_root(sys: &dyn Syscall, c: &ContainerPlan) -> Result<(), Failure> {
         }
     }
     if c.readonly_root {
-        let kept = sys.mount_flags(root.1).map_err(&at)?;
-        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
-        let target = FdPath::new(root.1);
-        let kept = kept & (KEPT_FLAGS | ATIME_FLAGS);
-        sys.mount(None, target.as_cstr(), None, flags | kept, None)
-            .map_err(&at)?;
+        remount_bind(sys, root.1, c"/", libc::MS_RDONLY).map_err(&at)?;
     }
     drop(root);
     pivot(sys).map_err(&at)?;

@@ -69,7 +69,7 @@ fn validate(v: &VolumeSpec) -> Result<Volume, VolumeError> {
         .ok_or_else(bad_mountpoint)?;
     // The shared directories' mount points are the agent's own.
     let shared = [SHM_DIR, EMPTY_DIRS].contains(&v.mountpoint.as_str());
-    if shared || name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    if shared || !is_one_component(name) {
         return Err(bad_mountpoint());
     }
     let c = |s: &str, e: &dyn Fn() -> VolumeError| CString::new(s).map_err(|_| e());
@@ -79,6 +79,11 @@ fn validate(v: &VolumeSpec) -> Result<Volume, VolumeError> {
         mountpoint: c(&v.mountpoint, &bad_mountpoint)?,
         flags: if v.readonly { libc::MS_RDONLY } else { 0 },
     })
+}
+
+/// Whether `name` names one entry of a directory (no `/`, not `.` or `..`).
+fn is_one_component(name: &str) -> bool {
+    !(name.is_empty() || name.contains('/') || name == "." || name == "..")
 }
 
 /// Checks every volume of a request, before anything is mounted.
@@ -110,7 +115,7 @@ pub fn make_empty_dirs(spec: &oci_spec::runtime::Spec) -> Result<(), VolumeError
             dir: source.to_owned(),
             source: error,
         };
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        if !is_one_component(name) {
             return Err(failed(io::Error::from(io::ErrorKind::InvalidInput)));
         }
         let dir = Path::new(source);

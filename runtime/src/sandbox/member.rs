@@ -309,7 +309,7 @@ fn member_request(
         volume.device = device.clone();
         volume.sectors = Some(*sectors);
         // Writable file binds (checked by `pod_disks`): a copy in the guest, the slot read-only.
-        if !config.readonly && matches!(config.source, crate::volumes::VolumeSource::Files(_)) {
+        if crate::disks::is_copied(config) {
             volume.readonly = true;
             volume.copy = true;
         }
